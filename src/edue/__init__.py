@@ -1,0 +1,38 @@
+"""edue: expert disagreement-guided one-pass uncertainty for medical image segmentation."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edue.engine.infer import Predictor
+
+
+def load(checkpoint: str, device: str = "cpu") -> Predictor:
+    """Load a trained model for one-pass prediction.
+
+    Args:
+        checkpoint: path to a checkpoint file or a run folder.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+
+    Returns:
+        A :class:`~edue.engine.infer.Predictor` whose ``predict(image)`` returns a
+        :class:`~edue.prediction.Prediction`.
+    """
+    from edue.engine.infer import Predictor
+
+    return Predictor.from_checkpoint(checkpoint, device=device)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Prediction":
+        from edue.prediction import Prediction
+
+        return Prediction
+    if name == "MultiRaterCase":
+        from edue.data.case import MultiRaterCase
+
+        return MultiRaterCase
+    raise AttributeError(name)

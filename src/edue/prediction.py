@@ -1,0 +1,115 @@
+"""The one type every method returns at inference.
+
+A method produces a stack of *members* — the heads of EDUE or Layer Ensembles, the
+members of a Deep Ensemble, the samples of MC dropout, or the single output of a plain
+U-Net. Everything derived from it (mean probability, variance map, entropy, image-level
+score) is computed here and nowhere else, so metrics and reports never need to know
+which method produced a prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+_EPS = 1e-7
+
+
+def bernoulli_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Binary entropy in nats, elementwise. Shape is preserved."""
+    p = p.clamp(_EPS, 1 - _EPS)
+    return -(p * p.log() + (1 - p) * (1 - p).log())
+
+
+@dataclass
+class Prediction:
+    """Member probabilities of one case and everything derived from them.
+
+    Attributes:
+        members: sigmoid probabilities ``[S, K, *spatial]``; ``S`` heads, ensemble members
+            or MC samples; ``K`` structures.
+        case_id: identifier of the case, when known.
+        method: name of the method that produced it (informational only).
+        structures: names of the ``K`` structures, when known.
+    """
+
+    members: torch.Tensor
+    case_id: str | None = None
+    method: str | None = None
+    structures: tuple[str, ...] | None = None
+    _cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.members.ndim < 3:
+            raise ValueError(
+                f"Prediction.members must be [S, K, *spatial], got shape {tuple(self.members.shape)}"
+            )
+        self.members = self.members.detach().float()
+
+    @property
+    def n_members(self) -> int:
+        """Number of members ``S``."""
+        return int(self.members.shape[0])
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for images, 3 for volumes."""
+        return self.members.ndim - 2
+
+    def _cached(self, key: str, fn: object) -> torch.Tensor:
+        if key not in self._cache:
+            self._cache[key] = fn()  # type: ignore[operator]
+        return self._cache[key]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Mean probability over members ``[K, *spatial]``."""
+        return self._cached("mean", lambda: self.members.mean(0))
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Unbiased variance across members ``[K, *spatial]`` (zeros when ``S == 1``).
+
+        Unbiased (N − 1) to match the expert variance map of the data contract.
+        """
+        if self.n_members < 2:
+            return torch.zeros_like(self.mean)
+        return self._cached("variance", lambda: self.members.var(0, unbiased=True))
+
+    @property
+    def entropy(self) -> torch.Tensor:
+        """Bernoulli entropy of the mean probability ``[K, *spatial]`` (nats)."""
+        return self._cached("entropy", lambda: bernoulli_entropy(self.mean))
+
+    @property
+    def uncertainty(self) -> torch.Tensor:
+        """The method's uncertainty map ``[K, *spatial]``.
+
+        The variance across members when there are several; for a single member the
+        Bernoulli variance ``p (1 − p)`` of its probability, the natural one-pass map of a
+        plain network.
+        """
+        if self.n_members >= 2:
+            return self.variance
+        return self._cached("bernoulli", lambda: self.mean * (1 - self.mean))
+
+    @property
+    def sv(self) -> torch.Tensor:
+        """Image-level score: sum of the uncertainty map per structure ``[K]``."""
+        return self.uncertainty.flatten(1).sum(1)
+
+    def mask(self, threshold: float = 0.5) -> torch.Tensor:
+        """Binary segmentation ``[K, *spatial]`` of the mean probability."""
+        return self.mean > threshold
+
+    def to_numpy(self) -> dict[str, object]:
+        """Raw arrays for saving: members, mean, variance, uncertainty, entropy, sv."""
+        return {
+            "members": self.members.numpy(),
+            "mean": self.mean.numpy(),
+            "variance": self.variance.numpy(),
+            "uncertainty": self.uncertainty.numpy(),
+            "entropy": self.entropy.numpy(),
+            "sv": self.sv.numpy(),
+        }
