@@ -1,0 +1,244 @@
+"""Reading and writing images, masks and files safely.
+
+Every reader raises :class:`~edue.errors.DataError` naming the file on any problem
+(missing, unreadable, truncated, unsupported), and every writer writes to a temporary
+name in the same folder and renames it into place, so a half-written output is never
+presented as complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edue.errors import DataError
+
+IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ARRAY_SUFFIXES = (".npy",)
+SUPPORTED_SUFFIXES = IMAGE_2D_SUFFIXES + NIFTI_SUFFIXES + ARRAY_SUFFIXES
+
+
+@dataclass
+class ArrayMeta:
+    """Geometry read from a file header (volumes) or defaults (2D images).
+
+    Attributes:
+        spacing: size of one pixel/voxel per spatial axis (mm), if known.
+        affine: 4×4 voxel-to-world matrix, if known (NIfTI).
+    """
+
+    spacing: tuple[float, ...] | None = None
+    affine: np.ndarray | None = None
+
+
+def suffix_of(path: str | Path) -> str:
+    """Lower-case suffix, treating ``.nii.gz`` as one."""
+    name = str(path).lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def _require_file(path: Path) -> None:
+    if not path.exists():
+        raise DataError("file not found", path)
+    if not path.is_file():
+        raise DataError("expected a file, found a folder", path)
+
+
+def read_array(path: str | Path) -> tuple[np.ndarray, ArrayMeta]:
+    """Read an image or mask file into an array.
+
+    2D images come back as ``[H, W]`` or ``[H, W, C]``; NIfTI volumes in stored voxel
+    order ``[X, Y, Z]`` (or ``[X, Y, Z, C]``) with spacing and affine from the header;
+    ``.npy`` files as stored (loaded without pickle).
+
+    Raises:
+        DataError: missing, unreadable, truncated or unsupported file.
+    """
+    path = Path(path)
+    _require_file(path)
+    suffix = suffix_of(path)
+    try:
+        if suffix in NIFTI_SUFFIXES:
+            return _read_nifti(path)
+        if suffix in ARRAY_SUFFIXES:
+            return np.load(path, allow_pickle=False), ArrayMeta()
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            return np.asarray(tifffile.imread(path)), ArrayMeta()
+        if suffix in IMAGE_2D_SUFFIXES:
+            from PIL import Image
+
+            with Image.open(path) as img:
+                img.load()
+                if img.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
+                    img = img.convert("RGB")
+                return np.asarray(img), ArrayMeta()
+    except DataError:
+        raise
+    except Exception as exc:  # any decoder failure is a corrupt or unsupported file
+        raise DataError(f"cannot read file ({type(exc).__name__}: {exc})", path) from None
+    raise DataError(
+        f"unsupported file type '{suffix}' (expected one of {', '.join(SUPPORTED_SUFFIXES)})", path
+    )
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, ArrayMeta]:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj)
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return data, ArrayMeta(spacing=zooms[: min(3, data.ndim)], affine=np.asarray(img.affine))
+
+
+def read_image(path: str | Path, spatial_dims: int | None = None) -> tuple[np.ndarray, ArrayMeta]:
+    """Read an image as float32 channels-first ``[C, *spatial]``.
+
+    8-bit and 16-bit 2D images are scaled to [0, 1]; NIfTI and ``.npy`` values are kept.
+
+    Args:
+        path: image file.
+        spatial_dims: 2 or 3; inferred from the file type when ``None``.
+
+    Raises:
+        DataError: unreadable file, non-finite values or an unexpected shape.
+    """
+    array, meta = read_array(path)
+    suffix = suffix_of(path)
+    if spatial_dims is None:
+        spatial_dims = 3 if suffix in NIFTI_SUFFIXES and array.ndim >= 3 else 2
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if not (np.issubdtype(array.dtype, np.number)):
+        raise DataError(f"image has non-numeric dtype {array.dtype}", path)
+    scale = 1.0
+    if suffix in IMAGE_2D_SUFFIXES and array.dtype == np.uint8:
+        scale = 255.0
+    elif suffix in IMAGE_2D_SUFFIXES and array.dtype == np.uint16:
+        scale = 65535.0
+    image = array.astype(np.float32) / scale
+    if image.ndim == spatial_dims:
+        image = image[None]
+    elif image.ndim == spatial_dims + 1:
+        image = np.moveaxis(image, -1, 0)  # channels-last files -> channels-first
+    else:
+        raise DataError(
+            f"expected a {spatial_dims}D image (optionally with channels), got shape {array.shape}",
+            path,
+        )
+    if not np.isfinite(image).all():
+        raise DataError("image contains NaN or Inf values", path)
+    return np.ascontiguousarray(image), meta
+
+
+def read_label_map(path: str | Path, spatial_dims: int | None = None) -> tuple[np.ndarray, ArrayMeta]:
+    """Read an integer label/mask file ``[*spatial]``.
+
+    A 2D RGB(A) mask whose channels are equal is reduced to one channel; a trailing
+    singleton axis is dropped.
+
+    Raises:
+        DataError: unreadable file, non-integer values or several differing channels.
+    """
+    array, meta = read_array(path)
+    if spatial_dims is not None and array.ndim == spatial_dims + 1:
+        if array.shape[-1] == 1:
+            array = array[..., 0]
+        elif array.shape[-1] in (3, 4) and all(
+            np.array_equal(array[..., 0], array[..., c]) for c in range(1, 3)
+        ):
+            array = array[..., 0]
+        else:
+            raise DataError(
+                f"mask must be single-channel, got shape {array.shape}", path
+            )
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
+            raise DataError("mask must hold integer label values, found fractional/NaN values", path)
+        array = array.astype(np.int64)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"mask has non-integer dtype {array.dtype}", path)
+    return array, meta
+
+
+# --------------------------------------------------------------------------- writing
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it into place on success.
+
+    The temporary file is fsynced before the rename and removed if the block fails.
+    The temporary name keeps the final suffix so format detection still works.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix_of(path),
+                                    dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    """Write JSON atomically (indented, UTF-8)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default), encoding="utf-8")
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_png(path: str | Path, array: np.ndarray) -> None:
+    """Write a uint8 ``[H, W]`` or ``[H, W, 3|4]`` array as PNG, atomically."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+
+
+def write_nifti(
+    path: str | Path, array: np.ndarray, affine: np.ndarray | None = None
+) -> None:
+    """Write an array as NIfTI with the given affine (identity when ``None``), atomically."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.asarray(array), np.eye(4) if affine is None else affine)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
+def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    """Write arrays to a compressed ``.npz``, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
+
+
+def to_uint8(array: np.ndarray, vmax: float | None = None) -> np.ndarray:
+    """Scale a float map to uint8 (``[0, vmax] -> [0, 255]``; ``vmax`` = max if None)."""
+    top = float(array.max()) if vmax is None else vmax
+    top = top if top > 0 else 1.0
+    return (np.clip(array / top, 0, 1) * 255 + 0.5).astype(np.uint8)
