@@ -1,0 +1,145 @@
+"""Checkpoints that are written atomically and loaded without executing code.
+
+A checkpoint is a ``torch.save`` file holding only tensors and plain Python values
+(dicts, lists, strings, numbers), loaded with ``torch.load(weights_only=True)``, whose
+restricted unpickler refuses any other global — a crafted file cannot run code. It
+records the ``edue`` version and a SHA-256 of the weights, checked on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import random
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edue import __version__
+from edue.errors import CheckpointError
+from edue.io import atomic_path
+
+FORMAT = "edue-checkpoint"
+
+
+def weights_hash(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, shapes and bytes of a state dict's tensors (sorted)."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random state a run uses, as tensors and plain values."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": _py_state_plain(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _py_state_plain(state: tuple) -> list:  # type: ignore[type-arg]
+    return [state[0], list(state[1]), state[2]]
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write a checkpoint atomically (temp file, fsync, rename).
+
+    Args:
+        path: destination.
+        payload: must contain ``model`` (a state dict) and ``config`` (a plain dict);
+            may contain optimizer/scheduler states, epoch, RNG states and more.
+
+    Returns:
+        The path written.
+    """
+    body = dict(payload)
+    body["format"] = FORMAT
+    body["edue_version"] = __version__
+    body["weights_sha256"] = weights_hash(body["model"])
+    with atomic_path(path) as tmp:
+        torch.save(body, tmp)
+    return Path(path)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint file or a run folder (its ``best.pt``, else ``last.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt", "ensemble.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError("folder holds no checkpoint (best.pt, last.pt or ensemble.pt)", path)
+    if not path.is_file():
+        raise CheckpointError("checkpoint not found", path)
+    return path
+
+
+def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
+    """Load a checkpoint without executing code and check its integrity.
+
+    Raises:
+        CheckpointError: missing, corrupt, unsafe (would run code), not an edue
+            checkpoint, or whose weights do not match their recorded hash.
+    """
+    path = resolve_checkpoint(path)
+    try:
+        body = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refused: the file asks to run code or load objects a checkpoint never holds ({_first_line(exc)})",
+            path,
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"not a readable checkpoint ({_first_line(exc)})", path) from None
+    if not isinstance(body, dict) or body.get("format") != FORMAT:
+        raise CheckpointError("not an edue checkpoint", path)
+    if verify and weights_hash(body["model"]) != body.get("weights_sha256"):
+        raise CheckpointError("weights do not match their recorded SHA-256 (file altered or corrupt)", path)
+    if body.get("edue_version") != __version__:
+        warnings.warn(
+            f"{path}: written by edue {body.get('edue_version')}, this is edue {__version__}",
+            stacklevel=2,
+        )
+    return body  # type: ignore[no-any-return]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries to disk (after renames), where the platform allows."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,137 @@
+"""From a data configuration to split case sources and datasets."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from edue.config import Config
+from edue.data.case import CaseDataset, MultiRaterCase
+from edue.data.source import CaseSource, open_source
+from edue.data.transforms import RandomFlip, resize_case
+from edue.errors import ConfigError, DataError
+
+SUBSETS = ("train", "val", "test")
+
+
+def open_configured_source(config: Config) -> CaseSource:
+    """The whole dataset named by ``config.data``."""
+    data = config.data
+    if data.format == "synthetic":
+        total = int(sum(int(data.split.get(s, 0)) for s in SUBSETS))
+        options = dict(data.options)
+        options.setdefault("n", total)
+        options.setdefault("seed", data.split_seed)
+        return open_source("synthetic", None, **options)
+    if not data.root:
+        raise ConfigError(f"data.root is required for format '{data.format}'")
+    return open_source(data.format, data.root, **data.options)
+
+
+def split_indices(config: Config, source: CaseSource) -> dict[str, list[int]]:
+    """Indices of each subset: from ``split_file``, or a seeded patient-level split.
+
+    Synthetic cases are independent draws, so their split takes consecutive ranges.
+    """
+    data = config.data
+    if data.split_file:
+        return _indices_from_file(Path(data.split_file), source)
+    if data.format == "synthetic":
+        out, start = {}, 0
+        for name in SUBSETS:
+            count = int(data.split.get(name, 0))
+            out[name] = list(range(start, start + count))
+            start += count
+        return out
+    from edue.data.splits import split_by_patient
+
+    return split_by_patient(source.patient_ids, data.split, seed=data.split_seed)  # type: ignore[no-any-return]
+
+
+def _indices_from_file(path: Path, source: CaseSource) -> dict[str, list[int]]:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read split file ({exc})", path) from None
+    position = {cid: i for i, cid in enumerate(source.case_ids)}
+    out = {}
+    for name in SUBSETS:
+        ids = saved.get(name, [])
+        missing = [c for c in ids if c not in position]
+        if missing:
+            raise DataError(f"split lists cases not in the dataset: {missing[:5]}", path)
+        out[name] = [position[c] for c in ids]
+    return out
+
+
+def split_record(source: CaseSource, indices: dict[str, list[int]]) -> dict[str, Any]:
+    """JSON-able record of a split (case ids per subset), saved in the run folder."""
+    return {name: [source.case_ids[i] for i in idx] for name, idx in indices.items()}
+
+
+class PreparedSource(CaseSource):
+    """A subset of a source with resizing applied and bad cases skipped (or raised).
+
+    Args:
+        source: the dataset.
+        indices: cases of this subset.
+        size: resize 2D cases to ``size × size`` (``None`` keeps them).
+        strict: re-raise the first bad case instead of skipping it.
+    """
+
+    def __init__(self, source: CaseSource, indices: list[int], size: int | None,
+                 strict: bool) -> None:
+        self.source, self.size, self.strict = source, size, strict
+        self.indices = list(indices)
+        self.case_ids = [source.case_ids[i] for i in self.indices]
+        self.patient_ids = [source.patient_ids[i] for i in self.indices]
+        self.structures, self.spatial_dims = source.structures, source.spatial_dims
+
+    def load(self, index: int) -> MultiRaterCase:
+        case = self.source.load(self.indices[index])
+        if self.size and case.spatial_dims == 2:
+            case = resize_case(case, self.size)
+        return case
+
+    def drop_bad(self) -> list[str]:
+        """Try every case once; drop the unreadable ones (or raise when strict).
+
+        Returns:
+            One ``file: reason`` line per dropped case.
+        """
+        good, problems = [], []
+        for i in range(len(self)):
+            try:
+                self.load(i)
+                good.append(self.indices[i])
+            except DataError as exc:
+                if self.strict:
+                    raise
+                problems.append(str(exc))
+        if problems:
+            warnings.warn(f"skipped {len(problems)} bad case(s); first: {problems[0]}", stacklevel=2)
+            self.__init__(self.source, good, self.size, self.strict)  # type: ignore[misc]
+        return problems
+
+
+def build_datasets(
+    config: Config, source: CaseSource, indices: dict[str, list[int]]
+) -> dict[str, PreparedSource]:
+    """Prepared subsets (bad cases dropped with a warning unless ``data.strict``)."""
+    subsets = {
+        name: PreparedSource(source, idx, config.data.size, config.data.strict)
+        for name, idx in indices.items() if idx
+    }
+    if "train" not in subsets:
+        raise ConfigError("the training split is empty")
+    for subset in subsets.values():
+        subset.drop_bad()
+    return subsets
+
+
+def training_dataset(config: Config, subset: PreparedSource) -> CaseDataset:
+    """A dataset over a subset, with seeded flips when ``data.augment`` is on."""
+    transform = RandomFlip(subset.spatial_dims, config.train.seed) if config.data.augment else None
+    return CaseDataset(subset.loaders(), transform)

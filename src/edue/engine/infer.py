@@ -1,0 +1,149 @@
+"""One-pass prediction from a checkpoint: images in, :class:`Prediction` out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edue.config import Config, config_from_dict
+from edue.data.case import MultiRaterCase
+from edue.data.source import CaseSource
+from edue.data.transforms import resize_image
+from edue.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from edue.engine.runtime import resolve_device
+from edue.errors import CheckpointError, DataError
+from edue.methods import Method, build_method
+from edue.prediction import Prediction
+
+
+class Predictor:
+    """A trained method ready to predict.
+
+    Args:
+        method: the method, weights loaded.
+        config: its training configuration.
+        data_info: ``in_channels``, ``structures``, ``spatial_dims``, ``image_size``.
+        device: where to run.
+    """
+
+    def __init__(self, method: Method, config: Config, data_info: dict[str, Any],
+                 device: torch.device) -> None:
+        self.method = method.to(device).eval()
+        self.config = config
+        self.data_info = data_info
+        self.device = device
+        self.structures = tuple(data_info["structures"])
+        self.in_channels = int(data_info["in_channels"])
+        self.spatial_dims = int(data_info["spatial_dims"])
+
+    @property
+    def name(self) -> str:
+        """The method's name."""
+        return self.method.name
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Predictor:
+        """Load a checkpoint file or run folder (weights only, no code executed).
+
+        Raises:
+            CheckpointError: missing, unsafe, corrupt or incompatible checkpoint.
+        """
+        path = resolve_checkpoint(path)
+        state = load_checkpoint(path)
+        try:
+            config = config_from_dict(state["config"])
+            info = state["data"]
+            method = build_method(config, int(info["in_channels"]), len(info["structures"]),
+                                  int(info["spatial_dims"]), for_training=False)
+            method.load_state_dict(state["model"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint does not match the model it describes ({exc})",
+                                  path) from None
+        return cls(method, config, info, resolve_device(device))
+
+    # ------------------------------------------------------------------ checks
+    def check_image(self, image: np.ndarray | torch.Tensor, where: str = "image") -> torch.Tensor:
+        """Validate an image ``[C, *sp]`` against the model; return it as a float tensor.
+
+        Raises:
+            DataError: wrong dimensionality, channel count or non-finite values.
+        """
+        tensor = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+        if tensor.ndim != self.spatial_dims + 1:
+            kind = "2D image [C, H, W]" if self.spatial_dims == 2 else "3D volume [C, D, H, W]"
+            raise DataError(f"this model expects a {kind}, got an array of shape "
+                            f"{tuple(tensor.shape)}", where)
+        if tensor.shape[0] != self.in_channels:
+            raise DataError(f"this model expects {self.in_channels} channel(s), the image has "
+                            f"{tensor.shape[0]}", where)
+        tensor = tensor.float()
+        if not torch.isfinite(tensor).all():
+            raise DataError("image contains NaN or Inf values", where)
+        return tensor
+
+    # ------------------------------------------------------------------ prediction
+    def _input_size(self, shape: Sequence[int]) -> tuple[int, ...]:
+        size = self.config.data.size
+        if self.spatial_dims == 2 and size:
+            return (int(size), int(size))
+        divisor = 2 ** (len(self.config.model.channels) - 1)
+        return tuple(int(np.ceil(s / divisor) * divisor) for s in shape)
+
+    @torch.no_grad()
+    def predict_batch(self, images: Sequence[np.ndarray | torch.Tensor],
+                      case_ids: Sequence[str | None] | None = None) -> list[Prediction]:
+        """Predict several images of the same size in one forward pass.
+
+        Args:
+            images: each ``[C, *sp]``.
+            case_ids: optional identifiers.
+
+        Returns:
+            One :class:`Prediction` per image, at the image's own size.
+        """
+        tensors = [self.check_image(img, str(cid or "image"))
+                   for img, cid in zip(images, case_ids or [None] * len(images), strict=True)]
+        shape = tuple(tensors[0].shape[1:])
+        size = self._input_size(shape)
+        batch = torch.stack([resize_image(t, size) for t in tensors]).to(self.device)
+        members = self.method.predict_members(batch).float()  # [S, B, K, *size]
+        if tuple(members.shape[3:]) != shape:
+            s, b = members.shape[:2]
+            flat = members.reshape(s * b, *members.shape[2:])
+            members = torch.stack([resize_image(m, shape) for m in flat]).reshape(
+                s, b, members.shape[2], *shape).clamp(0, 1)
+        members = members.cpu()
+        return [Prediction(members[:, i], case_id=(case_ids or [None] * len(tensors))[i],
+                           method=self.name, structures=self.structures)
+                for i in range(len(tensors))]
+
+    def predict(self, image: np.ndarray | torch.Tensor, case_id: str | None = None) -> Prediction:
+        """One forward pass on one image ``[C, *sp]``."""
+        return self.predict_batch([image], [case_id])[0]
+
+    def predict_cases(self, source: CaseSource | Sequence[MultiRaterCase],
+                      batch_size: int = 16) -> Iterator[tuple[MultiRaterCase, Prediction]]:
+        """Predict every case of a source in batches of equal-sized images."""
+        cases = source if isinstance(source, CaseSource) else list(source)
+        pending: list[MultiRaterCase] = []
+        for index in range(len(cases)):
+            case = cases.load(index) if isinstance(cases, CaseSource) else cases[index]
+            if pending and (len(pending) == batch_size
+                            or pending[0].spatial_shape != case.spatial_shape):
+                yield from self._flush(pending)
+                pending = []
+            pending.append(case)
+        if pending:
+            yield from self._flush(pending)
+
+    def _flush(self, cases: list[MultiRaterCase]) -> Iterator[tuple[MultiRaterCase, Prediction]]:
+        preds = self.predict_batch([c.image for c in cases], [c.case_id for c in cases])
+        yield from zip(cases, preds, strict=True)
+
+    def n_parameters(self) -> int:
+        """Trainable parameters of the whole predictor (all members)."""
+        return sum(p.numel() for p in self.method.parameters())

@@ -1,0 +1,350 @@
+"""The training loop: seeded, resumable, distributed-ready, checkpointing atomically.
+
+A run folder holds ``config.yaml`` (the resolved configuration), ``split.json`` (case
+ids per subset), ``log.jsonl`` (one line per epoch: losses and validation metrics),
+``last.pt`` (every epoch and on interruption) and ``best.pt`` (lowest validation loss).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from edue.config import Config, save_config
+from edue.data.case import collate_cases
+from edue.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from edue.engine.data import (
+    PreparedSource,
+    build_datasets,
+    open_configured_source,
+    split_indices,
+    split_record,
+    training_dataset,
+)
+from edue.engine.runtime import Runtime, setup_runtime, teardown_runtime
+from edue.errors import TrainingDiverged
+from edue.io import write_json
+from edue.methods import Method, build_method
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch, sharded by rank, that can start mid-epoch.
+
+    The order depends only on ``(seed, epoch)``, so a resumed run sees the same batches
+    as an uninterrupted one.
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Choose the epoch's permutation and the first sample (per rank) to yield."""
+        self.epoch, self.start = epoch, start
+
+    def _order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
+        per_rank = self.size // self.world_size  # equal shards: every rank steps together
+        return order[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._order()[self.start:])
+
+    def __len__(self) -> int:
+        return self.size // self.world_size - self.start
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class Trainer:
+    """Trains one method as configured.
+
+    Args:
+        config: the run configuration (``out_dir`` is the run folder).
+        runtime: device / precision / distribution; created from the config when None.
+    """
+
+    def __init__(self, config: Config, runtime: Runtime | None = None) -> None:
+        self.config = config
+        self.runtime = runtime or setup_runtime(config.train.device, config.train.amp)
+        self.run_dir = Path(config.out_dir)
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        if config.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.epoch = 0  # completed epochs
+        self.step_in_epoch = 0  # batches done in the current epoch
+        self.global_step = 0
+        self.best_val = math.inf
+        self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, resume_state: dict[str, Any] | None = None) -> None:
+        """Data, model, optimiser and random states (fresh or from a checkpoint)."""
+        cfg, rt = self.config, self.runtime
+        _seed_everything(cfg.train.seed + rt.rank)
+        source = open_configured_source(cfg)
+        self.indices = split_indices(cfg, source)
+        self.subsets: dict[str, PreparedSource] = build_datasets(cfg, source, self.indices)
+        first = self.subsets["train"].load(0)
+        self.data_info = {
+            "in_channels": int(first.image.shape[0]),
+            "structures": list(first.structures),
+            "spatial_dims": first.spatial_dims,
+            "image_size": list(first.spatial_shape),
+        }
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        self.method: Method = build_method(
+            cfg, self.data_info["in_channels"], len(first.structures), first.spatial_dims
+        ).to(rt.device)
+        if cfg.train.channels_last and first.spatial_dims == 2:
+            self.method = self.method.to(memory_format=torch.channels_last)
+        self.model: torch.nn.Module = self.method
+        if rt.distributed:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.method, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+            )
+        if cfg.train.compile:
+            self.model = torch.compile(self.model)  # type: ignore[assignment]
+        self.optimizer = torch.optim.Adam(self.method.parameters(), lr=cfg.train.lr,
+                                          weight_decay=cfg.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=cfg.train.epochs, eta_min=cfg.train.lr * 0.05)
+        self.scaler = rt.grad_scaler()
+        self.rater_generator = torch.Generator(device=rt.device).manual_seed(
+            cfg.train.seed * 7919 + rt.rank)
+        self.sampler = EpochSampler(len(self.subsets["train"]), cfg.train.seed, rt.rank,
+                                    rt.world_size)
+        if resume_state is not None:
+            self._restore(resume_state)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        self.global_step, self.best_val = int(state["global_step"]), float(state["best_val"])
+        set_rng_state(state["rng"])
+        self.rater_generator.set_state(state["rater_generator"])
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> Path:
+        """Train to ``train.epochs``; returns the run folder."""
+        cfg, rt = self.config, self.runtime
+        if rt.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            write_json(self.run_dir / "split.json", split_record(self.subsets["train"].source,
+                                                                 self.indices))
+        dataset = training_dataset(cfg, self.subsets["train"])
+        per_rank_batch = max(1, cfg.train.batch_size // rt.world_size)
+        loader = DataLoader(dataset, batch_size=per_rank_batch, sampler=self.sampler,
+                            collate_fn=collate_cases, num_workers=cfg.data.num_workers,
+                            pin_memory=rt.device.type == "cuda", drop_last=False)
+        previous = self._install_signal_handlers()
+        try:
+            while self.epoch < cfg.train.epochs:
+                started = time.perf_counter()
+                self.sampler.set_epoch(self.epoch, self.step_in_epoch * per_rank_batch)
+                train_stats = self._train_epoch(loader)
+                self.scheduler.step()
+                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                val_stats = self.validate()
+                self._end_epoch(train_stats, val_stats, time.perf_counter() - started)
+        except _Interrupted:
+            if rt.is_main:
+                self.save("last.pt")
+            raise KeyboardInterrupt from None
+        finally:
+            _restore_signal_handlers(previous)
+        return self.run_dir
+
+    def _train_epoch(self, loader: DataLoader) -> dict[str, float]:
+        cfg, rt = self.config, self.runtime
+        self.model.train()
+        totals: dict[str, float] = {}
+        count = 0
+        progress = _progress(loader, f"epoch {self.epoch + 1}/{cfg.train.epochs}", rt.is_main)
+        for batch in progress:
+            loss, parts = self._step(batch)
+            count += 1
+            for key, value in {"loss": loss, **parts}.items():
+                totals[key] = totals.get(key, 0.0) + value
+            if rt.is_main and hasattr(progress, "set_postfix"):
+                progress.set_postfix(loss=f"{loss:.4f}")
+            self.step_in_epoch += 1
+            self.global_step += 1
+            every = cfg.train.checkpoint_every
+            if rt.is_main and every and self.global_step % every == 0:
+                self.save("last.pt")
+            if self._stop_signal is not None:
+                raise _Interrupted
+        return {f"train/{k}": v / max(count, 1) for k, v in totals.items()}
+
+    def _step(self, batch: dict[str, Any]) -> tuple[float, dict[str, float]]:
+        rt = self.runtime
+        batch = _to_device(batch, rt.device)
+        image = batch["image"]
+        if self.config.train.channels_last and image.ndim == 4:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with rt.autocast():
+            logits = self.model(image)
+        loss, parts = self.method.loss(logits.float(), batch, self.rater_generator)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"non-finite loss ({float(loss)}) at epoch {self.epoch + 1}, batch "
+                f"{self.step_in_epoch + 1}; the last good checkpoint is kept in {self.run_dir}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach()), parts
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Validation loss, soft Dice and SV rank correlation per structure."""
+        subset = self.subsets.get("val")
+        if subset is None or len(subset) == 0:
+            return {}
+        from edue.engine.validation import validation_metrics
+
+        return validation_metrics(self.method, self.model, subset, self.runtime,
+                                  self.config.train.batch_size, self.config.train.seed)
+
+    def _end_epoch(self, train_stats: dict[str, float], val_stats: dict[str, float],
+                   seconds: float) -> None:
+        if not self.runtime.is_main:
+            return
+        record = {"epoch": self.epoch, "seconds": round(seconds, 3),
+                  "lr": self.optimizer.param_groups[0]["lr"], **train_stats, **val_stats}
+        with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        val_loss = val_stats.get("val/loss", train_stats.get("train/loss", math.inf))
+        improved = val_loss < self.best_val
+        if improved:
+            self.best_val = val_loss
+        self.save("last.pt")
+        if improved:
+            self.save("best.pt")
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        """Everything needed to predict with, and to resume, this run."""
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
+            "method": self.config.method.name,
+            "config": self.config.to_dict(),
+            "data": self.data_info,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "best_val": self.best_val,
+            "rng": rng_state(),
+            "rater_generator": self.rater_generator.get_state(),
+        }
+
+    def save(self, name: str) -> Path:
+        """Write a checkpoint into the run folder atomically."""
+        return save_checkpoint(self.run_dir / name, self.state())
+
+    # ------------------------------------------------------------------ signals
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        previous: dict[int, Any] = {}
+
+        def handler(signum: int, _frame: object) -> None:
+            self._stop_signal = signum
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+        return previous
+
+
+def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for sig, old in previous.items():
+        signal.signal(sig, old)
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    non_blocking = device.type == "cuda"
+    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+def _progress(iterable: DataLoader, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+
+
+def train(config: Config, resume: str | Path | None = None) -> Path:
+    """Train as configured, or continue the run in ``resume`` exactly where it stopped.
+
+    Returns:
+        The run folder.
+    """
+    state = None
+    if resume is not None:
+        from edue.config import config_from_dict
+
+        state = load_checkpoint(Path(resume) / "last.pt" if Path(resume).is_dir() else resume)
+        config = config_from_dict(state["config"])
+    trainer = Trainer(config)
+    try:
+        trainer.setup(state)
+        return trainer.fit()
+    finally:
+        teardown_runtime(trainer.runtime)
+
+
+def train_method(config: Config) -> Path:
+    """Train whatever the configuration names; a whole Deep Ensemble member by member.
+
+    With ``method.name=deep_ensemble`` and no ``method.member``, the members train one
+    after another in ``out_dir/member_i`` and are gathered into ``out_dir/ensemble.pt``.
+
+    Returns:
+        The run folder.
+    """
+    m = config.method
+    if m.name == "deep_ensemble" and m.member is None:
+        from edue.engine.ensemble import gather_ensemble, member_config
+
+        runs = [train(member_config(config, i)) for i in range(m.ensemble_size)]
+        out = Path(config.out_dir)
+        gather_ensemble(runs, out / "ensemble.pt")
+        save_config(config, out / "config.yaml")
+        return out
+    if m.name == "deep_ensemble":  # one member as its own job, in the folder the user chose
+        from edue.engine.ensemble import member_seed
+
+        config = copy.deepcopy(config)
+        config.train.seed = member_seed(config.train.seed, int(m.member))  # type: ignore[arg-type]
+    return train(config)

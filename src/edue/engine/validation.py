@@ -1,0 +1,71 @@
+"""Per-epoch validation: loss, soft Dice and SV rank correlation, agreed across ranks."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from edue.data.case import collate_cases, expert_sv
+from edue.engine.data import PreparedSource
+from edue.engine.runtime import Runtime
+from edue.methods import Method
+from edue.metrics.segmentation import soft_dice
+from edue.prediction import Prediction
+
+
+@torch.no_grad()
+def validation_metrics(
+    method: Method, model: torch.nn.Module, subset: PreparedSource, runtime: Runtime,
+    batch_size: int, seed: int,
+) -> dict[str, float]:
+    """Validation figures over ``subset``, sharded by rank and all-reduced.
+
+    Returns:
+        ``val/loss``, ``val/soft_dice/<structure>`` and ``val/spearman_sv/<structure>``.
+    """
+    del model  # the unwrapped method is used: no DDP synchronisation in evaluation
+    method.eval()
+    n, k = len(subset), len(subset.structures)
+    mine = list(range(runtime.rank, n, runtime.world_size))
+    generator = torch.Generator(device=runtime.device).manual_seed(seed)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    dice_sum = torch.zeros(k, dtype=torch.float64)
+    model_sv = torch.zeros(n, k, dtype=torch.float64)
+    true_sv = torch.zeros(n, k, dtype=torch.float64)
+    for start in range(0, len(mine), batch_size):
+        idx = mine[start:start + batch_size]
+        from edue.data.case import case_to_sample
+
+        batch = collate_cases([case_to_sample(subset.load(i)) for i in idx])
+        batch = {key: v.to(runtime.device) if isinstance(v, torch.Tensor) else v
+                 for key, v in batch.items()}
+        with runtime.autocast():
+            logits = method(batch["image"]).float()
+        loss, _ = method.loss(logits, batch, generator)
+        loss_sum += float(loss) * len(idx)
+        members = method.predict_members(batch["image"]).float().cpu()
+        for j, case_index in enumerate(idx):
+            pred = Prediction(members[:, j])
+            dice_sum += soft_dice(pred.mean, batch["soft_vote"][j].cpu()).double()
+            model_sv[case_index] = pred.sv.double()
+            r = int(batch["rater_valid"][j].sum())
+            true_sv[case_index] = expert_sv(batch["masks"][j, :r].cpu()).double()
+    totals = runtime.all_reduce_mean(
+        torch.cat([loss_sum[None], dice_sum, model_sv.flatten(), true_sv.flatten()])
+    ).cpu() * runtime.world_size
+    loss_mean = float(totals[0]) / max(n, 1)
+    dice_mean = (totals[1:1 + k] / max(n, 1)).tolist()
+    sv_model = totals[1 + k:1 + k + n * k].reshape(n, k).numpy()
+    sv_true = totals[1 + k + n * k:].reshape(n, k).numpy()
+    out = {"val/loss": loss_mean}
+    for s, name in enumerate(subset.structures):
+        out[f"val/soft_dice/{name}"] = float(dice_mean[s])
+        out[f"val/spearman_sv/{name}"] = _spearman(sv_model[:, s], sv_true[:, s])
+    return out
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)

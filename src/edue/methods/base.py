@@ -1,0 +1,51 @@
+"""The protocol every method follows.
+
+A method is an ``nn.Module`` that, in training, returns a stack of logits
+``[S, B, K, *spatial]`` and computes its own loss from them; at inference it returns
+member probabilities ``[S, B, K, *spatial]`` that become :class:`~edue.prediction.Prediction`
+objects. Nothing downstream knows which method it is.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Method(nn.Module):
+    """Base class of all methods.
+
+    Attributes:
+        name: registry name of the method.
+        network: the module whose weights are checkpointed.
+    """
+
+    name = "method"
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training outputs: logits ``[S, B, K, *spatial]``."""
+        out = self.network(x)
+        return out if out.ndim == x.ndim + 1 else out.unsqueeze(0)
+
+    def loss(
+        self,
+        logits: torch.Tensor,
+        batch: dict[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar training loss and its named parts."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict_members(self, x: torch.Tensor) -> torch.Tensor:
+        """Member probabilities ``[S, B, K, *spatial]`` (the module must be in eval mode)."""
+        return torch.sigmoid(self.forward(x).float())
+
+    @property
+    def n_members(self) -> int:
+        """Number of members ``S`` at prediction."""
+        return 1

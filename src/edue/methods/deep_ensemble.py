@@ -1,0 +1,35 @@
+"""Deep Ensembles: ``M`` plain U-Nets trained with different seeds.
+
+Members train as independent jobs (``edue train method.name=deep_ensemble
+method.member=i``); :func:`gather` joins their checkpoints into one predictor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from edue.methods.base import Method
+from edue.nets.unet import UNet
+
+
+class DeepEnsemble(Method):
+    """Several plain U-Nets whose outputs are the members.
+
+    Args:
+        members: U-Nets with ``out_channels = K``, all of the same architecture.
+    """
+
+    name = "deep_ensemble"
+
+    def __init__(self, members: Sequence[UNet]) -> None:
+        super().__init__(nn.ModuleList(members))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.network])  # type: ignore[union-attr]
+
+    @property
+    def n_members(self) -> int:
+        return len(self.network)  # type: ignore[arg-type]

@@ -1,0 +1,51 @@
+"""Layer Ensembles (Kushibar et al., MICCAI 2022): a head after every encoder and decoder
+block, the loss summed over heads, and the prediction the mean of the heads after
+skipping the first ``T``."""
+
+from __future__ import annotations
+
+import torch
+
+from edue.losses import summed_heads_bce
+from edue.methods.base import Method
+from edue.nets.heads import MultiHeadNet
+from edue.nets.unet import UNet
+
+
+class LayerEnsembles(Method):
+    """Heads on every block, attached by forward hooks (any backbone works).
+
+    Args:
+        backbone: a feature-only U-Net (``out_channels=0``).
+        out_channels: structures ``K``.
+        skip_first: heads ignored at prediction (the shallow, least accurate ones).
+    """
+
+    name = "layer_ensembles"
+
+    def __init__(self, backbone: UNet, out_channels: int, skip_first: int = 4) -> None:
+        names = backbone.block_names
+        if not 0 <= skip_first <= len(names) - 2:
+            raise ValueError(
+                f"skip_first must leave at least 2 of the {len(names)} heads, got {skip_first}"
+            )
+        super().__init__(
+            MultiHeadNet(backbone, names, out_channels, backbone.spatial_dims, backbone.in_channels)
+        )
+        self.skip_first = skip_first
+
+    def loss(self, logits, batch, generator=None):  # type: ignore[no-untyped-def,override]
+        return summed_heads_bce(logits, batch)
+
+    @torch.no_grad()
+    def predict_members(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.forward(x)[self.skip_first :].float())
+
+    @torch.no_grad()
+    def predict_all_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities of every head ``[S_all, B, K, *sp]`` (for AULA and choosing T)."""
+        return torch.sigmoid(self.forward(x).float())
+
+    @property
+    def n_members(self) -> int:
+        return len(self.network.heads) - self.skip_first  # type: ignore[arg-type]

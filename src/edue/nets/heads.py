@@ -1,0 +1,87 @@
+"""Prediction heads attached to named blocks of any backbone through forward hooks.
+
+This is how EDUE and Layer Ensembles turn one network into a stack of predictions from
+different depths without touching the backbone's code: a hook keeps each named block's
+output, a 1×1 convolution maps it to ``K`` logits, and the logits are upsampled to the
+input's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edue.nets.unet import conv_nd
+
+
+class MultiHeadNet(nn.Module):
+    """A backbone with a 1×1 convolution head after each of several named blocks.
+
+    Args:
+        backbone: any module; its own output is ignored.
+        block_names: names (as in ``backbone.named_modules()``) of the blocks to tap, in
+            the order the heads are returned; the last is the "final" head.
+        out_channels: structures ``K``.
+        spatial_dims: 2 or 3.
+        in_channels: image channels, used to probe the tapped blocks' widths.
+
+    Shapes:
+        input ``[B, C, *spatial]``; output ``[S, B, K, *spatial]`` logits, ``S = len(block_names)``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        block_names: Sequence[str],
+        out_channels: int,
+        spatial_dims: int,
+        in_channels: int,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.block_names = list(block_names)
+        modules = dict(backbone.named_modules())
+        unknown = [n for n in self.block_names if n not in modules]
+        if unknown:
+            raise ValueError(f"backbone has no blocks named {unknown}")
+        self._features: dict[str, torch.Tensor] = {}
+        for name in self.block_names:
+            modules[name].register_forward_hook(self._keeper(name))
+        widths = self._probe_widths(spatial_dims, in_channels)
+        conv = conv_nd(spatial_dims)
+        self.heads = nn.ModuleList(conv(w, out_channels, 1) for w in widths)
+        self.mode = "bilinear" if spatial_dims == 2 else "trilinear"
+
+    def _keeper(self, name: str):  # type: ignore[no-untyped-def]
+        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            self._features[name] = output
+
+        return hook
+
+    @torch.no_grad()
+    def _probe_widths(self, spatial_dims: int, in_channels: int) -> list[int]:
+        was_training = self.backbone.training
+        self.backbone.eval()
+        size = 2 ** (len(self.block_names) + 1)
+        size = min(max(size, 32), 64)
+        self.backbone(torch.zeros(1, in_channels, *([size] * spatial_dims)))
+        self.backbone.train(was_training)
+        widths = [int(self._features[n].shape[1]) for n in self.block_names]
+        self._features.clear()
+        return widths
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[2:]
+        self._features.clear()
+        self.backbone(x)
+        outputs = []
+        for name, head in zip(self.block_names, self.heads, strict=True):
+            logits = head(self._features[name])
+            if logits.shape[2:] != size:
+                logits = F.interpolate(logits, size=size, mode=self.mode, align_corners=False)
+            outputs.append(logits)
+        self._features.clear()
+        return torch.stack(outputs)
