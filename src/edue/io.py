@@ -209,6 +209,8 @@ def _json_default(obj: object) -> object:
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
+    if hasattr(obj, "detach") and hasattr(obj, "tolist"):  # a torch tensor
+        return obj.detach().cpu().tolist()  # type: ignore[attr-defined]
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 

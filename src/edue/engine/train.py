@@ -301,7 +301,8 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 def _progress(iterable: DataLoader, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+    return tqdm(iterable, desc=desc, leave=False, disable=None if enabled else True,
+                dynamic_ncols=True)
 
 
 def train(config: Config, resume: str | Path | None = None) -> Path:

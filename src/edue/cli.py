@@ -1,0 +1,218 @@
+"""The ``edue`` command line. Subcommands are thin; heavy imports happen inside them.
+
+Errors the user can cause end with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a method as configured")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=5")
+    p.add_argument("--config", help="YAML configuration (defaults when omitted)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--out", help="run folder (same as out_dir=...)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="same as train.device=...")
+    p.add_argument("--member", type=int, help="train one Deep Ensemble member (method.member)")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="one-pass prediction on new images")
+    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    p.add_argument("inputs", nargs="+", help="image files or folders (PNG, TIFF, JPEG, NIfTI, NPY)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--skip-bad", action="store_true",
+                   help="report unreadable inputs and go on (exit status 1 if any failed)")
+    p.add_argument("--no-figures", action="store_true", help="skip the overlay PNGs")
+    p.set_defaults(func=cmd_predict)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="every metric of a checkpoint on a dataset split")
+    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--data", help="dataset root (default: the training configuration's)")
+    p.add_argument("--format", help="dataset format (default: the training configuration's)")
+    p.add_argument("--split", default="test", help="subset of the run's split (default test)")
+    p.add_argument("--all", action="store_true", help="evaluate every case of --data")
+    p.add_argument("--ood", action="store_true", help="also run the distortion study")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="tables, figures and report.html from evaluated runs")
+    p.add_argument("runs", nargs="+", help="evaluation folders written by `edue evaluate`")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_compare)
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="dataset tools")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("synth", help="write the embedded synthetic dataset to disk")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n", type=int, default=100)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, default=128)
+    s.add_argument("--raters", type=int, default=6)
+    s.set_defaults(func=cmd_data_synth)
+    c = dsub.add_parser("check", help="read a whole dataset and summarise its problems")
+    c.add_argument("root")
+    c.add_argument("--format", default="folder")
+    c.add_argument("--strict", action="store_true", help="any problem is an error")
+    c.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="reader option (repeatable)")
+    c.set_defaults(func=cmd_data_check)
+    r = dsub.add_parser("riga-extract", help="masks from the original RIGA release")
+    r.add_argument("src")
+    r.add_argument("--out", required=True)
+    r.set_defaults(func=cmd_riga_extract)
+
+
+def _add_ensemble(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ensemble", help="Deep Ensemble tools")
+    esub = p.add_subparsers(dest="ensemble_command", required=True)
+    g = esub.add_parser("gather", help="join member checkpoints into one predictor")
+    g.add_argument("members", nargs="+", help="member checkpoints or run folders")
+    g.add_argument("--out", required=True, help="output checkpoint file")
+    g.set_defaults(func=cmd_ensemble_gather)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the whole comparison on the embedded dataset")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--dims", type=int, default=2, choices=[2, 3])
+    p.add_argument("--quick", action="store_true", help="a tiny run (for tests)")
+    p.add_argument("--methods", nargs="*", help="subset of methods to train")
+    p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``edue``."""
+    from edue import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="edue",
+        description="One-pass uncertainty for multi-rater medical image segmentation (EDUE).",
+    )
+    parser.add_argument("--version", action="version", version=f"edue {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_predict, _add_evaluate, _add_compare, _add_data,
+                _add_ensemble, _add_demo):
+        add(sub)
+    return parser
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from edue.config import load_config
+    from edue.engine.train import train, train_method
+
+    if args.resume:
+        run = train(load_config(), resume=args.resume)
+    else:
+        overrides = list(args.overrides)
+        if args.out:
+            overrides.append(f"out_dir={args.out}")
+        if args.device:
+            overrides.append(f"train.device={args.device}")
+        if args.member is not None:
+            overrides.append(f"method.member={args.member}")
+        run = train_method(load_config(args.config, overrides))
+    print(f"run folder: {run}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from edue.engine.predict_files import predict_files
+
+    return predict_files(args.checkpoint, args.inputs, args.out, device=args.device,
+                         skip_bad=args.skip_bad, figures=not args.no_figures)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from edue.engine.evaluate import evaluate_command
+
+    return evaluate_command(args)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from edue.report.compare import compare_runs
+
+    report = compare_runs(args.runs, args.out)
+    print(f"report: {report}")
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from edue.data.folder import write_folder_dataset
+    from edue.data.synthetic import FundusConfig, generate_cases
+
+    cases = generate_cases(args.n, args.seed, FundusConfig(size=args.size, n_raters=args.raters))
+    root = write_folder_dataset(cases, args.out, name=f"synthetic-fundus-seed{args.seed}")
+    print(f"wrote {len(cases)} cases to {root}")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    import yaml
+
+    from edue.data.check import run_check_command
+
+    options = {}
+    for item in args.option:
+        key, _, value = item.partition("=")
+        options[key] = yaml.safe_load(value)
+    return run_check_command(args.root, args.format, args.strict, options)
+
+
+def cmd_riga_extract(args: argparse.Namespace) -> int:
+    from edue.data.riga import run_riga_extract_command
+
+    return run_riga_extract_command(args.src, args.out)
+
+
+def cmd_ensemble_gather(args: argparse.Namespace) -> int:
+    from edue.engine.ensemble import gather_ensemble
+
+    path = gather_ensemble(args.members, args.out)
+    print(f"ensemble of {len(args.members)} members: {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edue.demo import run_demo
+
+    return run_demo(args.out, dims=args.dims, quick=args.quick, methods=args.methods)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run a subcommand; user errors become one line and exit status 2."""
+    from edue.errors import EdueError
+
+    args = build_parser().parse_args(argv)
+    warnings.showwarning = _showwarning
+    try:
+        return int(args.func(args) or 0)
+    except EdueError as exc:
+        print(f"edue: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edue: interrupted (the last checkpoint is kept)", file=sys.stderr)
+        return 130
+
+
+def _showwarning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    print(f"edue: warning: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
