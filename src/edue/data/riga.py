@@ -1,0 +1,499 @@
+"""RIGA fundus photographs (optic disc and cup, six raters) in its three circulating shapes.
+
+* ``riga-discregion``: MRNet's "DiscRegion" CSVs ``Glaucoma_multirater_<site>.csv``
+  (read as GBK) listing, per image, a block of rows (rater 0 = image and ``FinalLabel``
+  mask, raters 1..n); rater n's mask is the FinalLabel path with ``FinalLabel`` →
+  ``Rater{n}``. Greyscale masks: 0 background, a rim level (128 or 150), 255 cup.
+* ``riga-plus``: RIGA+ CSVs ``<site>[_BaseN]_<subset>.csv`` with header ``image,mask``;
+  rater k's file is the mask path with ``.tif`` → ``-k.tif``; 255 disc rim, 128 cup.
+* the original release has no masks: :func:`extract_riga` recovers them from the
+  annotated copies and writes the project's folder format (``edue data riga-extract``).
+
+The cup is the level nested inside the disc; ``encoding: auto`` finds it per mask from
+that nesting, ``discregion``/``rigaplus`` force a convention. Disc = any non-zero value.
+Images are RGB ``[3, H, W]`` in [0, 1]; masks ``[R, 2, H, W]`` for ``("disc", "cup")``.
+RIGA has no patient identifiers: the site (BinRushed, MESSIDOR, Magrabia) is used as
+the patient id, so no split can put two images of one person on both sides.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from edue.data.case import MultiRaterCase
+from edue.data.source import CaseSource
+from edue.errors import ConfigError, DataError
+from edue.io import read_image, read_label_map, suffix_of
+
+SITES = ("BinRushed", "MESSIDOR", "Magrabia")
+STRUCTURES = ("disc", "cup")
+ENCODINGS = ("auto", "discregion", "rigaplus")
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
+
+
+# --------------------------------------------------------------------------- helpers
+def site_of(text: str) -> str | None:
+    """The RIGA site named in a path or file name (``Magrabi`` matches ``Magrabia``)."""
+    low = text.lower()
+    for key, site in (("binrushed", "BinRushed"), ("messidor", "MESSIDOR"),
+                      ("magrabi", "Magrabia")):
+        if key in low:
+            return site
+    return None
+
+
+def select_sites(sites: list[str] | None) -> set[str]:
+    """Canonical site names from a user list (case-insensitive); all when ``None``."""
+    if not sites:
+        return set(SITES)
+    chosen = {site_of(s) for s in sites}
+    if None in chosen:
+        raise ConfigError(f"unknown RIGA site in {sites} (known: {', '.join(SITES)})")
+    return chosen  # type: ignore[return-value]
+
+
+def safe_id(text: str) -> str:
+    """A case id made of letters, digits, ``_`` and ``-``."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Read a photograph as float32 RGB ``[3, H, W]`` in [0, 1] (grey is repeated)."""
+    image, _ = read_image(path, spatial_dims=2)
+    if image.shape[0] == 1:
+        image = np.repeat(image, 3, axis=0)
+    elif image.shape[0] == 4:
+        image = image[:3]
+    elif image.shape[0] != 3:
+        raise DataError(f"expected an RGB or grey image, got {image.shape[0]} channels", path)
+    return image
+
+
+def resize_case(image: np.ndarray, masks: np.ndarray, size: int | list[int] | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Resize ``image [C, H, W]`` (bilinear) and ``masks [R, K, H, W]`` (nearest) to ``size``."""
+    if size is None:
+        return image, masks
+    import torch
+    import torch.nn.functional as F
+
+    hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    img = F.interpolate(torch.from_numpy(image)[None], size=hw, mode="bilinear",
+                        align_corners=False, antialias=True)[0]
+    r, k = masks.shape[:2]
+    m = F.interpolate(torch.from_numpy(masks.reshape(r * k, *masks.shape[2:]))[None].float(),
+                      size=hw, mode="nearest-exact")[0]
+    return img.clamp(0, 1).numpy(), m.to(torch.uint8).numpy().reshape(r, k, *hw)
+
+
+def resolve_path(bases: list[Path], listed: str) -> Path:
+    """Find a file named in a CSV (Windows or POSIX separators, any letter case).
+
+    Leading components absent on disk (a drive, the dataset's own folder name) are
+    skipped. Raises:
+        DataError: nothing matches (naming the path as listed).
+    """
+    parts = [p for p in re.split(r"[\\/]+", listed.strip()) if p and p != "."]
+    for base in bases:
+        if not parts:
+            return base
+        # skip leading components up to the first one present under ``base``
+        start = next((i for i in range(len(parts)) if _find_ci(base, parts[i:i + 1])), None)
+        found = None if start is None else _find_ci(base, parts[start:])
+        if found is not None:
+            return found
+    raise DataError(f"file listed in the CSV not found: '{listed}'",
+                    bases[0].joinpath(*parts) if parts else bases[0])
+
+
+def _find_ci(base: Path, parts: list[str]) -> Path | None:
+    exact = base.joinpath(*parts)
+    if exact.exists():
+        return exact
+    current = base
+    for part in parts:
+        if not current.is_dir():
+            return None
+        match = [c for c in current.iterdir() if c.name.lower() == part.lower()]
+        if not match:
+            return None
+        current = match[0]
+    return current
+
+
+# --------------------------------------------------------------------------- decoding
+def _levels(label: np.ndarray, lossy: bool, where: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Split a disc/cup label map into its intermediate and its 255 regions."""
+    if lossy:  # JPEG: quantise to 0 / intermediate / 255
+        return (label >= 64) & (label < 200), label >= 200
+    values = set(np.unique(label).tolist())
+    middle = values - {0, 255}
+    if len(middle) > 1:
+        raise DataError(f"unexpected label values {sorted(values)[:10]} (expected 0, one "
+                        "rim/cup level such as 128 or 150, and 255)", where)
+    return (label > 0) & (label < 255), label == 255
+
+
+def _touches_background(region: np.ndarray, background: np.ndarray) -> int:
+    from scipy.ndimage import binary_dilation
+
+    return int((region & binary_dilation(background)).sum())
+
+
+def decode_disc_cup(label: np.ndarray, encoding: str, default: str, where: Path
+                    ) -> tuple[np.ndarray, str]:
+    """Turn a greyscale disc/cup map ``[H, W]`` into masks ``[2, H, W]`` (disc, cup).
+
+    Args:
+        label: the rater's label map.
+        encoding: ``auto`` (the level nested inside the other is the cup),
+            ``discregion`` (255 = cup) or ``rigaplus`` (the intermediate level = cup).
+        default: convention used by ``auto`` when the nesting cannot tell (one level).
+        where: file named in errors.
+
+    Returns:
+        The masks and the convention used.
+    """
+    middle, high = _levels(label, suffix_of(where) in LOSSY_SUFFIXES, where)
+    used = encoding
+    if encoding == "auto":
+        background = ~(middle | high)
+        touch_mid = _touches_background(middle, background)
+        touch_high = _touches_background(high, background)
+        if middle.any() and high.any() and touch_mid != touch_high:
+            used = "discregion" if touch_high < touch_mid else "rigaplus"
+        else:
+            used = default
+    cup = high if used == "discregion" else middle
+    return np.stack([middle | high, cup]).astype(np.uint8), used
+
+
+# --------------------------------------------------------------------------- readers
+class _RigaCsvSource(CaseSource):
+    """Shared loading of the CSV-described RIGA shapes (one entry per image)."""
+
+    default_encoding = "discregion"
+    spatial_dims = 2
+
+    def __init__(self, root: str | Path, sites: list[str] | None, encoding: str,
+                 size: int | list[int] | None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError("RIGA folder not found", self.root)
+        if encoding not in ENCODINGS:
+            raise ConfigError(f"encoding must be one of {ENCODINGS}, got '{encoding}'")
+        self.sites, self.encoding, self.size = select_sites(sites), encoding, size
+        self.structures = STRUCTURES
+        # entries: (case id, site, image as listed, {rater name: mask as listed}, csv)
+        self.entries: list[tuple[str, str, str, dict[str, str], Path]] = []
+
+    def _finish(self) -> None:
+        if not self.entries:
+            raise DataError(f"no images of sites {sorted(self.sites)} listed in the CSVs",
+                            self.root)
+        self.case_ids = [e[0] for e in self.entries]
+        self.patient_ids = [e[1] for e in self.entries]
+
+    def rater_files(self, index: int) -> dict[str, Path]:
+        """The resolved rater mask files of case ``index``."""
+        _, _, _, raters, csv_path = self.entries[index]
+        if not raters:
+            raise DataError("no rater rows for this image", csv_path)
+        return {n: resolve_path([csv_path.parent, self.root], m) for n, m in raters.items()}
+
+    def load(self, index: int) -> MultiRaterCase:
+        case_id, site, image_name, _, csv_path = self.entries[index]
+        image_path = resolve_path([csv_path.parent, self.root], image_name)
+        image = read_rgb(image_path)
+        masks, used, values = [], set(), set()
+        files = self.rater_files(index)
+        for path in files.values():
+            label, _ = read_label_map(path, spatial_dims=2)
+            if label.shape != image.shape[1:]:
+                raise DataError(f"mask size {label.shape} differs from image size "
+                                f"{image.shape[1:]} ({image_path.name})", path)
+            m, conv = decode_disc_cup(label, self.encoding, self.default_encoding, path)
+            masks.append(m)
+            used.add(conv)
+            values.update(np.unique(label).tolist())
+        image, stacked = resize_case(image, np.stack(masks), self.size)
+        case = MultiRaterCase(
+            image=np.ascontiguousarray(image, dtype=np.float32), masks=stacked,
+            case_id=case_id, structures=STRUCTURES, patient_id=site,
+            meta={"site": site, "source": str(image_path), "raters": list(files),
+                  "encoding": sorted(used), "label_values": sorted(int(v) for v in values)},
+        )
+        return case.validate(str(image_path))
+
+
+class RigaDiscRegionSource(_RigaCsvSource):
+    """Reader of MRNet's DiscRegion RIGA preprocessing (format ``riga-discregion``).
+
+    Args:
+        root: folder holding ``Glaucoma_multirater_<site>.csv`` and the image folders.
+        sites: sites to read (default all three).
+        encoding: ``auto`` (default), ``discregion`` or ``rigaplus``.
+        size: resize images and masks to ``size`` × ``size`` (or ``[H, W]``).
+    """
+
+    def __init__(self, root: str | Path, sites: list[str] | None = None,
+                 encoding: str = "auto", size: int | list[int] | None = None, **_: Any) -> None:
+        super().__init__(root, sites, encoding, size)
+        pattern = re.compile(r"^glaucoma_multirater_(\w+)\.csv$", re.IGNORECASE)
+        csvs = sorted(p for p in self.root.rglob("*.csv") if pattern.match(p.name))
+        if not csvs:
+            raise DataError("no Glaucoma_multirater_<site>.csv files", self.root)
+        for path in csvs:
+            site = site_of(path.name)
+            if site in self.sites:
+                self._parse(path, site)
+        self._finish()
+
+    def _parse(self, path: Path, site: str) -> None:
+        try:
+            with open(path, encoding="gbk", newline="") as fh:
+                rows = list(csv.DictReader(fh))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(f"cannot read CSV as GBK ({exc})", path) from None
+        if not rows or not {"imgName", "maskName", "rater"} <= set(rows[0]):
+            raise DataError("expected columns imgName, maskName, ..., rater", path)
+        final = ""
+        for line, row in enumerate(rows, start=2):
+            try:
+                rater = int(float(row["rater"]))
+            except (TypeError, ValueError):
+                raise DataError(f"line {line}: rater '{row['rater']}' is not a number",
+                                path) from None
+            if rater == 0:
+                image, final = row["imgName"], row["maskName"]
+                if "FinalLabel" not in final:
+                    raise DataError(f"line {line}: mask '{final}' has no 'FinalLabel'", path)
+                case_id = safe_id(f"{site}-{re.sub(r'[.][^.]*$', '', image)}")
+                self.entries.append((case_id, site, image, {}, path))
+            elif not final:
+                raise DataError(f"line {line}: rater {rater} row before any rater 0 row", path)
+            else:
+                self.entries[-1][3][f"Rater{rater}"] = final.replace("FinalLabel",
+                                                                     f"Rater{rater}")
+
+
+class RigaPlusSource(_RigaCsvSource):
+    """Reader of RIGA+ (Zenodo 6325549), format ``riga-plus``.
+
+    Args:
+        root: folder holding the ``<site>[_BaseN]_<subset>.csv`` files and images.
+        sites: sites to read (default all three).
+        subsets: CSV subsets to read (default ``[train, test]``; ``unlabeled`` has no masks).
+        encoding: ``auto`` (default), ``discregion`` or ``rigaplus``.
+        size: resize images and masks to ``size`` × ``size`` (or ``[H, W]``).
+    """
+
+    default_encoding = "rigaplus"
+
+    def __init__(self, root: str | Path, sites: list[str] | None = None,
+                 subsets: list[str] | None = None, encoding: str = "auto",
+                 size: int | list[int] | None = None, **_: Any) -> None:
+        super().__init__(root, sites, encoding, size)
+        wanted = {s.lower() for s in (subsets or ["train", "test"])}
+        pattern = re.compile(r"^(\w+?)_(train|test|unlabeled)\.csv$", re.IGNORECASE)
+        csvs = sorted(p for p in self.root.rglob("*.csv") if pattern.match(p.name))
+        if not csvs:
+            raise DataError("no <site>_<train|test>.csv files", self.root)
+        for path in csvs:
+            prefix, subset = pattern.match(path.name).groups()  # type: ignore[union-attr]
+            site = site_of(prefix)
+            if site in self.sites and subset.lower() in wanted:
+                self._parse(path, site, safe_id(f"{prefix}_{subset}"))
+        self._finish()
+
+    def _parse(self, path: Path, site: str, tag: str) -> None:
+        try:
+            with open(path, encoding="utf-8-sig", newline="") as fh:
+                rows = list(csv.DictReader(fh))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(f"cannot read CSV ({exc})", path) from None
+        if rows and not {"image", "mask"} <= set(rows[0]):
+            raise DataError("expected header 'image,mask'", path)
+        for row in rows:
+            if not (row.get("mask") or "").strip():
+                continue  # unlabeled image
+            stem = re.sub(r"[.][^.\\/]*$", "", row["image"].replace("\\", "/").split("/")[-1])
+            self.entries.append((safe_id(f"{tag}-{stem}"), site, row["image"],
+                                 {"mask": row["mask"]}, path))
+
+    def rater_files(self, index: int) -> dict[str, Path]:
+        """Rater k's file is the listed mask with ``.tif`` → ``-k.tif`` (k counted on disk)."""
+        _, _, _, raters, csv_path = self.entries[index]
+        listed = PurePosixPath(raters["mask"].replace("\\", "/"))
+        stem, suffix = listed.stem, listed.suffix
+        folder = resolve_path([csv_path.parent, self.root], str(listed.parent))
+        pattern = re.compile(rf"^{re.escape(stem)}-(\d+){re.escape(suffix)}$", re.IGNORECASE)
+        found = {int(m.group(1)): p for p in folder.iterdir() if (m := pattern.match(p.name))}
+        if not found:
+            raise DataError(f"no rater masks {stem}-<k>{suffix}", folder)
+        missing = sorted(set(range(1, max(found) + 1)) - set(found))
+        if missing:
+            raise DataError(f"missing rater file {stem}-{missing[0]}{suffix}", folder)
+        return {f"rater{k}": found[k] for k in sorted(found)}
+
+
+# --------------------------------------------------------------------------- original release
+_SUFFIX = r"\.(tif|tiff|jpg|jpeg|png|bmp)$"
+_PRIME = re.compile(r"^image(\d+)prime" + _SUFFIX, re.IGNORECASE)
+_COPY = re.compile(r"^image(\d+)-(\d+)" + _SUFFIX, re.IGNORECASE)
+
+
+@dataclass
+class ExtractReport:
+    """What :func:`extract_riga` did: case ids written and ``(file, reason)`` rejections."""
+
+    out: Path
+    extracted: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+    def format(self) -> str:
+        """Human-readable summary, one rejected case per line."""
+        lines = [f"extracted {len(self.extracted)} cases to {self.out}",
+                 f"rejected {len(self.rejected)} cases"]
+        lines += [f"  {where}: {reason}" for where, reason in self.rejected]
+        return "\n".join(lines)
+
+
+def find_original_cases(src: Path) -> dict[tuple[Path, int], dict[int, Path]]:
+    """Group ``imageNprime`` (key 0) and ``imageN-k`` (key k) files by folder and N.
+
+    Lossless files win over JPEG when both exist.
+    """
+    groups: dict[tuple[Path, int], dict[int, Path]] = {}
+    for path in sorted(src.rglob("*"), key=lambda p: suffix_of(p) in LOSSY_SUFFIXES):
+        prime, copy = _PRIME.match(path.name), _COPY.match(path.name)
+        if path.is_file() and (prime or copy):
+            n, k = (int(prime.group(1)), 0) if prime else (int(copy.group(1)), int(copy.group(2)))
+            groups.setdefault((path.parent, n), {}).setdefault(k, path)
+    return groups
+
+
+def masks_from_annotation(prime: np.ndarray, copy: np.ndarray, lossy: bool, where: Path,
+                          threshold: float = 30, min_component: int = 100) -> np.ndarray:
+    """Recover one rater's disc and cup ``[2, H, W]`` from an annotated copy ``[3, H, W]``.
+
+    The drawn curves are where the copy differs from the clean image by more than
+    ``threshold`` (0–255 scale, max over channels); components smaller than
+    ``min_component`` pixels and curves that enclose nothing are dropped (for JPEG
+    copies the threshold is raised to half the lines' contrast and gaps are closed);
+    exactly two closed curves must remain. Filled, the larger is the disc, the smaller
+    the cup, which must lie inside the disc.
+
+    Raises:
+        DataError: not two closed curves, or the cup outside the disc.
+    """
+    from scipy import ndimage
+
+    diff = np.abs(copy - prime).max(0) * 255
+    drawn = diff > threshold
+    if lossy and drawn.any():
+        # JPEG (chroma subsampling) smears the lines over their neighbours: keep what is
+        # above half the lines' typical contrast, then close small gaps in the curves
+        drawn = diff > max(threshold, 0.5 * float(np.percentile(diff[drawn], 90)))
+        drawn = ndimage.binary_closing(drawn, np.ones((3, 3), bool), iterations=2)
+    labels, n = ndimage.label(drawn, np.ones((3, 3), bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    regions = []
+    for i in np.flatnonzero(sizes >= min_component):
+        if i == 0:
+            continue
+        filled = ndimage.binary_fill_holes(labels == i)
+        if filled.sum() > 1.2 * sizes[i]:  # a closed curve encloses an area
+            regions.append(filled)
+    if len(regions) != 2:
+        raise DataError(f"found {len(regions)} closed curves, expected 2 (disc and cup)", where)
+    disc, cup = sorted(regions, key=lambda r: -int(r.sum()))
+    if (cup & ~disc).sum() > 0.01 * cup.sum():
+        raise DataError("the cup is not inside the disc", where)
+    return np.stack([disc, cup & disc]).astype(np.uint8)
+
+
+def _extract_case(src: Path, key: tuple[Path, int], files: dict[int, Path],
+                  size: int | list[int] | None, **options: Any) -> MultiRaterCase:
+    folder, n = key
+    if 0 not in files:
+        raise DataError(f"no image{n}prime file for the annotated copies", folder)
+    raters = sorted(k for k in files if k > 0)
+    if not raters:
+        raise DataError("no annotated copies image{n}-<k>", files[0])
+    prime = read_rgb(files[0])
+    masks = []
+    for k in raters:
+        copy = read_rgb(files[k])
+        if copy.shape != prime.shape:
+            raise DataError(f"size {copy.shape[1:]} differs from the prime image "
+                            f"{prime.shape[1:]}", files[k])
+        lossy = any(suffix_of(files[i]) in LOSSY_SUFFIXES for i in (0, k))
+        masks.append(masks_from_annotation(prime, copy, lossy, files[k], **options))
+    image, stacked = resize_case(prime, np.stack(masks), size)
+    rel = folder.relative_to(src).parts
+    site = site_of("/".join(rel)) or "unknown"
+    return MultiRaterCase(image, stacked, safe_id("-".join((*rel, f"image{n}"))), STRUCTURES,
+                          patient_id=site, meta={"site": site, "source": str(files[0])})
+
+
+def extract_riga(src: str | Path, dst: str | Path, sites: list[str] | None = None,
+                 size: int | list[int] | None = None, threshold: float = 30,
+                 min_component: int = 100) -> ExtractReport:
+    """Turn the original RIGA release into the project's folder format.
+
+    Args:
+        src: the release (any nesting, letter case and image extensions).
+        dst: output folder (``edue-folder`` format; patient id = site).
+        sites: sites to extract (default all).
+        size: optional resize of the output (``int`` or ``[H, W]``).
+        threshold: curve detection threshold on the 0–255 difference.
+        min_component: smallest curve component kept (pixels).
+
+    Returns:
+        The report; it is also written to ``dst/extract_report.txt``.
+
+    Raises:
+        DataError: no ``imageNprime`` file at all under ``src``.
+    """
+    from edue.data.folder import write_folder_dataset
+    from edue.io import write_json
+
+    src, dst = Path(src), Path(dst)
+    groups = find_original_cases(src) if src.is_dir() else {}
+    if not any(0 in files for files in groups.values()):
+        raise DataError("no RIGA images (imageNprime.tif/.jpg) found", src)
+    chosen, report, entries = select_sites(sites), ExtractReport(dst), []
+    for key, files in sorted(groups.items()):
+        if (site_of(str(key[0].relative_to(src))) or "unknown") not in chosen | {"unknown"}:
+            continue
+        try:
+            case = _extract_case(src, key, files, size, threshold=threshold,
+                                 min_component=min_component)
+        except DataError as exc:
+            report.rejected.append((exc.path or str(key[0]), exc.reason))
+            continue
+        write_folder_dataset([case], dst, name="riga")
+        entries.append({"id": case.case_id, "patient": case.patient_id})
+        report.extracted.append(case.case_id)
+    if entries:
+        spec = json.loads((dst / "dataset.json").read_text(encoding="utf-8"))
+        spec["cases"] = entries
+        write_json(dst / "dataset.json", spec)
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "extract_report.txt").write_text(report.format() + "\n", encoding="utf-8")
+    return report
+
+
+def run_riga_extract_command(src: str, dst: str) -> int:
+    """``edue data riga-extract SRC --out DST``: print the report; 0 if any case was written."""
+    report = extract_riga(src, dst)
+    print(report.format())
+    return 0 if report.extracted else 2

@@ -1,0 +1,241 @@
+"""RIGA in its three shapes: DiscRegion CSVs, RIGA+ CSVs, and the original release."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from edue.data.folder import FolderSource
+from edue.data.riga import (
+    RigaDiscRegionSource,
+    RigaPlusSource,
+    decode_disc_cup,
+    extract_riga,
+    run_riga_extract_command,
+)
+from edue.data.source import open_source
+from edue.errors import ConfigError, DataError
+
+H, W = 32, 28
+HEADER = ",imgName,maskName,label,center,xmin,ymin,xmax,ymax,width,height,discFlag,rater"
+
+
+def _photo() -> np.ndarray:
+    img = np.zeros((H, W, 3), np.uint8)
+    img[..., 0] = 120
+    img[2, 3] = (255, 0, 0)  # asymmetric marker: pure red at row 2, column 3
+    return img
+
+
+def _label_map(rim: int, cup: int, shift: int = 0) -> np.ndarray:
+    """Disc rows 4..27 × cols 6..25; cup rows 10..19 × cols (12+shift)..19."""
+    lab = np.zeros((H, W), np.uint8)
+    lab[4:28, 6:26] = rim
+    lab[10:20, 12 + shift:20] = cup
+    return lab
+
+
+def _discregion(root: Path) -> None:
+    lines = [HEADER]
+    for site, n_images, rim in (("BinRushed", 2, 128), ("Magrabia", 1, 150)):
+        folder = root / "DiscRegion" / site
+        folder.mkdir(parents=True)
+        block = []
+        for i in range(1, n_images + 1):
+            Image.fromarray(_photo()).save(folder / f"image{i}.png")
+            final = f"DiscRegion\\{site}\\image{i}-FinalLabel.png"
+            block.append(f"0,DiscRegion\\{site}\\image{i}.png,{final},青光眼,0,1,2,3,4,5,6,1,0")
+            Image.fromarray(_label_map(rim, 255)).save(folder / f"image{i}-FinalLabel.png")
+            for r in range(1, 7):
+                Image.fromarray(_label_map(rim, 255, shift=r - 1)).save(
+                    folder / f"image{i}-Rater{r}.png")
+                block.append(f"{r},DiscRegion\\{site}\\image{i}.png,"
+                             f"DiscRegion\\{site}\\image{i}-Rater{r}.png,青光眼,0,1,2,3,4,5,6,1,{r}")
+        (root / f"Glaucoma_multirater_{site}.csv").write_bytes(
+            "\n".join(lines + block).encode("gbk"))
+
+
+def test_discregion_reader(tmp_path: Path) -> None:
+    _discregion(tmp_path)
+    src = open_source("riga-discregion", str(tmp_path))
+    assert src.structures == ("disc", "cup") and len(src) == 3
+    assert src.patient_ids == ["BinRushed", "BinRushed", "Magrabia"]
+    case = src.load(0)
+    assert case.image.shape == (3, H, W)
+    assert case.image[:, 2, 3] == pytest.approx([1.0, 0.0, 0.0])
+    assert case.image[0, 0, 0] == pytest.approx(120 / 255)
+    assert case.masks.shape == (6, 2, H, W)
+    assert case.meta["raters"] == [f"Rater{r}" for r in range(1, 7)]
+    assert case.meta["encoding"] == ["discregion"] and case.meta["label_values"] == [0, 128, 255]
+    disc = np.zeros((H, W), np.uint8)
+    disc[4:28, 6:26] = 1
+    for r in range(6):
+        cup = np.zeros((H, W), np.uint8)
+        cup[10:20, 12 + r:20] = 1
+        np.testing.assert_array_equal(case.masks[r, 0], disc)
+        np.testing.assert_array_equal(case.masks[r, 1], cup)
+    magrabia = src.load(2)  # rim stored as 150
+    assert magrabia.meta["label_values"] == [0, 150, 255]
+    assert magrabia.masks[0, 1].sum() == 80 and magrabia.masks[0, 0].sum() == 480
+    only = RigaDiscRegionSource(tmp_path, sites=["magrabia"], size=16)
+    small = only.load(0)
+    assert only.case_ids == ["Magrabia-DiscRegion_Magrabia_image1"]
+    assert small.image.shape == (3, 16, 16) and small.masks.shape == (6, 2, 16, 16)
+    assert small.masks[0, 1, 8, 9] == 1 and small.masks[0, :, 0, 0].sum() == 0
+    forced = RigaDiscRegionSource(tmp_path, encoding="rigaplus").load(0)
+    np.testing.assert_array_equal(forced.masks[0, 1], disc - case.masks[0, 1])  # the rim
+
+
+def test_discregion_errors(tmp_path: Path) -> None:
+    _discregion(tmp_path)
+    (tmp_path / "DiscRegion" / "BinRushed" / "image2-Rater4.png").unlink()
+    src = RigaDiscRegionSource(tmp_path, sites=["BinRushed"])
+    with pytest.raises(DataError, match="not found") as err:
+        src.load(1)
+    assert "image2-Rater4.png" in str(err.value)
+    with pytest.raises(ConfigError):
+        RigaDiscRegionSource(tmp_path, sites=["Nowhere"])
+    with pytest.raises(ConfigError):
+        RigaDiscRegionSource(tmp_path, encoding="weird")
+
+
+def test_decode_auto_and_odd_values(tmp_path: Path) -> None:
+    where = tmp_path / "m.png"
+    plus = _label_map(255, 128)  # RIGA+ convention: 255 disc rim, 128 cup
+    masks, used = decode_disc_cup(plus, "auto", "discregion", where)
+    assert used == "rigaplus" and masks[1].sum() == 80 and masks[0].sum() == 480
+    masks, used = decode_disc_cup(_label_map(128, 255), "auto", "rigaplus", where)
+    assert used == "discregion" and masks[1].sum() == 80
+    odd = _label_map(128, 255)
+    odd[0, 0] = 77
+    with pytest.raises(DataError, match="unexpected label values") as err:
+        decode_disc_cup(odd, "auto", "discregion", where)
+    assert "m.png" in str(err.value)
+
+
+def _riga_plus(root: Path, n_raters: int = 3) -> None:
+    for csv_name, site, names in (("BinRushed_train.csv", "BinRushed", ["image1", "image2"]),
+                                  ("Magrabia_test.csv", "Magrabia", ["image7"])):
+        rows = ["image,mask"]
+        for name in names:
+            (root / site / "images").mkdir(parents=True, exist_ok=True)
+            (root / site / "masks").mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(root / site / "images" / f"{name}.tif", _photo())
+            for k in range(1, n_raters + 1):
+                tifffile.imwrite(root / site / "masks" / f"{name}-{k}.tif",
+                                 _label_map(255, 128, shift=k))
+            rows.append(f"{site}/images/{name}.tif,{site}/masks/{name}.tif")
+        (root / csv_name).write_text("\n".join(rows) + "\n")
+    (root / "MESSIDOR_Base1_unlabeled.csv").write_text("image,mask\nx/none.tif,\n")
+
+
+def test_riga_plus_reader(tmp_path: Path) -> None:
+    _riga_plus(tmp_path)
+    src = open_source("riga-plus", str(tmp_path))
+    assert src.case_ids == ["BinRushed_train-image1", "BinRushed_train-image2",
+                            "Magrabia_test-image7"]
+    case = src.load(2)
+    assert case.n_raters == 3 and case.meta["encoding"] == ["rigaplus"]
+    assert case.image[:, 2, 3] == pytest.approx([1.0, 0.0, 0.0])
+    for k in range(3):  # cup = the 128 region, disc = everything non-zero
+        assert case.masks[k, 1, 10, 12 + k + 1] == 1 and case.masks[k, 1, 10, 12 + k] == 0
+        assert case.masks[k, 0].sum() == 480
+    assert len(RigaPlusSource(tmp_path, subsets=["test"])) == 1
+    assert len(RigaPlusSource(tmp_path, sites=["binrushed"])) == 2
+    forced = RigaPlusSource(tmp_path, encoding="discregion").load(0)
+    assert forced.masks[0, 1, 4, 6] == 1 and forced.masks[0, 1, 10, 14] == 0
+    (tmp_path / "BinRushed" / "masks" / "image2-2.tif").unlink()
+    with pytest.raises(DataError, match="missing rater file image2-2.tif"):
+        src.load(1)
+
+
+# --------------------------------------------------------------------------- original release
+S = 96
+
+
+def _ring(radius: float, centre: tuple[float, float]) -> np.ndarray:
+    yy, xx = np.mgrid[:S, :S]
+    return np.abs(np.hypot(yy - centre[0], xx - centre[1]) - radius) <= 1.0
+
+
+def _filled(radius: float, centre: tuple[float, float]) -> np.ndarray:
+    yy, xx = np.mgrid[:S, :S]
+    return np.hypot(yy - centre[0], xx - centre[1]) <= radius + 1.0
+
+
+def _fundus() -> np.ndarray:
+    yy, xx = np.mgrid[:S, :S]
+    img = np.stack([150 + yy // 2, 60 + xx // 3, 30 + 0 * xx], -1)
+    return img.astype(np.uint8)
+
+
+def _annotated(curves: list[np.ndarray]) -> np.ndarray:
+    img = _fundus()
+    for c in curves:
+        img[c] = (0, 255, 0)
+    return img
+
+
+def _save(path: Path, img: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        Image.fromarray(img).save(path, quality=95)
+    else:
+        tifffile.imwrite(path, img)
+
+
+DISC, CUP = (34.0, (48.0, 46.0)), (13.0, (50.0, 49.0))
+
+
+def _original(src: Path) -> None:
+    good = src / "BinRushed" / "BinRushed1-Corrected"
+    _save(good / "image1prime.tif", _fundus())
+    for name, cup_r in (("Image1-1.tif", 13.0), ("image1-2.jpg", 12.0), ("image1-3.TIF", 14.0)):
+        _save(good / name, _annotated([_ring(*DISC), _ring(cup_r, CUP[1])]))
+    bad = src / "MESSIDOR" / "sub"
+    _save(bad / "image2prime.tif", _fundus())
+    _save(bad / "image2-1.tif", _annotated([_ring(20.0, (48, 30)), _ring(12.0, (48, 80))]))
+    one = src / "Magrabia" / "MagrabiaMale"
+    _save(one / "image4prime.tif", _fundus())
+    _save(one / "image4-1.tif", _annotated([_ring(*DISC)]))
+    fem = src / "Magrabia" / "MagrabiFemale"
+    _save(fem / "IMAGE5PRIME.tif", _fundus())
+    _save(fem / "image5-1.tif", _annotated([_ring(*DISC), _ring(*CUP)]))
+
+
+def test_extract_original_release(tmp_path: Path) -> None:
+    _original(tmp_path / "src")
+    report = extract_riga(tmp_path / "src", tmp_path / "out")
+    assert report.extracted == ["BinRushed-BinRushed1-Corrected-image1",
+                                "Magrabia-MagrabiFemale-image5"]
+    reasons = dict(report.rejected)
+    assert len(reasons) == 2
+    assert any("image2-1.tif" in k and "not inside the disc" in v for k, v in reasons.items())
+    assert any("image4-1.tif" in k and "found 1 closed curves" in v for k, v in reasons.items())
+    assert "rejected 2 cases" in (tmp_path / "out" / "extract_report.txt").read_text()
+    ds = FolderSource(tmp_path / "out")
+    assert ds.case_ids == report.extracted and ds.patient_ids == ["BinRushed", "Magrabia"]
+    case = ds.load(0)
+    assert case.image.shape == (3, S, S) and case.masks.shape == (3, 2, S, S)
+    np.testing.assert_allclose(case.image[:, 10, 20] * 255, _fundus()[10, 20], atol=0.6)
+    for r, cup_r in enumerate((13.0, 12.0, 14.0)):
+        disc, cup = case.masks[r, 0].astype(bool), case.masks[r, 1].astype(bool)
+        expected_disc, expected_cup = _filled(*DISC), _filled(cup_r, CUP[1])
+        assert (disc & expected_disc).sum() / (disc | expected_disc).sum() > 0.95
+        assert (cup & expected_cup).sum() / (cup | expected_cup).sum() > 0.9
+        assert not (cup & ~disc).any()
+    # the JPEG copy (rater 2) drew a smaller cup than rater 3
+    assert case.masks[1, 1].sum() < case.masks[2, 1].sum()
+
+
+def test_extract_command_and_empty(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _original(tmp_path / "src")
+    assert run_riga_extract_command(str(tmp_path / "src"), str(tmp_path / "o")) == 0
+    assert "extracted 2 cases" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no RIGA images"):
+        extract_riga(tmp_path / "empty", tmp_path / "o2")
