@@ -1,0 +1,89 @@
+"""Metrics: functions of ``Prediction`` / ``MultiRaterCase`` (or plain tensors) only.
+
+Every metric is a plain function returning one value per structure ``[K]``; those that
+aggregate over a dataset also exist as accumulating classes (``update`` / ``aggregate``),
+in the manner of MONAI's ``compute_dice`` / ``DiceMetric``. Inputs may be 2D
+``[K, H, W]`` or 3D ``[K, D, H, W]``.
+
+Modules: :mod:`~edue.metrics.segmentation` (Dice, HD95), :mod:`~edue.metrics.calibration`
+(NLL, Brier, ECE), :mod:`~edue.metrics.disagreement` (image- and pixel-level correlation
+with expert disagreement), :mod:`~edue.metrics.ged` (GED, Hungarian IoU),
+:mod:`~edue.metrics.qc` (quality-control curves), :mod:`~edue.metrics.ood` (distortions,
+member agreement, AUROC), :mod:`~edue.metrics.cost` (parameters, time) and
+:mod:`~edue.metrics.summary` (:func:`evaluate_case`, :class:`EvaluationAccumulator`).
+"""
+
+from edue.metrics.calibration import (
+    CalibrationAccumulator,
+    brier,
+    expected_calibration_error,
+    nll,
+)
+from edue.metrics.cost import count_parameters, time_per_image
+from edue.metrics.disagreement import DisagreementMetric, image_correlation, pixel_ncc
+from edue.metrics.ged import LIDC_PRESET, ged, ged_lidc, hungarian_iou, pairwise_iou
+from edue.metrics.ood import (
+    DISTORTIONS,
+    distort,
+    distort_dataset,
+    gaussian_blur,
+    gaussian_noise,
+    hue_shift,
+    pairwise_dice_variance,
+    separation_auroc,
+)
+from edue.metrics.qc import (
+    DEFAULT_POOR_THRESHOLDS,
+    FALLBACK_POOR_THRESHOLD,
+    poor_threshold_for,
+    qc_curve,
+)
+from edue.metrics.segmentation import (
+    DEFAULT_THRESHOLDS,
+    binary_dice,
+    dice_per_rater,
+    hard_dice,
+    hausdorff95,
+    mean_rater_dice,
+    soft_dice,
+)
+from edue.metrics.summary import CASE_METRICS, EvaluationAccumulator, evaluate_case
+
+__all__ = [
+    "CASE_METRICS",
+    "DEFAULT_POOR_THRESHOLDS",
+    "DEFAULT_THRESHOLDS",
+    "DISTORTIONS",
+    "FALLBACK_POOR_THRESHOLD",
+    "LIDC_PRESET",
+    "CalibrationAccumulator",
+    "DisagreementMetric",
+    "EvaluationAccumulator",
+    "binary_dice",
+    "brier",
+    "count_parameters",
+    "dice_per_rater",
+    "distort",
+    "distort_dataset",
+    "evaluate_case",
+    "expected_calibration_error",
+    "gaussian_blur",
+    "gaussian_noise",
+    "ged",
+    "ged_lidc",
+    "hard_dice",
+    "hausdorff95",
+    "hue_shift",
+    "hungarian_iou",
+    "image_correlation",
+    "mean_rater_dice",
+    "nll",
+    "pairwise_dice_variance",
+    "pairwise_iou",
+    "pixel_ncc",
+    "poor_threshold_for",
+    "qc_curve",
+    "separation_auroc",
+    "soft_dice",
+    "time_per_image",
+]
