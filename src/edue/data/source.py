@@ -18,6 +18,12 @@ _READERS: dict[str, str] = {
     # format name -> "module:callable" returning a CaseSource for (root, **options)
     "folder": "edue.data.folder:FolderSource",
     "synthetic": "edue.data.synthetic_source:SyntheticSource",
+    "riga-discregion": "edue.data.riga:RigaDiscRegionSource",
+    "riga-plus": "edue.data.riga:RigaPlusSource",
+    "hecktor": "edue.data.hecktor:HecktorSource",
+    "lidc-pickle": "edue.data.lidc:LidcPickleSource",
+    "lidc-hdf5": "edue.data.lidc:LidcHdf5Source",
+    "qubiq": "edue.data.qubiq:QubiqSource",
 }
 
 

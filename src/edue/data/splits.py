@@ -1,0 +1,189 @@
+"""Seeded, patient-level dataset splits, named presets, and split files.
+
+Every split assigns whole patients to subsets: two slices (or crops, or images) of one
+patient never land in different subsets. A split is ``{subset: [case indices]}``; it is
+saved as JSON listing *case ids* per subset so that a run can be reproduced exactly
+on another machine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edue.errors import ConfigError, DataError
+from edue.io import write_json
+
+SPLIT_FORMAT = "edue-split"
+
+
+def _shuffled_patients(patient_ids: Sequence[str], seed: int) -> list[str]:
+    unique = sorted({str(p) for p in patient_ids})
+    order = np.random.default_rng(seed).permutation(len(unique))
+    return [unique[i] for i in order]
+
+
+def _indices_by_patient(patient_ids: Sequence[str],
+                        groups: dict[str, list[str]]) -> dict[str, list[int]]:
+    where = {p: name for name, members in groups.items() for p in members}
+    split: dict[str, list[int]] = {name: [] for name in groups}
+    for i, p in enumerate(patient_ids):
+        split[where[str(p)]].append(i)
+    return split
+
+
+def _allocate(n: int, fractions: Sequence[float]) -> list[int]:
+    """Patients per subset: largest remainders, at least one for each positive fraction."""
+    weights = np.asarray(fractions, dtype=float)
+    if (weights < 0).any() or weights.sum() <= 0:
+        raise ConfigError(f"split fractions must be non-negative with a positive sum: {fractions}")
+    exact = weights / weights.sum() * n
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:
+        counts[i] += 1
+    for i in np.flatnonzero((weights > 0) & (counts == 0)):  # take from the largest subset
+        donor = int(np.argmax(counts))
+        if counts[donor] > 1:
+            counts[donor] -= 1
+            counts[i] += 1
+    return counts.tolist()
+
+
+def split_by_patient(
+    patient_ids: Sequence[str],
+    fractions: Sequence[float] | None = (0.7, 0.1, 0.2),
+    seed: int = 0,
+    counts: Sequence[int] | None = None,
+    names: Sequence[str] = ("train", "val", "test"),
+) -> dict[str, list[int]]:
+    """Split cases into subsets by patient, reproducibly.
+
+    Args:
+        patient_ids: one patient id per case.
+        fractions: share of *patients* per subset (normalised); ignored with ``counts``.
+        seed: random seed; the same seed and ids always give the same split.
+        counts: number of patients per subset instead of fractions (the last subset
+            takes any remainder when the counts add up to fewer patients).
+        names: subset names, one per fraction or count.
+
+    Returns:
+        ``{name: [case indices]}`` (indices in increasing order).
+    """
+    patients = _shuffled_patients(patient_ids, seed)
+    n = len(patients)
+    if counts is not None:
+        sizes = [int(c) for c in counts]
+        if sum(sizes) > n or min(sizes) < 0:
+            raise ConfigError(f"split counts {sizes} need {sum(sizes)} patients, have {n}")
+        sizes[-1] += n - sum(sizes)
+    else:
+        sizes = _allocate(n, fractions or (0.7, 0.1, 0.2))
+    if len(sizes) != len(names):
+        raise ConfigError(f"{len(sizes)} subset sizes but {len(names)} names {list(names)}")
+    bounds = np.cumsum([0, *sizes])
+    groups = {name: patients[bounds[i]: bounds[i + 1]] for i, name in enumerate(names)}
+    return _indices_by_patient(patient_ids, groups)
+
+
+def kfold_by_patient(
+    patient_ids: Sequence[str], k: int, fold: int, seed: int = 0, val_fraction: float = 0.1
+) -> dict[str, list[int]]:
+    """Fold ``fold`` of a patient-level k-fold cross-validation.
+
+    Patients are shuffled once (by ``seed``) and cut into ``k`` folds; fold ``fold`` is
+    the test set, and ``val_fraction`` of the remaining patients (at least one when
+    positive) form the validation set.
+
+    Returns:
+        ``{"train", "val", "test"}`` → case indices.
+    """
+    patients = _shuffled_patients(patient_ids, seed)
+    if not 2 <= k <= len(patients):
+        raise ConfigError(f"k must be between 2 and the number of patients ({len(patients)})")
+    if not 0 <= fold < k:
+        raise ConfigError(f"fold must be in [0, {k}), got {fold}")
+    folds = np.array_split(np.arange(len(patients)), k)
+    in_test = set(folds[fold].tolist())
+    test = [patients[i] for i in sorted(in_test)]
+    rest = [p for i, p in enumerate(patients) if i not in in_test]
+    n_val = 0 if val_fraction <= 0 else max(1, round(val_fraction * len(rest)))
+    n_val = min(n_val, len(rest) - 1)
+    groups = {"train": rest[n_val:], "val": rest[:n_val], "test": test}
+    return _indices_by_patient(patient_ids, groups)
+
+
+# --------------------------------------------------------------------------- presets
+def _riga_standard(case_ids: Sequence[str], patient_ids: Sequence[str]) -> dict[str, list[int]]:
+    """RIGA's usual split: train BinRushed + MESSIDOR, test Magrabia (by site)."""
+    from edue.data.riga import site_of
+
+    split: dict[str, list[int]] = {"train": [], "test": []}
+    for i, (case, patient) in enumerate(zip(case_ids, patient_ids, strict=True)):
+        site = site_of(str(patient)) or site_of(str(case))
+        if site is None:
+            raise DataError(f"cannot tell the RIGA site of case '{case}' (patient '{patient}')")
+        split["test" if site == "Magrabia" else "train"].append(i)
+    return split
+
+
+PRESETS: dict[str, Callable[[Sequence[str], Sequence[str]], dict[str, list[int]]]] = {
+    "riga-standard": _riga_standard,
+}
+
+
+def preset_split(name: str, case_ids: Sequence[str],
+                 patient_ids: Sequence[str]) -> dict[str, list[int]]:
+    """A named split (see :data:`PRESETS`) of the given cases."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown split preset '{name}' (known: {', '.join(sorted(PRESETS))})")
+    return PRESETS[name](case_ids, patient_ids)
+
+
+def assert_patient_disjoint(split: dict[str, list[int]], patient_ids: Sequence[str]) -> None:
+    """Raise :class:`DataError` if a patient appears in two subsets."""
+    owner: dict[str, str] = {}
+    for name, indices in split.items():
+        for i in indices:
+            p = str(patient_ids[i])
+            if owner.setdefault(p, name) != name:
+                raise DataError(f"patient '{p}' is in both '{owner[p]}' and '{name}'")
+
+
+# --------------------------------------------------------------------------- files
+def save_split(path: str | Path, split: dict[str, list[int]], case_ids: Sequence[str]) -> None:
+    """Write a split as JSON ``{"subsets": {name: [case ids]}}`` (atomically)."""
+    subsets = {name: [str(case_ids[i]) for i in idx] for name, idx in split.items()}
+    write_json(path, {"format": SPLIT_FORMAT, "version": 1, "subsets": subsets})
+
+
+def load_split(path: str | Path) -> dict[str, list[str]]:
+    """Read a split file written by :func:`save_split`: ``{name: [case ids]}``."""
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError("split file not found", path) from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot parse split JSON ({exc})", path) from None
+    subsets = spec.get("subsets") if isinstance(spec, dict) else None
+    if not isinstance(subsets, dict) or not all(isinstance(v, list) for v in subsets.values()):
+        raise DataError("expected {'subsets': {name: [case ids]}}", path)
+    return {str(k): [str(c) for c in v] for k, v in subsets.items()}
+
+
+def split_indices(split: dict[str, list[str]], case_ids: Sequence[str],
+                  where: str | Path | None = None) -> dict[str, list[int]]:
+    """Map a loaded split's case ids back to indices of ``case_ids``.
+
+    Raises:
+        DataError: a listed case id is not in the dataset.
+    """
+    position = {str(c): i for i, c in enumerate(case_ids)}
+    missing = [c for ids in split.values() for c in ids if c not in position]
+    if missing:
+        raise DataError(f"{len(missing)} case ids of the split are not in the dataset "
+                        f"(first: {missing[:3]})", where)
+    return {name: [position[c] for c in ids] for name, ids in split.items()}

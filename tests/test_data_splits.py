@@ -1,0 +1,108 @@
+"""Patient-level splits, presets and split files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edue.data.splits import (
+    assert_patient_disjoint,
+    kfold_by_patient,
+    load_split,
+    preset_split,
+    save_split,
+    split_by_patient,
+    split_indices,
+)
+from edue.errors import ConfigError, DataError
+
+PATIENTS = [f"p{i // 3}" for i in range(60)]  # 20 patients, 3 slices each
+
+
+def _patients_of(split: dict[str, list[int]], ids: list[str]) -> dict[str, set[str]]:
+    return {k: {ids[i] for i in v} for k, v in split.items()}
+
+
+def test_split_by_patient_fractions_and_seed() -> None:
+    split = split_by_patient(PATIENTS, (0.7, 0.1, 0.2), seed=3)
+    groups = _patients_of(split, PATIENTS)
+    assert [len(groups[k]) for k in ("train", "val", "test")] == [14, 2, 4]
+    assert sorted(i for v in split.values() for i in v) == list(range(60))
+    assert split == split_by_patient(PATIENTS, (0.7, 0.1, 0.2), seed=3)
+    assert split != split_by_patient(PATIENTS, (0.7, 0.1, 0.2), seed=4)
+    counts = split_by_patient(PATIENTS, counts=[10, 5, 3], seed=0)
+    assert [len(_patients_of(counts, PATIENTS)[k]) for k in ("train", "val", "test")] == [10, 5, 5]
+    with pytest.raises(ConfigError):
+        split_by_patient(PATIENTS, counts=[30, 1, 1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    patients=st.lists(st.integers(0, 12), min_size=1, max_size=80),
+    fractions=st.lists(st.floats(0.0, 1.0), min_size=2, max_size=4).filter(lambda f: sum(f) > 0),
+    seed=st.integers(0, 2**16),
+)
+def test_no_patient_in_two_subsets(patients: list[int], fractions: list[float],
+                                   seed: int) -> None:
+    ids = [f"pat{p}" for p in patients]
+    names = [f"s{i}" for i in range(len(fractions))]
+    split = split_by_patient(ids, fractions, seed=seed, names=names)
+    assert_patient_disjoint(split, ids)
+    assert sorted(i for v in split.values() for i in v) == list(range(len(ids)))
+    seen: dict[str, str] = {}
+    for name, indices in split.items():
+        for i in indices:
+            assert seen.setdefault(ids[i], name) == name
+
+
+def test_kfold_covers_every_patient_once() -> None:
+    tested: list[str] = []
+    for fold in range(5):
+        split = kfold_by_patient(PATIENTS, k=5, fold=fold, seed=1, val_fraction=0.25)
+        assert_patient_disjoint(split, PATIENTS)
+        groups = _patients_of(split, PATIENTS)
+        assert len(groups["test"]) == 4 and len(groups["val"]) == 4 and len(groups["train"]) == 12
+        tested += sorted(groups["test"])
+    assert sorted(tested) == sorted(set(PATIENTS))
+    with pytest.raises(ConfigError):
+        kfold_by_patient(PATIENTS, k=5, fold=5)
+
+
+def test_disjoint_check_catches_leak() -> None:
+    with pytest.raises(DataError, match="patient 'p0'"):
+        assert_patient_disjoint({"train": [0], "test": [1]}, PATIENTS)
+
+
+def test_riga_standard_preset() -> None:
+    cases = ["BinRushed-a", "MESSIDOR-b", "Magrabia-c", "x"]
+    patients = ["BinRushed", "MESSIDOR", "Magrabia", "MagrabiaMale"]
+    assert preset_split("riga-standard", cases, patients) == {"train": [0, 1], "test": [2, 3]}
+    with pytest.raises(DataError, match="RIGA site"):
+        preset_split("riga-standard", ["a"], ["b"])
+    with pytest.raises(ConfigError, match="unknown split preset"):
+        preset_split("nope", cases, patients)
+
+
+def test_save_and_load_split(tmp_path: Path) -> None:
+    case_ids = [f"case{i}" for i in range(60)]
+    split = split_by_patient(PATIENTS, seed=7)
+    path = tmp_path / "split.json"
+    save_split(path, split, case_ids)
+    loaded = load_split(path)
+    assert loaded == {k: [case_ids[i] for i in v] for k, v in split.items()}
+    assert json.loads(path.read_text())["format"] == "edue-split"
+    # reordered dataset: indices follow the ids, not the positions
+    reordered = list(reversed(case_ids))
+    back = split_indices(loaded, reordered, path)
+    assert {k: [reordered[i] for i in v] for k, v in back.items()} == loaded
+    with pytest.raises(DataError, match="not in the dataset"):
+        split_indices(loaded, case_ids[:10], path)
+    path.write_text("{not json")
+    with pytest.raises(DataError, match="cannot parse"):
+        load_split(path)
+    with pytest.raises(DataError, match="not found"):
+        load_split(tmp_path / "missing.json")
