@@ -175,3 +175,14 @@ def test_2d_slice_folders(tmp_path: Path) -> None:
     case = HecktorSource(tmp_path).load(2)
     assert case.image[0, 0, 1] == pytest.approx(1.0) and case.image[1, 2, 3] == pytest.approx(0.2)
     assert case.masks[0, 0].all()
+
+
+def test_keep_empty_and_pickling(multi_annotator: Path) -> None:
+    import pickle
+
+    src = HecktorSource(multi_annotator, mode="2d", keep_empty=True)
+    assert len(src) == 2 * 12 and src.case_ids[0] == "P1_z000"
+    assert src.load(0).masks.sum() == 0
+    clone = pickle.loads(pickle.dumps(src))
+    assert clone._cache == {}
+    np.testing.assert_array_equal(clone.load(4).masks, src.load(4).masks)

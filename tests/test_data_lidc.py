@@ -154,3 +154,14 @@ def test_hdf5_reader(tmp_path: Path, rater_last: bool) -> None:
     np.testing.assert_allclose(raw.load(0).image[0], images[3], atol=1e-6)
     with pytest.raises(DataError, match="no group 'val'"):
         LidcHdf5Source(path, group="val")
+
+
+def test_hdf5_source_survives_pickling_after_use(tmp_path: Path) -> None:
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as fh:
+        fh["train/images"] = np.zeros((2, 8, 8))
+        fh["train/labels"] = np.ones((2, 8, 8, 4), np.uint8)
+    src = LidcHdf5Source(path)
+    assert src.load(0).masks.sum() == 4 * 64  # opens a handle
+    clone = pickle.loads(pickle.dumps(src))  # as for DataLoader workers
+    assert clone.load(1).masks.sum() == 4 * 64 and clone.patient_ids == ["0", "1"]

@@ -81,6 +81,13 @@ class CheckReport:
         return "\n".join(lines)
 
 
+def _rater_names(case: MultiRaterCase) -> list[str]:
+    raters = case.meta.get("raters")
+    if isinstance(raters, list | tuple) and len(raters) == case.n_raters:
+        return [str(r) for r in raters]
+    return [str(r) for r in range(1, case.n_raters + 1)]
+
+
 def case_problems(case: MultiRaterCase, where: str) -> list[str]:
     """Problems of a loaded case that its reader does not reject (``file: reason``)."""
     found = []
@@ -88,7 +95,7 @@ def case_problems(case: MultiRaterCase, where: str) -> list[str]:
         case.validate(where)
     except DataError as exc:
         found.append(str(exc))
-    names = list(case.meta.get("raters") or range(1, case.n_raters + 1))  # type: ignore[arg-type]
+    names = _rater_names(case)
     if "disc" in case.structures and "cup" in case.structures:
         disc, cup = case.structures.index("disc"), case.structures.index("cup")
         for r in range(case.n_raters):
@@ -105,7 +112,7 @@ def _summarise(report: CheckReport, case: MultiRaterCase, svs: list[np.ndarray])
     if case.spacing is not None:
         report.spacings[tuple(round(float(s), 4) for s in case.spacing)] += 1
     report.label_values.update(int(v) for v in case.meta.get("label_values", []))  # type: ignore[attr-defined]
-    names = list(case.meta.get("raters") or range(1, case.n_raters + 1))  # type: ignore[arg-type]
+    names = _rater_names(case)
     for r in range(case.n_raters):
         per_rater = report.empty_masks.setdefault(str(names[r]), Counter())
         for k, s in enumerate(case.structures):

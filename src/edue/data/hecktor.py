@@ -126,7 +126,7 @@ def _is_volume(path: Path) -> bool:
     if suffix_of(path) not in NIFTI_SUFFIXES:
         return False
     try:
-        shape = nib.load(str(path)).header.get_data_shape()
+        shape = nib.load(str(path)).header.get_data_shape()  # type: ignore[attr-defined]
     except Exception as exc:
         raise DataError(f"cannot read NIfTI header ({exc})", path) from None
     return sum(s > 1 for s in shape) >= 3
@@ -314,16 +314,16 @@ class HecktorSource(CaseSource):
             return self._cache[p.pid]
         labels, affine, spacing, files = self._labels(p)
         masks, values = [], set()
-        for r, path in enumerate(files):
-            m, seen = split_labels(labels[r], path)
+        for r, label_file in enumerate(files):
+            m, seen = split_labels(labels[r], label_file)
             masks.append(m)
             values.update(seen)
         channels = []
-        for path, what in ((p.ct, "CT"), (p.pet, "PET")):
-            if path is None:
+        for image_file, what in ((p.ct, "CT"), (p.pet, "PET")):
+            if image_file is None:
                 raise DataError(f"no {what} image (file name containing "
                                 f"{'CT' if what == 'CT' else 'PT or PET'})", self.root / p.pid)
-            vol, vol_affine, _ = _volume(path, what)
+            vol, vol_affine, _ = _volume(image_file, what)
             vol = resample_to(vol.astype(np.float32), vol_affine, affine, labels.shape[1:], 1)
             channels.append(self._normalise(vol, what))
         entry = (np.stack(channels).astype(np.float32), np.stack(masks), affine, spacing,

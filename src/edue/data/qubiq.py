@@ -50,7 +50,8 @@ def squeeze_trailing(shape: tuple[int, ...], min_dims: int = 2) -> tuple[int, ..
 
 def _list_case(folder: Path) -> tuple[Path | None, dict[int, dict[int, Path]]]:
     """The image file and ``{subtask: {rater: path}}`` of one case folder."""
-    image, segs = None, {}
+    image: Path | None = None
+    segs: dict[int, dict[int, Path]] = {}
     for p in folder.iterdir():
         match = SEG_PATTERN.match(p.name)
         if match:
@@ -124,7 +125,8 @@ class QubiqSource(CaseSource):
             for t in self.subtasks:
                 for path in segs.get(t, {}).values():
                     try:
-                        shape = nib.load(str(path)).header.get_data_shape()
+                        header = nib.load(str(path)).header
+                        shape = header.get_data_shape()  # type: ignore[attr-defined]
                     except Exception as exc:
                         raise DataError(f"cannot read NIfTI header ({exc})", path) from None
                     return len(squeeze_trailing(tuple(shape)))
@@ -150,7 +152,7 @@ class QubiqSource(CaseSource):
         raters, dropped = self._raters(folder, segs)
         masks, values = [], set()
         for r in raters:
-            per_structure = []
+            per_structure: list[np.ndarray] = []
             for t in self.subtasks:
                 path = segs[t][r]
                 label, _ = read_label_map(path)

@@ -374,9 +374,13 @@ def find_original_cases(src: Path) -> dict[tuple[Path, int], dict[int, Path]]:
     groups: dict[tuple[Path, int], dict[int, Path]] = {}
     for path in sorted(src.rglob("*"), key=lambda p: suffix_of(p) in LOSSY_SUFFIXES):
         prime, copy = _PRIME.match(path.name), _COPY.match(path.name)
-        if path.is_file() and (prime or copy):
-            n, k = (int(prime.group(1)), 0) if prime else (int(copy.group(1)), int(copy.group(2)))
-            groups.setdefault((path.parent, n), {}).setdefault(k, path)
+        if not path.is_file() or not (prime or copy):
+            continue
+        if prime:
+            n, k = int(prime.group(1)), 0
+        elif copy:
+            n, k = int(copy.group(1)), int(copy.group(2))
+        groups.setdefault((path.parent, n), {}).setdefault(k, path)
     return groups
 
 
