@@ -18,6 +18,7 @@ from edue.data.riga import (
     run_riga_extract_command,
 )
 from edue.data.source import open_source
+from edue.data.splits import preset_split
 from edue.errors import ConfigError, DataError
 
 H, W = 32, 28
@@ -230,6 +231,8 @@ def test_extract_original_release(tmp_path: Path) -> None:
         assert not (cup & ~disc).any()
     # the JPEG copy (rater 2) drew a smaller cup than rater 3
     assert case.masks[1, 1].sum() < case.masks[2, 1].sum()
+    assert preset_split("riga-standard", ds.case_ids, ds.patient_ids) == {"train": [0],
+                                                                          "test": [1]}
 
 
 def test_extract_command_and_empty(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -71,7 +71,7 @@ class CheckReport:
             f"spacings: {counts(self.spacings)}",
             f"label values: {sorted(self.label_values) if self.label_values else '-'}",
             "empty masks per rater: " + ("; ".join(
-                f"{r}: {counts(c)}" for r, c in self.empty_masks.items()) or "-"),
+                f"{r}: {counts(c) if c else 0}" for r, c in self.empty_masks.items()) or "-"),
         ]
         lines += [f"expert SV {s}: min {a:.4g}, median {b:.4g}, max {c:.4g}"
                   for s, (a, b, c) in self.sv.items()]
