@@ -186,3 +186,22 @@ def test_keep_empty_and_pickling(multi_annotator: Path) -> None:
     clone = pickle.loads(pickle.dumps(src))
     assert clone._cache == {}
     np.testing.assert_array_equal(clone.load(4).masks, src.load(4).masks)
+
+
+def test_bad_patient_reported_not_fatal(multi_annotator: Path) -> None:
+    from edue.data.check import check_dataset
+
+    (multi_annotator / "P2" / "labels" / "a2" / "seg.nii.gz").write_bytes(b"broken")
+    extra = multi_annotator / "P3"
+    _images(extra / "images", "ct.nii.gz", "pet.nii.gz")
+    (extra / "labels" / "only").mkdir(parents=True)  # an annotator folder without a label
+    src = HecktorSource(multi_annotator, mode="2d")
+    assert src.case_ids == ["P1_z004", "P1_z005", "P1_z006", "P2_unreadable", "P3_unreadable"]
+    report = check_dataset(src)
+    assert report.bad_indices == [3, 4]
+    assert "a2" in report.problems[0] and "cannot read" in report.problems[0]
+    assert "expected one label volume, found 0" in report.problems[1]
+    assert report.raters == {3: 3}
+    # by hand: one of three raters marks 16 px on one slice -> SV 16 × 1/3 there, 0 elsewhere
+    assert report.sv["GTVp"] == pytest.approx((0.0, 0.0, 16 / 3))  # bob alone on z6
+    assert report.sv["GTVn"] == pytest.approx((0.0, 0.0, 16 / 3))  # alice alone on z5

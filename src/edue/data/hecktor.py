@@ -61,6 +61,7 @@ class _Patient:
     pet: Path | None = None
     annotators: list[tuple[str, Path]] = field(default_factory=list)  # volume layout
     slices: list[_Slice] | None = None  # slice layout
+    error: DataError | None = None  # a problem found while listing, raised by load()
 
 
 def modality_of(path: Path) -> str | None:
@@ -168,8 +169,13 @@ def discover(root: Path, split: str, include_official: bool) -> list[_Patient]:
         return _challenge_patients(root, split)
     if (root / "images").is_dir():
         return [_folder_patient(root, include_official)]
-    patients = [_folder_patient(d, include_official)
-                for d in sorted(root.iterdir()) if (d / "images").is_dir()]
+    patients = []
+    for d in sorted(root.iterdir()):
+        if (d / "images").is_dir():
+            try:
+                patients.append(_folder_patient(d, include_official))
+            except DataError as exc:  # one bad patient must not hide the others
+                patients.append(_Patient(d.name, error=exc))
     if not patients:
         raise DataError(
             f"neither images{split}/ + labels{split}/ nor <patient>/images/ folders found", root
@@ -263,17 +269,23 @@ class HecktorSource(CaseSource):
         self.structures = STRUCTURES
         self.spatial_dims = 2 if mode == "2d" else 3
         self._cache: dict[str, tuple] = {}
-        self._index: list[tuple[int, Any]] = []  # (patient, None | slice index | _Slice)
+        # (patient, None | slice index | _Slice | DataError raised by load)
+        self._index: list[tuple[int, Any]] = []
         for i, p in enumerate(self.patients):
-            if p.slices is not None and mode == "3d":
+            if p.error is not None:
+                self._index.append((i, p.error))
+            elif p.slices is not None and mode == "3d":
                 raise DataError("2D slice folders can only be read with mode: 2d",
                                 self.root / p.pid)
-            if p.slices is not None:
+            elif p.slices is not None:
                 self._index += [(i, s) for s in p.slices]
             elif mode == "3d":
                 self._index.append((i, None))
             else:
-                self._index += [(i, z) for z in self._annotated_slices(i)]
+                try:
+                    self._index += [(i, z) for z in self._annotated_slices(i)]
+                except DataError as exc:
+                    self._index.append((i, exc))
         self.case_ids = [self._case_id(i, item) for i, item in self._index]
         self.patient_ids = [self.patients[i].pid for i, _ in self._index]
 
@@ -286,6 +298,8 @@ class HecktorSource(CaseSource):
         pid = self.patients[patient].pid
         if item is None:
             return pid
+        if isinstance(item, DataError):
+            return f"{pid}_unreadable"
         return f"{pid}_{item.key}" if isinstance(item, _Slice) else f"{pid}_z{item:03d}"
 
     def _annotated_slices(self, patient: int) -> list[int]:
@@ -342,6 +356,8 @@ class HecktorSource(CaseSource):
     def load(self, index: int) -> MultiRaterCase:
         patient, item = self._index[index]
         p = self.patients[patient]
+        if isinstance(item, DataError):
+            raise item
         if isinstance(item, _Slice):
             return self._load_slice(patient, item, index)
         image, masks, affine, spacing, values = self._patient_volume(patient)
