@@ -40,6 +40,20 @@ def test_split_by_patient_fractions_and_seed() -> None:
         split_by_patient(PATIENTS, counts=[30, 1, 1])
 
 
+def test_split_from_config_mapping() -> None:
+    by_fraction = split_by_patient(PATIENTS, {"train": 0.5, "test": 0.5}, seed=2)
+    assert set(by_fraction) == {"train", "test"}
+    assert [len(_patients_of(by_fraction, PATIENTS)[k]) for k in ("train", "test")] == [10, 10]
+    by_count = split_by_patient(PATIENTS, {"train": 12, "val": 3, "test": 5}, seed=2)
+    assert [len(_patients_of(by_count, PATIENTS)[k]) for k in ("train", "val", "test")] == [
+        12, 3, 5]
+    with pytest.warns(UserWarning, match="as proportions"):
+        scaled = split_by_patient(PATIENTS, {"train": 300, "val": 60, "test": 100}, seed=2)
+    assert [len(_patients_of(scaled, PATIENTS)[k]) for k in ("train", "val", "test")] == [
+        13, 3, 4]
+    assert_patient_disjoint(scaled, PATIENTS)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     patients=st.lists(st.integers(0, 12), min_size=1, max_size=80),
@@ -94,7 +108,14 @@ def test_save_and_load_split(tmp_path: Path) -> None:
     save_split(path, split, case_ids)
     loaded = load_split(path)
     assert loaded == {k: [case_ids[i] for i in v] for k, v in split.items()}
-    assert json.loads(path.read_text())["format"] == "edue-split"
+    written = json.loads(path.read_text())
+    assert written["format"] == "edue-split" and written["train"] == loaded["train"]
+    # a run's split record (top-level subsets) and the nested form are read too
+    path.write_text(json.dumps({"train": ["case1"], "test": ["case2"]}))
+    assert load_split(path) == {"train": ["case1"], "test": ["case2"]}
+    path.write_text(json.dumps({"subsets": {"val": ["case3"]}}))
+    assert load_split(path) == {"val": ["case3"]}
+    save_split(path, split, case_ids)
     # reordered dataset: indices follow the ids, not the positions
     reordered = list(reversed(case_ids))
     back = split_indices(loaded, reordered, path)

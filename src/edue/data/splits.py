@@ -9,7 +9,8 @@ on another machine.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ def _allocate(n: int, fractions: Sequence[float]) -> list[int]:
 
 def split_by_patient(
     patient_ids: Sequence[str],
-    fractions: Sequence[float] | None = (0.7, 0.1, 0.2),
+    fractions: Sequence[float] | Mapping[str, float] | None = (0.7, 0.1, 0.2),
     seed: int = 0,
     counts: Sequence[int] | None = None,
     names: Sequence[str] = ("train", "val", "test"),
@@ -64,6 +65,9 @@ def split_by_patient(
     Args:
         patient_ids: one patient id per case.
         fractions: share of *patients* per subset (normalised); ignored with ``counts``.
+            A mapping ``{name: value}`` (as in ``data.split``) also sets the names; its
+            values are fractions when all are ≤ 1, else numbers of patients (used as
+            proportions, with a warning, when they need more patients than exist).
         seed: random seed; the same seed and ids always give the same split.
         counts: number of patients per subset instead of fractions (the last subset
             takes any remainder when the counts add up to fewer patients).
@@ -74,6 +78,16 @@ def split_by_patient(
     """
     patients = _shuffled_patients(patient_ids, seed)
     n = len(patients)
+    if isinstance(fractions, Mapping):
+        names, values = list(fractions), [float(v) for v in fractions.values()]
+        fractions = values
+        if counts is None and max(values, default=0) > 1:
+            if sum(values) <= n:
+                counts = [int(v) for v in values]
+            else:
+                warnings.warn(f"split sizes {dict(zip(names, values, strict=True))} need "
+                              f"{int(sum(values))} patients but there are {n}: using them "
+                              "as proportions", stacklevel=2)
     if counts is not None:
         sizes = [int(c) for c in counts]
         if sum(sizes) > n or min(sizes) < 0:
@@ -154,13 +168,19 @@ def assert_patient_disjoint(split: dict[str, list[int]], patient_ids: Sequence[s
 
 # --------------------------------------------------------------------------- files
 def save_split(path: str | Path, split: dict[str, list[int]], case_ids: Sequence[str]) -> None:
-    """Write a split as JSON ``{"subsets": {name: [case ids]}}`` (atomically)."""
+    """Write a split as JSON ``{"format": "edue-split", "version": 1, name: [case ids]}``.
+
+    The subsets are top-level keys, as in the split record of a run folder, so either
+    file can be given as ``data.split_file``. Written atomically.
+    """
+    if {"format", "version"} & set(split):
+        raise ConfigError("subsets may not be named 'format' or 'version'")
     subsets = {name: [str(case_ids[i]) for i in idx] for name, idx in split.items()}
-    write_json(path, {"format": SPLIT_FORMAT, "version": 1, "subsets": subsets})
+    write_json(path, {"format": SPLIT_FORMAT, "version": 1, **subsets})
 
 
 def load_split(path: str | Path) -> dict[str, list[str]]:
-    """Read a split file written by :func:`save_split`: ``{name: [case ids]}``."""
+    """Read a split file (:func:`save_split`, or a run's split record): ``{name: [ids]}``."""
     path = Path(path)
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
@@ -168,9 +188,12 @@ def load_split(path: str | Path) -> dict[str, list[str]]:
         raise DataError("split file not found", path) from None
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot parse split JSON ({exc})", path) from None
-    subsets = spec.get("subsets") if isinstance(spec, dict) else None
-    if not isinstance(subsets, dict) or not all(isinstance(v, list) for v in subsets.values()):
-        raise DataError("expected {'subsets': {name: [case ids]}}", path)
+    if isinstance(spec, dict) and isinstance(spec.get("subsets"), dict):
+        spec = spec["subsets"]  # nested form
+    subsets = ({k: v for k, v in spec.items() if k not in ("format", "version")}
+               if isinstance(spec, dict) else None)
+    if not subsets or not all(isinstance(v, list) for v in subsets.values()):
+        raise DataError("expected JSON {subset name: [case ids], ...}", path)
     return {str(k): [str(c) for c in v] for k, v in subsets.items()}
 
 
