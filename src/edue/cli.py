@@ -28,8 +28,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", help="image files or folders (PNG, TIFF, JPEG, NIfTI, NPY)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--skip-bad", action="store_true",
-                   help="report unreadable inputs and go on (exit status 1 if any failed)")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="report unreadable inputs and go on (exit status 1 if any failed)",
+    )
     p.add_argument("--no-figures", action="store_true", help="skip the overlay PNGs")
     p.set_defaults(func=cmd_predict)
 
@@ -68,8 +71,13 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     c.add_argument("root")
     c.add_argument("--format", default="folder")
     c.add_argument("--strict", action="store_true", help="any problem is an error")
-    c.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="reader option (repeatable)")
+    c.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="reader option (repeatable)",
+    )
     c.set_defaults(func=cmd_data_check)
     r = dsub.add_parser("riga-extract", help="masks from the original RIGA release")
     r.add_argument("src")
@@ -105,8 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edue {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_predict, _add_evaluate, _add_compare, _add_data,
-                _add_ensemble, _add_demo):
+    for add in (
+        _add_train,
+        _add_predict,
+        _add_evaluate,
+        _add_compare,
+        _add_data,
+        _add_ensemble,
+        _add_demo,
+    ):
         add(sub)
     return parser
 
@@ -134,8 +149,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from edue.engine.predict_files import predict_files
 
-    return predict_files(args.checkpoint, args.inputs, args.out, device=args.device,
-                         skip_bad=args.skip_bad, figures=not args.no_figures)
+    return predict_files(
+        args.checkpoint,
+        args.inputs,
+        args.out,
+        device=args.device,
+        skip_bad=args.skip_bad,
+        figures=not args.no_figures,
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

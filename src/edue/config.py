@@ -26,7 +26,8 @@ class DataConfig:
         format: reader name (``synthetic``, ``folder``, ``riga-discregion``, …).
         root: dataset folder or file (unused by ``synthetic``).
         options: reader options (for ``synthetic``: generator options such as ``size``).
-        split: subset sizes: counts (``{train: 300, val: 60, test: 100}``) or fractions.
+        split: subset sizes: counts (``{train: 300, val: 60, test: 100}``) or fractions,
+            or the name of a preset split (``riga-standard``).
         split_file: a saved split (JSON of case ids per subset) that overrides ``split``.
         split_seed: seed of the patient-level split.
         size: resize 2D images to ``size × size`` (``null`` keeps them).
@@ -39,7 +40,7 @@ class DataConfig:
     format: str = "synthetic"
     root: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    split: dict[str, float] = field(default_factory=lambda: {"train": 300, "val": 60, "test": 100})
+    split: Any = field(default_factory=lambda: {"train": 300, "val": 60, "test": 100})
     split_file: str | None = None
     split_seed: int = 0
     size: int | None = None
@@ -144,10 +145,14 @@ class Config:
     def validate(self) -> Config:
         """Check values a user may get wrong; raise :class:`ConfigError`."""
         if self.method.name not in METHODS:
-            raise ConfigError(f"method.name '{self.method.name}' unknown (one of {', '.join(METHODS)})")
+            raise ConfigError(
+                f"method.name '{self.method.name}' unknown (one of {', '.join(METHODS)})"
+            )
         if self.train.epochs < 1 or self.train.batch_size < 1:
             raise ConfigError("train.epochs and train.batch_size must be >= 1")
-        if self.train.device not in ("auto", "cpu", "cuda") and not self.train.device.startswith("cuda:"):
+        if self.train.device not in ("auto", "cpu", "cuda") and not self.train.device.startswith(
+            "cuda:"
+        ):
             raise ConfigError(f"train.device '{self.train.device}' (auto, cpu or cuda)")
         if self.train.amp not in ("none", "auto", "bf16", "fp16"):
             raise ConfigError(f"train.amp '{self.train.amp}' (none, auto, bf16 or fp16)")
@@ -162,12 +167,18 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in '{where or 'config'}' (known: {sorted(known)})")
+        raise ConfigError(
+            f"unknown key(s) {unknown} in '{where or 'config'}' (known: {sorted(known)})"
+        )
     kwargs = {}
     for name, value in values.items():
         sub = known[name].type
-        nested = {"DataConfig": DataConfig, "ModelConfig": ModelConfig,
-                  "MethodConfig": MethodConfig, "TrainConfig": TrainConfig}.get(str(sub))
+        nested = {
+            "DataConfig": DataConfig,
+            "ModelConfig": ModelConfig,
+            "MethodConfig": MethodConfig,
+            "TrainConfig": TrainConfig,
+        }.get(str(sub))
         kwargs[name] = _build(nested, value, f"{where}.{name}".strip(".")) if nested else value
     return cls(**kwargs)
 

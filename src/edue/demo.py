@@ -19,8 +19,12 @@ DEMO_METHODS = ("edue", "layer_ensembles", "mc_dropout", "plain", "deep_ensemble
 #: The 2D demo: sized to train eight networks and evaluate five methods on two CPU cores
 #: within the demo's time budget.
 DEMO_2D: dict[str, Any] = {
-    "data": {"format": "synthetic", "options": {"size": 64},
-             "split": {"train": 300, "val": 60, "test": 100}, "split_seed": 0},
+    "data": {
+        "format": "synthetic",
+        "options": {"size": 64},
+        "split": {"train": 300, "val": 60, "test": 100},
+        "split_seed": 0,
+    },
     "model": {"channels": [16, 32, 64, 128], "norm": "batch"},
     "method": {"name": "edue", "ensemble_size": 5, "mc_samples": 10, "skip_first": 3},
     "train": {"epochs": 20, "batch_size": 16, "lr": 2e-3, "seed": 0, "device": "cpu"},
@@ -79,8 +83,9 @@ def _train_all(out: Path, methods: list[str], quick: bool, dims: int) -> dict[st
     return checkpoints
 
 
-def run_demo(out_dir: str = "runs/demo", dims: int = 2, quick: bool = False,
-             methods: list[str] | None = None) -> int:
+def run_demo(
+    out_dir: str = "runs/demo", dims: int = 2, quick: bool = False, methods: list[str] | None = None
+) -> int:
     """Train, evaluate and compare; print where the outputs are and how long it took."""
     import torch
 
@@ -104,13 +109,25 @@ def run_demo(out_dir: str = "runs/demo", dims: int = 2, quick: bool = False,
     eval_dirs = []
     for method in chosen:
         predictor = Predictor.from_checkpoint(checkpoints[method], device="cpu")
-        result = evaluate_predictor(predictor, cases, out / method / "eval", ood=True,
-                                    seed=config.train.seed, extra={"label": method})
+        result = evaluate_predictor(
+            predictor,
+            cases,
+            out / method / "eval",
+            ood=True,
+            seed=config.train.seed,
+            extra={"label": method},
+        )
         eval_dirs.append(out / method / "eval")
         m = result["metrics"]
-        print(f"[demo] {method:>16}: " + "  ".join(
-            f"{s}: Dice {m[f'soft_dice/{s}/mean']:.3f} rho {m[f'image_spearman/{s}']:.2f} "
-            f"NCC {m[f'pixel_ncc/{s}/mean']:.2f}" for s in result["structures"]), flush=True)
+        print(
+            f"[demo] {method:>16}: "
+            + "  ".join(
+                f"{s}: Dice {m[f'soft_dice/{s}/mean']:.3f} rho {m[f'image_spearman/{s}']:.2f} "
+                f"NCC {m[f'pixel_ncc/{s}/mean']:.2f}"
+                for s in result["structures"]
+            ),
+            flush=True,
+        )
     report = compare_runs([str(d) for d in eval_dirs], out)
     minutes = (time.perf_counter() - started) / 60
     print(f"[demo] report: {report}")

@@ -140,7 +140,9 @@ def read_image(path: str | Path, spatial_dims: int | None = None) -> tuple[np.nd
     return np.ascontiguousarray(image), meta
 
 
-def read_label_map(path: str | Path, spatial_dims: int | None = None) -> tuple[np.ndarray, ArrayMeta]:
+def read_label_map(
+    path: str | Path, spatial_dims: int | None = None
+) -> tuple[np.ndarray, ArrayMeta]:
     """Read an integer label/mask file ``[*spatial]``.
 
     A 2D RGB(A) mask whose channels are equal is reduced to one channel; a trailing
@@ -151,21 +153,21 @@ def read_label_map(path: str | Path, spatial_dims: int | None = None) -> tuple[n
     """
     array, meta = read_array(path)
     if spatial_dims is not None and array.ndim == spatial_dims + 1:
-        if array.shape[-1] == 1:
-            array = array[..., 0]
-        elif array.shape[-1] in (3, 4) and all(
-            np.array_equal(array[..., 0], array[..., c]) for c in range(1, 3)
+        if (
+            array.shape[-1] == 1
+            or array.shape[-1] in (3, 4)
+            and all(np.array_equal(array[..., 0], array[..., c]) for c in range(1, 3))
         ):
             array = array[..., 0]
         else:
-            raise DataError(
-                f"mask must be single-channel, got shape {array.shape}", path
-            )
+            raise DataError(f"mask must be single-channel, got shape {array.shape}", path)
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
-            raise DataError("mask must hold integer label values, found fractional/NaN values", path)
+            raise DataError(
+                "mask must hold integer label values, found fractional/NaN values", path
+            )
         array = array.astype(np.int64)
     if not np.issubdtype(array.dtype, np.integer):
         raise DataError(f"mask has non-integer dtype {array.dtype}", path)
@@ -182,8 +184,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix_of(path),
-                                    dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp" + suffix_of(path), dir=path.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -222,9 +225,7 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
         Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
 
 
-def write_nifti(
-    path: str | Path, array: np.ndarray, affine: np.ndarray | None = None
-) -> None:
+def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None = None) -> None:
     """Write an array as NIfTI with the given affine (identity when ``None``), atomically."""
     import nibabel as nib
 

@@ -75,7 +75,9 @@ def edue_loss(
     loss_aux = logits.new_zeros(())
     for head in logits[:-1]:
         target = (
-            random_rater(batch["masks"], batch["rater_valid"], generator) if label_sampling else soft
+            random_rater(batch["masks"], batch["rater_valid"], generator)
+            if label_sampling
+            else soft
         )
         loss_aux = loss_aux + bce(head, target)
     total = loss_final + aux_weight * loss_aux

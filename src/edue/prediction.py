@@ -43,7 +43,8 @@ class Prediction:
     def __post_init__(self) -> None:
         if self.members.ndim < 3:
             raise ValueError(
-                f"Prediction.members must be [S, K, *spatial], got shape {tuple(self.members.shape)}"
+                "Prediction.members must be [S, K, *spatial], got shape "
+                f"{tuple(self.members.shape)}"
             )
         self.members = self.members.detach().float()
 

@@ -69,7 +69,10 @@ class MultiRaterCase:
         """Check the contract; raise :class:`DataError` naming ``source`` on failure."""
         where = source or self.case_id
         validate_arrays(self.image, self.masks, len(self.structures), where)
-        if self.rater_probability is not None and self.rater_probability.shape != self.masks.shape[1:]:
+        if (
+            self.rater_probability is not None
+            and self.rater_probability.shape != self.masks.shape[1:]
+        ):
             raise DataError(
                 f"rater_probability shape {self.rater_probability.shape} differs from "
                 f"masks {self.masks.shape[1:]}",
@@ -98,7 +101,8 @@ def validate_arrays(image: np.ndarray, masks: np.ndarray, n_structures: int, whe
         raise DataError("image contains NaN or Inf values", where)
     if masks.ndim != image.ndim + 1:
         raise DataError(
-            f"masks must be [R, K, *spatial] with spatial {image.shape[1:]}, got shape {masks.shape}",
+            f"masks must be [R, K, *spatial] with spatial {image.shape[1:]}, "
+            f"got shape {masks.shape}",
             where,
         )
     if masks.shape[0] < 1:

@@ -5,7 +5,7 @@ Layout (documented in ``docs/dataset-format.md``)::
     ROOT/
       dataset.json
       <case_id>/
-        image.png | image.tif | image.npy | image.nii.gz     (or image_0000.*, image_0001.* per channel)
+        image.png | image.tif | image.npy | image.nii.gz   (or image_0000.*, … per channel)
         rater_<name>.png | .tif | .npy | .nii.gz             (one label map per rater)
         rater_probability.npy                                 (optional, [K, *spatial])
 
@@ -48,7 +48,8 @@ FORMAT_NAME = "edue-folder"
 
 def _find(folder: Path, stem: str) -> list[Path]:
     return sorted(
-        p for p in folder.iterdir()
+        p
+        for p in folder.iterdir()
         if p.is_file() and p.name.lower().startswith(stem) and suffix_of(p) in SUPPORTED_SUFFIXES
     )
 
@@ -91,9 +92,7 @@ class FolderSource(CaseSource):
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot parse JSON ({exc})", spec_path) from None
         self.structures = tuple(spec.get("structures", ["foreground"]))
-        self.labels: dict[str, list[int]] = spec.get("labels") or {
-            self.structures[0]: [1, 255]
-        }
+        self.labels: dict[str, list[int]] = spec.get("labels") or {self.structures[0]: [1, 255]}
         missing = [s for s in self.structures if s not in self.labels]
         if missing:
             raise DataError(f"'labels' has no entry for structures {missing}", spec_path)
@@ -139,8 +138,10 @@ class FolderSource(CaseSource):
             spacing=metas[0].spacing,
             affine=metas[0].affine,
             rater_probability=prob,
-            meta={"raters": [p.name.split(".")[0][len("rater_"):] for p in rater_files],
-                  "image_files": [str(p) for p in image_files]},
+            meta={
+                "raters": [p.name.split(".")[0][len("rater_") :] for p in rater_files],
+                "image_files": [str(p) for p in image_files],
+            },
         )
         return case.validate(str(folder))
 

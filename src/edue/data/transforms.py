@@ -18,8 +18,13 @@ def resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         return image
     mode = "bilinear" if image.ndim == 3 else "trilinear"
     shrink = any(s < h for s, h in zip(size, image.shape[1:], strict=True))
-    return F.interpolate(image[None].float(), size=size, mode=mode, align_corners=False,
-                         antialias=shrink and image.ndim == 3)[0]
+    return F.interpolate(
+        image[None].float(),
+        size=size,
+        mode=mode,
+        align_corners=False,
+        antialias=shrink and image.ndim == 3,
+    )[0]
 
 
 def resize_case(case: MultiRaterCase, size: int | Sequence[int]) -> MultiRaterCase:
@@ -61,8 +66,9 @@ class RandomFlip:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, sample: dict[str, object]) -> dict[str, object]:
-        axes = [a for a in range(self.spatial_dims)
-                if torch.rand((), generator=self.generator) < 0.5]
+        axes = [
+            a for a in range(self.spatial_dims) if torch.rand((), generator=self.generator) < 0.5
+        ]
         if not axes:
             return sample
         out = dict(sample)

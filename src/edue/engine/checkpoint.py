@@ -12,6 +12,7 @@ import hashlib
 import os
 import pickle
 import random
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -34,13 +35,15 @@ def weights_hash(state_dict: dict[str, torch.Tensor]) -> str:
         tensor = state_dict[name].detach().cpu().contiguous()
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(
+            tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        )
     return digest.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:
     """Every random state a run uses, as tensors and plain values."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # noqa: NPY002 - the global state libraries use
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
@@ -59,7 +62,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` saved."""
     torch.set_rng_state(state["torch"])
     np_state = state["numpy"]
-    np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
+    np.random.set_state(  # noqa: NPY002(np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
@@ -110,16 +113,24 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
     try:
         body = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found:
+            raise CheckpointError(
+                f"refused: the file asks to call '{found.group(1)}', which a checkpoint never "
+                "holds (it could run code); nothing was executed",
+                path,
+            ) from None
         raise CheckpointError(
-            f"refused: the file asks to run code or load objects a checkpoint never holds ({_first_line(exc)})",
-            path,
+            "not a readable checkpoint (corrupt or not a torch file)", path
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(f"not a readable checkpoint ({_first_line(exc)})", path) from None
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         raise CheckpointError("not an edue checkpoint", path)
     if verify and weights_hash(body["model"]) != body.get("weights_sha256"):
-        raise CheckpointError("weights do not match their recorded SHA-256 (file altered or corrupt)", path)
+        raise CheckpointError(
+            "weights do not match their recorded SHA-256 (file altered or corrupt)", path
+        )
     if body.get("edue_version") != __version__:
         warnings.warn(
             f"{path}: written by edue {body.get('edue_version')}, this is edue {__version__}",

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import warnings
-from pathlib import Path
 from typing import Any
 
 from edue.config import Config
@@ -31,13 +29,20 @@ def open_configured_source(config: Config) -> CaseSource:
 
 
 def split_indices(config: Config, source: CaseSource) -> dict[str, list[int]]:
-    """Indices of each subset: from ``split_file``, or a seeded patient-level split.
+    """Indices of each subset: from ``split_file``, a named preset, or a seeded split.
 
-    Synthetic cases are independent draws, so their split takes consecutive ranges.
+    ``data.split`` holds subset sizes (counts or fractions, split at the patient level)
+    or the name of a preset such as ``riga-standard``. Synthetic cases are independent
+    draws, so their split takes consecutive ranges.
     """
+    from edue.data import splits
+
     data = config.data
     if data.split_file:
-        return _indices_from_file(Path(data.split_file), source)
+        saved = splits.load_split(data.split_file)
+        return splits.split_indices(saved, source.case_ids, data.split_file)
+    if isinstance(data.split, str):
+        return splits.preset_split(data.split, source.case_ids, source.patient_ids)
     if data.format == "synthetic":
         out, start = {}, 0
         for name in SUBSETS:
@@ -45,25 +50,7 @@ def split_indices(config: Config, source: CaseSource) -> dict[str, list[int]]:
             out[name] = list(range(start, start + count))
             start += count
         return out
-    from edue.data.splits import split_by_patient
-
-    return split_by_patient(source.patient_ids, data.split, seed=data.split_seed)  # type: ignore[no-any-return]
-
-
-def _indices_from_file(path: Path, source: CaseSource) -> dict[str, list[int]]:
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read split file ({exc})", path) from None
-    position = {cid: i for i, cid in enumerate(source.case_ids)}
-    out = {}
-    for name in SUBSETS:
-        ids = saved.get(name, [])
-        missing = [c for c in ids if c not in position]
-        if missing:
-            raise DataError(f"split lists cases not in the dataset: {missing[:5]}", path)
-        out[name] = [position[c] for c in ids]
-    return out
+    return splits.split_by_patient(source.patient_ids, data.split, seed=data.split_seed)
 
 
 def split_record(source: CaseSource, indices: dict[str, list[int]]) -> dict[str, Any]:
@@ -81,8 +68,9 @@ class PreparedSource(CaseSource):
         strict: re-raise the first bad case instead of skipping it.
     """
 
-    def __init__(self, source: CaseSource, indices: list[int], size: int | None,
-                 strict: bool) -> None:
+    def __init__(
+        self, source: CaseSource, indices: list[int], size: int | None, strict: bool
+    ) -> None:
         self.source, self.size, self.strict = source, size, strict
         self.indices = list(indices)
         self.case_ids = [source.case_ids[i] for i in self.indices]
@@ -111,7 +99,9 @@ class PreparedSource(CaseSource):
                     raise
                 problems.append(str(exc))
         if problems:
-            warnings.warn(f"skipped {len(problems)} bad case(s); first: {problems[0]}", stacklevel=2)
+            warnings.warn(
+                f"skipped {len(problems)} bad case(s); first: {problems[0]}", stacklevel=2
+            )
             self.__init__(self.source, good, self.size, self.strict)  # type: ignore[misc]
         return problems
 
@@ -122,7 +112,8 @@ def build_datasets(
     """Prepared subsets (bad cases dropped with a warning unless ``data.strict``)."""
     subsets = {
         name: PreparedSource(source, idx, config.data.size, config.data.strict)
-        for name, idx in indices.items() if idx
+        for name, idx in indices.items()
+        if idx
     }
     if "train" not in subsets:
         raise ConfigError("the training split is empty")

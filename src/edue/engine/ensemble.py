@@ -36,8 +36,13 @@ def member_config(config: Config, member: int) -> Config:
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     data = dict(config["data"])
-    return {"model": config["model"], "data": data, "train": {
-        k: v for k, v in config["train"].items() if k not in ("seed", "device", "threads")}}
+    return {
+        "model": config["model"],
+        "data": data,
+        "train": {
+            k: v for k, v in config["train"].items() if k not in ("seed", "device", "threads")
+        },
+    }
 
 
 def gather_ensemble(members: Sequence[str | Path], out: str | Path) -> Path:
@@ -63,7 +68,7 @@ def gather_ensemble(members: Sequence[str | Path], out: str | Path) -> Path:
         if state["data"] != states[0]["data"]:
             raise CheckpointError("member was trained on differently shaped data", path)
     weights = {
-        f"network.{i}.{key[len('network.'):]}": tensor
+        f"network.{i}.{key[len('network.') :]}": tensor
         for i, state in enumerate(states)
         for key, tensor in state["model"].items()
     }

@@ -47,8 +47,12 @@ def measure_inference(predictor: Predictor, image: np.ndarray, repeats: int = 5)
     return float(np.median(times))
 
 
-def ood_study(predictor: Predictor, cases: Sequence[MultiRaterCase], seed: int = 0,
-              kinds: Sequence[str] = OOD_KINDS) -> dict[str, Any]:
+def ood_study(
+    predictor: Predictor,
+    cases: Sequence[MultiRaterCase],
+    seed: int = 0,
+    kinds: Sequence[str] = OOD_KINDS,
+) -> dict[str, Any]:
     """Distort 0 / 50 / 100 % of the images and score the members' disagreement.
 
     Per image: the variance of the pairwise Dice between members (layer / model
@@ -64,14 +68,19 @@ def ood_study(predictor: Predictor, cases: Sequence[MultiRaterCase], seed: int =
             distorted, flags = distort_dataset(images, fraction, kind, seed=seed)
             preds = []
             for start in range(0, len(distorted), 16):
-                preds += predictor.predict_batch(distorted[start:start + 16])  # type: ignore[index]
+                preds += predictor.predict_batch(distorted[start : start + 16])  # type: ignore[index]
             agreement = np.stack([pairwise_dice_variance(p.members).numpy() for p in preds])
             sv = np.stack([p.sv.numpy() for p in preds])
-            entry: dict[str, Any] = {"is_distorted": flags.tolist(),
-                                     "agreement_variance": agreement.tolist(), "sv": sv.tolist()}
+            entry: dict[str, Any] = {
+                "is_distorted": flags.tolist(),
+                "agreement_variance": agreement.tolist(),
+                "sv": sv.tolist(),
+            }
             if 0 < flags.sum() < len(flags):
-                entry["auroc_agreement"] = [separation_auroc(np.nan_to_num(agreement[:, k]), flags)
-                                            for k in range(agreement.shape[1])]
+                entry["auroc_agreement"] = [
+                    separation_auroc(np.nan_to_num(agreement[:, k]), flags)
+                    for k in range(agreement.shape[1])
+                ]
                 entry["auroc_sv"] = [separation_auroc(sv[:, k], flags) for k in range(sv.shape[1])]
             out["results"][f"{kind}@{fraction:g}"] = entry
     return out
@@ -88,9 +97,15 @@ def _save_samples(path: Path, cases: list[MultiRaterCase], preds: list[Predictio
     write_npz(path, **arrays)
 
 
-def evaluate_predictor(predictor: Predictor, cases: Sequence[MultiRaterCase], out_dir: str | Path,
-                       ood: bool = True, seed: int = 0, hausdorff: bool = True,
-                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def evaluate_predictor(
+    predictor: Predictor,
+    cases: Sequence[MultiRaterCase],
+    out_dir: str | Path,
+    ood: bool = True,
+    seed: int = 0,
+    hausdorff: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Evaluate on ``cases`` and write every output; returns ``metrics.json``'s content."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,8 +153,11 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if args.format:
         config.data.format = args.format
     source = open_configured_source(config)
-    run_split = Path(args.checkpoint).parent / "split.json" if Path(args.checkpoint).is_file() \
+    run_split = (
+        Path(args.checkpoint).parent / "split.json"
+        if Path(args.checkpoint).is_file()
         else Path(args.checkpoint) / "split.json"
+    )
     if args.all:
         indices = {"test": list(range(len(source)))}
     elif not args.data and run_split.is_file():
@@ -153,16 +171,25 @@ def evaluate_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"split '{args.split}' is empty or unknown (have {sorted(indices)})")
     subset = build_datasets(config, source, {"train": indices[args.split]})["train"]
     cases = [subset.load(i) for i in range(len(subset))]
-    result = evaluate_predictor(predictor, cases, args.out, ood=args.ood,
-                                extra={"checkpoint": str(args.checkpoint), "split": args.split})
+    result = evaluate_predictor(
+        predictor,
+        cases,
+        args.out,
+        ood=args.ood,
+        extra={"checkpoint": str(args.checkpoint), "split": args.split},
+    )
     _print_summary(result)
     return 0
 
 
 def _print_summary(result: dict[str, Any]) -> None:
     m = result["metrics"]
-    print(f"{result['method']}: {int(m['n_cases'])} cases, "
-          f"{result['seconds_per_image'] * 1000:.1f} ms/image, {result['parameters']:,} parameters")
+    print(
+        f"{result['method']}: {int(m['n_cases'])} cases, "
+        f"{result['seconds_per_image'] * 1000:.1f} ms/image, {result['parameters']:,} parameters"
+    )
     for s in result["structures"]:
-        print(f"  {s:>8}: soft Dice {m[f'soft_dice/{s}/mean']:.3f}  NLL {m[f'nll/{s}/mean']:.3f}  "
-              f"Spearman(SV) {m[f'image_spearman/{s}']:.3f}  pixel NCC {m[f'pixel_ncc/{s}/mean']:.3f}")
+        print(
+            f"  {s:>8}: soft Dice {m[f'soft_dice/{s}/mean']:.3f}  NLL {m[f'nll/{s}/mean']:.3f}  "
+            f"Spearman(SV) {m[f'image_spearman/{s}']:.3f}  pixel NCC {m[f'pixel_ncc/{s}/mean']:.3f}"
+        )

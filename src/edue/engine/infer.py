@@ -30,8 +30,9 @@ class Predictor:
         device: where to run.
     """
 
-    def __init__(self, method: Method, config: Config, data_info: dict[str, Any],
-                 device: torch.device) -> None:
+    def __init__(
+        self, method: Method, config: Config, data_info: dict[str, Any], device: torch.device
+    ) -> None:
         self.method = method.to(device).eval()
         self.config = config
         self.data_info = data_info
@@ -57,12 +58,18 @@ class Predictor:
         try:
             config = config_from_dict(state["config"])
             info = state["data"]
-            method = build_method(config, int(info["in_channels"]), len(info["structures"]),
-                                  int(info["spatial_dims"]), for_training=False)
+            method = build_method(
+                config,
+                int(info["in_channels"]),
+                len(info["structures"]),
+                int(info["spatial_dims"]),
+                for_training=False,
+            )
             method.load_state_dict(state["model"])
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint does not match the model it describes ({exc})",
-                                  path) from None
+            raise CheckpointError(
+                f"checkpoint does not match the model it describes ({exc})", path
+            ) from None
         return cls(method, config, info, resolve_device(device))
 
     # ------------------------------------------------------------------ checks
@@ -72,14 +79,20 @@ class Predictor:
         Raises:
             DataError: wrong dimensionality, channel count or non-finite values.
         """
-        tensor = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+        tensor = torch.as_tensor(
+            np.asarray(image) if not isinstance(image, torch.Tensor) else image
+        )
         if tensor.ndim != self.spatial_dims + 1:
             kind = "2D image [C, H, W]" if self.spatial_dims == 2 else "3D volume [C, D, H, W]"
-            raise DataError(f"this model expects a {kind}, got an array of shape "
-                            f"{tuple(tensor.shape)}", where)
+            raise DataError(
+                f"this model expects a {kind}, got an array of shape {tuple(tensor.shape)}", where
+            )
         if tensor.shape[0] != self.in_channels:
-            raise DataError(f"this model expects {self.in_channels} channel(s), the image has "
-                            f"{tensor.shape[0]}", where)
+            raise DataError(
+                f"this model expects {self.in_channels} channel(s), the image has "
+                f"{tensor.shape[0]}",
+                where,
+            )
         tensor = tensor.float()
         if not torch.isfinite(tensor).all():
             raise DataError("image contains NaN or Inf values", where)
@@ -94,8 +107,11 @@ class Predictor:
         return tuple(int(np.ceil(s / divisor) * divisor) for s in shape)
 
     @torch.no_grad()
-    def predict_batch(self, images: Sequence[np.ndarray | torch.Tensor],
-                      case_ids: Sequence[str | None] | None = None) -> list[Prediction]:
+    def predict_batch(
+        self,
+        images: Sequence[np.ndarray | torch.Tensor],
+        case_ids: Sequence[str | None] | None = None,
+    ) -> list[Prediction]:
         """Predict several images of the same size in one forward pass.
 
         Args:
@@ -105,8 +121,10 @@ class Predictor:
         Returns:
             One :class:`Prediction` per image, at the image's own size.
         """
-        tensors = [self.check_image(img, str(cid or "image"))
-                   for img, cid in zip(images, case_ids or [None] * len(images), strict=True)]
+        tensors = [
+            self.check_image(img, str(cid or "image"))
+            for img, cid in zip(images, case_ids or [None] * len(images), strict=True)
+        ]
         shape = tuple(tensors[0].shape[1:])
         size = self._input_size(shape)
         batch = torch.stack([resize_image(t, size) for t in tensors]).to(self.device)
@@ -114,26 +132,37 @@ class Predictor:
         if tuple(members.shape[3:]) != shape:
             s, b = members.shape[:2]
             flat = members.reshape(s * b, *members.shape[2:])
-            members = torch.stack([resize_image(m, shape) for m in flat]).reshape(
-                s, b, members.shape[2], *shape).clamp(0, 1)
+            members = (
+                torch.stack([resize_image(m, shape) for m in flat])
+                .reshape(s, b, members.shape[2], *shape)
+                .clamp(0, 1)
+            )
         members = members.cpu()
-        return [Prediction(members[:, i], case_id=(case_ids or [None] * len(tensors))[i],
-                           method=self.name, structures=self.structures)
-                for i in range(len(tensors))]
+        return [
+            Prediction(
+                members[:, i],
+                case_id=(case_ids or [None] * len(tensors))[i],
+                method=self.name,
+                structures=self.structures,
+            )
+            for i in range(len(tensors))
+        ]
 
     def predict(self, image: np.ndarray | torch.Tensor, case_id: str | None = None) -> Prediction:
         """One forward pass on one image ``[C, *sp]``."""
         return self.predict_batch([image], [case_id])[0]
 
-    def predict_cases(self, source: CaseSource | Sequence[MultiRaterCase],
-                      batch_size: int = 16) -> Iterator[tuple[MultiRaterCase, Prediction]]:
+    def predict_cases(
+        self, source: CaseSource | Sequence[MultiRaterCase], batch_size: int = 16
+    ) -> Iterator[tuple[MultiRaterCase, Prediction]]:
         """Predict every case of a source in batches of equal-sized images."""
         cases = source if isinstance(source, CaseSource) else list(source)
         pending: list[MultiRaterCase] = []
         for index in range(len(cases)):
             case = cases.load(index) if isinstance(cases, CaseSource) else cases[index]
-            if pending and (len(pending) == batch_size
-                            or pending[0].spatial_shape != case.spatial_shape):
+            if pending and (
+                len(pending) == batch_size or pending[0].spatial_shape != case.spatial_shape
+            ):
                 yield from self._flush(pending)
                 pending = []
             pending.append(case)

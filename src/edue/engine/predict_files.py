@@ -49,8 +49,11 @@ def collect_inputs(inputs: Sequence[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file()
-                           and suffix_of(p) in SUPPORTED_SUFFIXES and not p.name.startswith("."))
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and suffix_of(p) in SUPPORTED_SUFFIXES and not p.name.startswith(".")
+            )
             if not found:
                 raise DataError("folder holds no supported image files", path)
             files.extend(found)
@@ -67,23 +70,37 @@ def stem_of(path: Path) -> str:
     return name[: -len(suffix_of(path))] if suffix_of(path) else name
 
 
-def write_prediction(pred: Prediction, image: np.ndarray, source: Path, out: Path,
-                     affine: np.ndarray | None, figures: bool) -> dict[str, Any]:
+def write_prediction(
+    pred: Prediction,
+    image: np.ndarray,
+    source: Path,
+    out: Path,
+    affine: np.ndarray | None,
+    figures: bool,
+) -> dict[str, Any]:
     """Write every output of one image; returns its summary entry."""
     stem = stem_of(source)
     names = pred.structures or tuple(f"s{k}" for k in range(pred.mean.shape[0]))
     arrays = pred.to_numpy()
     write_npz(out / f"{stem}.npz", **arrays)  # type: ignore[arg-type]
     if suffix_of(source) in NIFTI_SUFFIXES:
-        write_nifti(out / f"{stem}_probability.nii.gz",
-                    np.moveaxis(arrays["mean"], 0, -1).astype(np.float32), affine)
-        write_nifti(out / f"{stem}_uncertainty.nii.gz",
-                    np.moveaxis(arrays["uncertainty"], 0, -1).astype(np.float32), affine)
+        write_nifti(
+            out / f"{stem}_probability.nii.gz",
+            np.moveaxis(arrays["mean"], 0, -1).astype(np.float32),
+            affine,
+        )
+        write_nifti(
+            out / f"{stem}_uncertainty.nii.gz",
+            np.moveaxis(arrays["uncertainty"], 0, -1).astype(np.float32),
+            affine,
+        )
     else:
         for k, name in enumerate(names):
             write_png(out / f"{stem}_probability_{name}.png", to_uint8(arrays["mean"][k], 1.0))
-            write_png(out / f"{stem}_uncertainty_{name}.png",
-                      to_uint8(arrays["uncertainty"][k], UNCERTAINTY_PNG_MAX))
+            write_png(
+                out / f"{stem}_uncertainty_{name}.png",
+                to_uint8(arrays["uncertainty"][k], UNCERTAINTY_PNG_MAX),
+            )
     if figures:
         from edue.report.figures import overlay_figure
 
@@ -91,8 +108,14 @@ def write_prediction(pred: Prediction, image: np.ndarray, source: Path, out: Pat
     return {"input": str(source), "sv": {n: float(v) for n, v in zip(names, pred.sv, strict=True)}}
 
 
-def predict_files(checkpoint: str, inputs: Sequence[str], out_dir: str, device: str = "auto",
-                  skip_bad: bool = False, figures: bool = True) -> int:
+def predict_files(
+    checkpoint: str,
+    inputs: Sequence[str],
+    out_dir: str,
+    device: str = "auto",
+    skip_bad: bool = False,
+    figures: bool = True,
+) -> int:
     """Predict every input; returns the exit status (0 all good, 1 some skipped).
 
     Raises:
@@ -108,6 +131,7 @@ def predict_files(checkpoint: str, inputs: Sequence[str], out_dir: str, device: 
     for path in files:
         try:
             image, meta = read_image(path, predictor.spatial_dims)
+            predictor.check_image(image, str(path))
             pred = predictor.predict(image, case_id=stem_of(path))
             done.append(write_prediction(pred, image, path, out, meta.affine, figures))
         except DataError as exc:
@@ -115,8 +139,13 @@ def predict_files(checkpoint: str, inputs: Sequence[str], out_dir: str, device: 
                 raise
             failed.append({"input": str(path), "reason": exc.reason})
             print(f"edue: skipped {path}: {exc.reason}", file=sys.stderr)
-    summary = {"checkpoint": str(checkpoint), "method": predictor.name,
-               "structures": list(predictor.structures), "predictions": done, "failed": failed}
+    summary = {
+        "checkpoint": str(checkpoint),
+        "method": predictor.name,
+        "structures": list(predictor.structures),
+        "predictions": done,
+        "failed": failed,
+    }
     write_json(out / "predictions.json", summary)
     print(f"predicted {len(done)} image(s), {len(failed)} failed; outputs in {out}")
     for item in failed:

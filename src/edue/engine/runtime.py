@@ -23,7 +23,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' requested but no CUDA GPU is available (use --device cpu)")
+            raise ConfigError(
+                "device 'cuda' requested but no CUDA GPU is available (use --device cpu)"
+            )
         if name == "cuda" and "LOCAL_RANK" in os.environ:
             name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     return torch.device(name)

@@ -7,6 +7,7 @@ ids per subset), ``log.jsonl`` (one line per epoch: losses and validation metric
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -56,10 +57,10 @@ class EpochSampler(Sampler[int]):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.size, generator=g).tolist()
         per_rank = self.size // self.world_size  # equal shards: every rank steps together
-        return order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        return order[self.rank * per_rank : (self.rank + 1) * per_rank]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._order()[self.start:])
+        return iter(self._order()[self.start :])
 
     def __len__(self) -> int:
         return self.size // self.world_size - self.start
@@ -119,15 +120,19 @@ class Trainer:
             )
         if cfg.train.compile:
             self.model = torch.compile(self.model)  # type: ignore[assignment]
-        self.optimizer = torch.optim.Adam(self.method.parameters(), lr=cfg.train.lr,
-                                          weight_decay=cfg.train.weight_decay)
+        self.optimizer = torch.optim.Adam(
+            self.method.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=cfg.train.epochs, eta_min=cfg.train.lr * 0.05)
+            self.optimizer, T_max=cfg.train.epochs, eta_min=cfg.train.lr * 0.05
+        )
         self.scaler = rt.grad_scaler()
         self.rater_generator = torch.Generator(device=rt.device).manual_seed(
-            cfg.train.seed * 7919 + rt.rank)
-        self.sampler = EpochSampler(len(self.subsets["train"]), cfg.train.seed, rt.rank,
-                                    rt.world_size)
+            cfg.train.seed * 7919 + rt.rank
+        )
+        self.sampler = EpochSampler(
+            len(self.subsets["train"]), cfg.train.seed, rt.rank, rt.world_size
+        )
         if resume_state is not None:
             self._restore(resume_state)
 
@@ -147,13 +152,21 @@ class Trainer:
         if rt.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
-            write_json(self.run_dir / "split.json", split_record(self.subsets["train"].source,
-                                                                 self.indices))
+            write_json(
+                self.run_dir / "split.json",
+                split_record(self.subsets["train"].source, self.indices),
+            )
         dataset = training_dataset(cfg, self.subsets["train"])
         per_rank_batch = max(1, cfg.train.batch_size // rt.world_size)
-        loader = DataLoader(dataset, batch_size=per_rank_batch, sampler=self.sampler,
-                            collate_fn=collate_cases, num_workers=cfg.data.num_workers,
-                            pin_memory=rt.device.type == "cuda", drop_last=False)
+        loader = DataLoader(
+            dataset,
+            batch_size=per_rank_batch,
+            sampler=self.sampler,
+            collate_fn=collate_cases,
+            num_workers=cfg.data.num_workers,
+            pin_memory=rt.device.type == "cuda",
+            drop_last=False,
+        )
         previous = self._install_signal_handlers()
         try:
             while self.epoch < cfg.train.epochs:
@@ -205,7 +218,7 @@ class Trainer:
         loss, parts = self.method.loss(logits.float(), batch, self.rater_generator)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
-                f"non-finite loss ({float(loss)}) at epoch {self.epoch + 1}, batch "
+                f"non-finite loss ({float(loss.detach())}) at epoch {self.epoch + 1}, batch "
                 f"{self.step_in_epoch + 1}; the last good checkpoint is kept in {self.run_dir}"
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -223,15 +236,27 @@ class Trainer:
             return {}
         from edue.engine.validation import validation_metrics
 
-        return validation_metrics(self.method, self.model, subset, self.runtime,
-                                  self.config.train.batch_size, self.config.train.seed)
+        return validation_metrics(
+            self.method,
+            self.model,
+            subset,
+            self.runtime,
+            self.config.train.batch_size,
+            self.config.train.seed,
+        )
 
-    def _end_epoch(self, train_stats: dict[str, float], val_stats: dict[str, float],
-                   seconds: float) -> None:
+    def _end_epoch(
+        self, train_stats: dict[str, float], val_stats: dict[str, float], seconds: float
+    ) -> None:
         if not self.runtime.is_main:
             return
-        record = {"epoch": self.epoch, "seconds": round(seconds, 3),
-                  "lr": self.optimizer.param_groups[0]["lr"], **train_stats, **val_stats}
+        record = {
+            "epoch": self.epoch,
+            "seconds": round(seconds, 3),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **train_stats,
+            **val_stats,
+        }
         with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         val_loss = val_stats.get("val/loss", train_stats.get("train/loss", math.inf))
@@ -272,10 +297,8 @@ class Trainer:
             self._stop_signal = signum
 
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread
                 previous[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread
-                pass
         return previous
 
 
@@ -288,21 +311,24 @@ def _seed_everything(seed: int) -> None:
     import random
 
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - legacy global state used by libraries
     torch.manual_seed(seed)
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     non_blocking = device.type == "cuda"
-    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
 
 
 def _progress(iterable: DataLoader, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, leave=False, disable=None if enabled else True,
-                dynamic_ncols=True)
+    return tqdm(
+        iterable, desc=desc, leave=False, disable=None if enabled else True, dynamic_ncols=True
+    )
 
 
 def train(config: Config, resume: str | Path | None = None) -> Path:

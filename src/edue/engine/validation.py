@@ -16,8 +16,12 @@ from edue.prediction import Prediction
 
 @torch.no_grad()
 def validation_metrics(
-    method: Method, model: torch.nn.Module, subset: PreparedSource, runtime: Runtime,
-    batch_size: int, seed: int,
+    method: Method,
+    model: torch.nn.Module,
+    subset: PreparedSource,
+    runtime: Runtime,
+    batch_size: int,
+    seed: int,
 ) -> dict[str, float]:
     """Validation figures over ``subset``, sharded by rank and all-reduced.
 
@@ -34,12 +38,14 @@ def validation_metrics(
     model_sv = torch.zeros(n, k, dtype=torch.float64)
     true_sv = torch.zeros(n, k, dtype=torch.float64)
     for start in range(0, len(mine), batch_size):
-        idx = mine[start:start + batch_size]
+        idx = mine[start : start + batch_size]
         from edue.data.case import case_to_sample
 
         batch = collate_cases([case_to_sample(subset.load(i)) for i in idx])
-        batch = {key: v.to(runtime.device) if isinstance(v, torch.Tensor) else v
-                 for key, v in batch.items()}
+        batch = {
+            key: v.to(runtime.device) if isinstance(v, torch.Tensor) else v
+            for key, v in batch.items()
+        }
         with runtime.autocast():
             logits = method(batch["image"]).float()
         loss, _ = method.loss(logits, batch, generator)
@@ -51,13 +57,16 @@ def validation_metrics(
             model_sv[case_index] = pred.sv.double()
             r = int(batch["rater_valid"][j].sum())
             true_sv[case_index] = expert_sv(batch["masks"][j, :r].cpu()).double()
-    totals = runtime.all_reduce_mean(
-        torch.cat([loss_sum[None], dice_sum, model_sv.flatten(), true_sv.flatten()])
-    ).cpu() * runtime.world_size
+    totals = (
+        runtime.all_reduce_mean(
+            torch.cat([loss_sum[None], dice_sum, model_sv.flatten(), true_sv.flatten()])
+        ).cpu()
+        * runtime.world_size
+    )
     loss_mean = float(totals[0]) / max(n, 1)
-    dice_mean = (totals[1:1 + k] / max(n, 1)).tolist()
-    sv_model = totals[1 + k:1 + k + n * k].reshape(n, k).numpy()
-    sv_true = totals[1 + k + n * k:].reshape(n, k).numpy()
+    dice_mean = (totals[1 : 1 + k] / max(n, 1)).tolist()
+    sv_model = totals[1 + k : 1 + k + n * k].reshape(n, k).numpy()
+    sv_true = totals[1 + k + n * k :].reshape(n, k).numpy()
     out = {"val/loss": loss_mean}
     for s, name in enumerate(subset.structures):
         out[f"val/soft_dice/{name}"] = float(dice_mean[s])

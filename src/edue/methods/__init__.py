@@ -11,12 +11,23 @@ from edue.methods.mc_dropout import MCDropout
 from edue.methods.plain import PlainUNet
 from edue.nets.unet import UNet
 
-__all__ = ["EDUE", "DeepEnsemble", "LayerEnsembles", "MCDropout", "Method", "PlainUNet",
-           "build_method"]
+__all__ = [
+    "EDUE",
+    "DeepEnsemble",
+    "LayerEnsembles",
+    "MCDropout",
+    "Method",
+    "PlainUNet",
+    "build_method",
+]
 
 
 def build_method(
-    config: Config, in_channels: int, out_channels: int, spatial_dims: int, for_training: bool = True
+    config: Config,
+    in_channels: int,
+    out_channels: int,
+    spatial_dims: int,
+    for_training: bool = True,
 ) -> Method:
     """Instantiate the method named in ``config.method.name``.
 
@@ -29,8 +40,15 @@ def build_method(
         return UNet(spatial_dims, in_channels, out, net.channels, net.norm, dropout)
 
     if m.name == "edue":
-        return EDUE(unet(0), out_channels, m.heads, m.aux_weight, m.label_sampling, m.guidance,
-                    m.guidance_weight)
+        return EDUE(
+            unet(0),
+            out_channels,
+            m.heads,
+            m.aux_weight,
+            m.label_sampling,
+            m.guidance,
+            m.guidance_weight,
+        )
     if m.name == "layer_ensembles":
         return LayerEnsembles(unet(0), out_channels, m.skip_first)
     if m.name == "mc_dropout":

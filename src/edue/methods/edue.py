@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
 from edue.losses import edue_loss
 from edue.methods.base import Method
 from edue.nets.heads import MultiHeadNet

@@ -120,8 +120,14 @@ class UNet(nn.Module):
             )
             prev = width
         self.decoder = nn.ModuleList(
-            UpBlock(spatial_dims, self.channels[i + 1], self.channels[i], self.channels[i], norm,
-                    dropout)
+            UpBlock(
+                spatial_dims,
+                self.channels[i + 1],
+                self.channels[i],
+                self.channels[i],
+                norm,
+                dropout,
+            )
             for i in reversed(range(len(self.channels) - 1))
         )
         self.out = (

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny seeded cases and a tiny trained run, made in temp folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edue.data.case import MultiRaterCase
+
+torch.set_num_threads(1)
+
+
+def make_case(
+    rng: np.random.Generator,
+    n_raters: int = 3,
+    size: int = 16,
+    structures: tuple[str, ...] = ("disc", "cup"),
+    case_id: str = "case",
+) -> MultiRaterCase:
+    """A random 2D case with nested structures (each inside the previous)."""
+    image = rng.random((3, size, size)).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    masks = np.zeros((n_raters, len(structures), size, size), dtype=np.uint8)
+    for r in range(n_raters):
+        radius = size * 0.4
+        for k in range(len(structures)):
+            radius = radius * 0.6 if k else radius + rng.uniform(-1.5, 1.5)
+            masks[r, k] = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < radius**2
+            if k:
+                masks[r, k] &= masks[r, k - 1]
+    return MultiRaterCase(image=image, masks=masks, case_id=case_id, structures=structures)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+TINY_OVERRIDES = [
+    "data.format=synthetic",
+    "data.options={size: 32}",
+    "data.split={train: 12, val: 4, test: 4}",
+    "model.channels=[4, 8, 16]",
+    "train.epochs=2",
+    "train.batch_size=4",
+    "train.device=cpu",
+    "method.skip_first=1",
+    "method.mc_samples=3",
+    "method.ensemble_size=2",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-epoch EDUE run on 12 synthetic 32² cases (shared by several tests)."""
+    from edue.config import load_config
+    from edue.engine.train import train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    config = load_config(None, [*TINY_OVERRIDES, f"out_dir={out}"])
+    return train(config)
