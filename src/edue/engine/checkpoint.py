@@ -62,7 +62,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` saved."""
     torch.set_rng_state(state["torch"])
     np_state = state["numpy"]
-    np.random.set_state(  # noqa: NPY002(np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
+    legacy = (np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:])
+    np.random.set_state(legacy)  # noqa: NPY002 - the global state libraries use
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
@@ -81,7 +82,9 @@ def pairwise_iou(
     if fa.shape[0] != fb.shape[0] or fa.shape[2] != fb.shape[2]:
         raise ValueError(f"incompatible mask sets: {tuple(a.shape)} vs {tuple(b.shape)}")
     inter = overlap_counts(fa, fb)
-    return _iou(inter, fa.sum(2).double(), fb.sum(2).double(), empty_empty)
+    size_a = fa.to(torch.float32).sum(2).double()  # float sums are faster than bool sums
+    size_b = fb.to(torch.float32).sum(2).double()
+    return _iou(inter, size_a, size_b, empty_empty)
 
 
 def _within_mean(dist: torch.Tensor, include_self_pairs: bool) -> torch.Tensor:
@@ -93,6 +96,58 @@ def _within_mean(dist: torch.Tensor, include_self_pairs: bool) -> torch.Tensor:
         return torch.zeros(dist.shape[0], dtype=dist.dtype)
     off = ~torch.eye(n, dtype=torch.bool)
     return dist[:, off].nanmean(1)
+
+
+@dataclass(frozen=True)
+class SetOverlap:
+    """Overlap counts of every pair within and across two mask sets (one Gram matrix).
+
+    Computing it once lets :func:`ged_from_overlap`, :func:`hungarian_iou_from_overlap`
+    and :func:`~edue.metrics.ood.pairwise_dice_variance_from_counts` share the work.
+
+    Attributes:
+        intersection: ``[K, S + R, S + R]`` float64 ``|m_i ∩ m_j|``; samples first, then
+            raters; the diagonal holds the mask sizes.
+        n_samples: ``S``.
+    """
+
+    intersection: torch.Tensor
+    n_samples: int
+
+    @classmethod
+    def of(cls, samples: torch.Tensor, raters: torch.Tensor, threshold: float = 0.5) -> SetOverlap:
+        """Overlaps of samples ``[S, K, *sp]`` and raters ``[R, K, *sp]`` (``> threshold``)."""
+        fs, fr = _flat_masks(samples, threshold), _flat_masks(raters, threshold)
+        if fs.shape[0] != fr.shape[0] or fs.shape[2] != fr.shape[2]:
+            raise ValueError(
+                f"incompatible mask sets: {tuple(samples.shape)} vs {tuple(raters.shape)}"
+            )
+        both = torch.cat([fs, fr], 1)
+        return cls(overlap_counts(both, both), int(fs.shape[1]))
+
+    def iou(self, empty_empty: EmptyEmpty = 1.0) -> torch.Tensor:
+        """IoU of every pair ``[K, S + R, S + R]``."""
+        size = torch.diagonal(self.intersection, dim1=1, dim2=2)
+        return _iou(self.intersection, size, size, empty_empty)
+
+
+def ged_from_overlap(
+    overlap: SetOverlap,
+    empty_empty: EmptyEmpty = 1.0,
+    include_self_pairs: bool = False,
+    squared: bool = True,
+) -> torch.Tensor:
+    """:func:`ged` from precomputed overlaps. ``-> [K]`` float32."""
+    dist = 1 - overlap.iou(empty_empty)
+    n = overlap.n_samples
+    value = (
+        2 * dist[:, :n, n:].nanmean((1, 2))
+        - _within_mean(dist[:, :n, :n], include_self_pairs)
+        - _within_mean(dist[:, n:, n:], include_self_pairs)
+    )
+    if not squared:
+        value = value.clamp_min(0).sqrt()
+    return value.float()
 
 
 def ged(
@@ -117,21 +172,8 @@ def ged(
     Returns:
         ``[K]`` float32.
     """
-    fs, fr = _flat_masks(samples, threshold), _flat_masks(raters, threshold)
-    if fs.shape[0] != fr.shape[0] or fs.shape[2] != fr.shape[2]:
-        raise ValueError(f"incompatible mask sets: {tuple(samples.shape)} vs {tuple(raters.shape)}")
-    both = torch.cat([fs, fr], 1)  # one Gram matrix gives all three sets of pairs
-    size = both.sum(2).double()
-    dist = 1 - _iou(overlap_counts(both, both), size, size, empty_empty)
-    n = fs.shape[1]
-    value = (
-        2 * dist[:, :n, n:].nanmean((1, 2))
-        - _within_mean(dist[:, :n, :n], include_self_pairs)
-        - _within_mean(dist[:, n:, n:], include_self_pairs)
-    )
-    if not squared:
-        value = value.clamp_min(0).sqrt()
-    return value.float()
+    overlap = SetOverlap.of(samples, raters, threshold)
+    return ged_from_overlap(overlap, empty_empty, include_self_pairs, squared)
 
 
 def ged_lidc(samples: torch.Tensor, raters: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -164,14 +206,27 @@ def hungarian_iou(
     Returns:
         ``[K]`` float32 mean matched IoU.
     """
-    iou = pairwise_iou(samples, raters, empty_empty, threshold).numpy()  # [K, S, R]
-    n_s, n_r = iou.shape[1], iou.shape[2]
+    return _matched_mean(pairwise_iou(samples, raters, empty_empty, threshold), max_matched)
+
+
+def hungarian_iou_from_overlap(
+    overlap: SetOverlap, empty_empty: EmptyEmpty = 1.0, max_matched: int = 4096
+) -> torch.Tensor:
+    """:func:`hungarian_iou` from precomputed overlaps. ``-> [K]`` float32."""
+    n = overlap.n_samples
+    return _matched_mean(overlap.iou(empty_empty)[:, :n, n:], max_matched)
+
+
+def _matched_mean(iou: torch.Tensor, max_matched: int) -> torch.Tensor:
+    """Mean IoU of the optimal matching of lcm-tiled sets, per structure ``[K, S, R] -> [K]``."""
+    values = iou.numpy()
+    n_s, n_r = values.shape[1], values.shape[2]
     size = math.lcm(n_s, n_r)
     if size > max_matched:
         raise ValueError(f"lcm({n_s}, {n_r}) = {size} exceeds max_matched={max_matched}")
-    out = np.empty(iou.shape[0])
-    for k in range(iou.shape[0]):
-        tiled = np.tile(iou[k], (size // n_s, size // n_r))
+    out = np.empty(values.shape[0])
+    for k in range(values.shape[0]):
+        tiled = np.tile(values[k], (size // n_s, size // n_r))
         rows, cols = linear_sum_assignment(np.nan_to_num(tiled, nan=1.0), maximize=True)
         matched = tiled[rows, cols]
         matched = matched[np.isfinite(matched)]

@@ -157,13 +157,21 @@ def pairwise_dice_variance(
     """
     members = pred.members if isinstance(pred, Prediction) else pred
     masks = as_binary(members, threshold).flatten(2).transpose(0, 1)  # [K, S, N]
-    n_members = masks.shape[1]
+    return pairwise_dice_variance_from_counts(overlap_counts(masks, masks), ddof)
+
+
+def pairwise_dice_variance_from_counts(intersection: torch.Tensor, ddof: int = 0) -> torch.Tensor:
+    """:func:`pairwise_dice_variance` from member overlaps ``[K, S, S]`` (sizes on the diagonal).
+
+    Returns:
+        ``[K]`` float32 (nan when there are not more than ``ddof`` pairs).
+    """
+    n_members = intersection.shape[1]
     rows, cols = torch.triu_indices(n_members, n_members, offset=1)
     if rows.numel() <= ddof:
-        return torch.full((masks.shape[0],), float("nan"))
-    inter = overlap_counts(masks, masks)  # [K, S, S]
-    sizes = masks.sum(2)  # [K, S]
-    dice = dice_from_counts(inter[:, rows, cols], sizes[:, rows], sizes[:, cols])
+        return torch.full((intersection.shape[0],), float("nan"))
+    sizes = torch.diagonal(intersection, dim1=1, dim2=2)  # [K, S]
+    dice = dice_from_counts(intersection[:, rows, cols], sizes[:, rows], sizes[:, cols])
     return dice.double().var(1, correction=ddof).float()
 
 

@@ -20,8 +20,13 @@ from edue.data.case import MultiRaterCase, expert_variance, soft_vote
 from edue.metrics._utils import nan_mean_std
 from edue.metrics.calibration import CalibrationAccumulator, brier, nll
 from edue.metrics.disagreement import correlation_entries, image_correlation, pixel_ncc
-from edue.metrics.ged import LIDC_PRESET, ged, hungarian_iou
-from edue.metrics.ood import pairwise_dice_variance
+from edue.metrics.ged import (
+    LIDC_PRESET,
+    SetOverlap,
+    ged_from_overlap,
+    hungarian_iou_from_overlap,
+)
+from edue.metrics.ood import pairwise_dice_variance_from_counts
 from edue.metrics.qc import DEFAULT_POOR_THRESHOLDS, FALLBACK_POOR_THRESHOLD, poor_threshold_for
 from edue.metrics.qc import qc_curve as _qc_curve
 from edue.metrics.segmentation import (
@@ -66,7 +71,9 @@ def evaluate_case(
         spacing: physical pixel size for HD95, overriding ``case.spacing``.
         hausdorff: compute HD95 (the slowest metric).
         thresholds: thresholds of the soft Dice.
-        ged_options: keyword arguments of :func:`~edue.metrics.ged.ged`.
+        ged_options: GED conventions (``empty_empty``, ``include_self_pairs``,
+            ``squared``; see :mod:`edue.metrics.ged`); ``empty_empty`` also applies to
+            the Hungarian IoU.
 
     Returns:
         ``{"metric/structure": value}`` for the metrics of :data:`CASE_METRICS`.
@@ -82,6 +89,8 @@ def evaluate_case(
     vote = soft_vote(masks)
     variance = expert_variance(masks)
     reference = vote > 0.5
+    overlap = SetOverlap.of(members, masks)  # shared by GED, Hungarian IoU and member Dice
+    n = overlap.n_samples
     values: dict[str, torch.Tensor] = {
         "soft_dice": soft_dice(prob, vote, thresholds),
         "hard_dice": hard_dice(prob, reference),
@@ -91,9 +100,12 @@ def evaluate_case(
         "model_sv": prediction.sv.detach().cpu(),
         "expert_sv": variance.flatten(1).sum(1),
         "pixel_ncc": pixel_ncc(prediction.uncertainty, variance),
-        "ged": ged(members, masks, **ged_options),  # type: ignore[arg-type]
-        "hungarian_iou": hungarian_iou(members, masks),
-        "pairwise_dice_var": pairwise_dice_variance(members),
+        "ged": ged_from_overlap(overlap, **ged_options),  # type: ignore[arg-type]
+        "hungarian_iou": hungarian_iou_from_overlap(
+            overlap,
+            ged_options.get("empty_empty", 1.0),  # type: ignore[arg-type]
+        ),
+        "pairwise_dice_var": pairwise_dice_variance_from_counts(overlap.intersection[:, :n, :n]),
     }
     if hausdorff:
         values["hd95"] = hausdorff95(prob > 0.5, reference, spacing or case.spacing)

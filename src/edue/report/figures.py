@@ -1,6 +1,10 @@
-"""Figures: overlays for ``predict`` and the paper-style sample panel.
+"""Figures: overlays for ``predict``, the paper-style sample panel and the comparison plots.
 
-Matplotlib runs headless (Agg); every figure is written atomically.
+The comparison figures take evaluated runs (:class:`~edue.report.runs.RunResult`) and
+draw every method in one colour throughout (:func:`method_colours`): quality-control
+curves (the paper's Figure 2), agreement box plots under distortion (Figure 3),
+reliability diagrams and model-vs-expert SV scatter plots. Matplotlib runs headless
+(Agg); every figure is written atomically.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np  # noqa: E402
 from edue.data.case import MultiRaterCase, expert_variance  # noqa: E402
 from edue.io import atomic_path  # noqa: E402
 from edue.prediction import Prediction  # noqa: E402
+from edue.report.runs import RunResult  # noqa: E402
 
 STRUCTURE_COLOURS = ("#00e5ff", "#ffd000", "#ff4d6d", "#7cff6b", "#c77dff")
 RATER_CMAP = "tab10"
@@ -26,10 +31,7 @@ def display_image(image: np.ndarray) -> np.ndarray:
     """A ``[C, H, W]`` image (or the middle slice of a volume) as RGB or grey ``[H, W(, 3)]``."""
     if image.ndim == 4:
         image = image[:, image.shape[1] // 2]
-    if image.shape[0] == 3:
-        out = np.moveaxis(image, 0, -1)
-    else:
-        out = image[0]
+    out = np.moveaxis(image, 0, -1) if image.shape[0] == 3 else image[0]
     lo, hi = np.percentile(out, [1, 99])
     return np.clip((out - lo) / (hi - lo + 1e-8), 0, 1)
 
@@ -39,10 +41,11 @@ def _middle(array: np.ndarray, spatial_dims: int) -> np.ndarray:
     return array[..., array.shape[-3] // 2, :, :] if spatial_dims == 3 else array
 
 
-def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Save and close a figure atomically (PNG)."""
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110, tight: bool = True) -> Path:
+    """Save and close a figure atomically (PNG); ``tight`` crops to the drawn content
+    (costs a second layout pass)."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight" if tight else None, format="png")
     plt.close(fig)
     return Path(path)
 
@@ -79,60 +82,277 @@ def overlay_figure(image: np.ndarray, prediction: Prediction, path: str | Path,
     return save_figure(fig, path)
 
 
-def sample_panel(case: MultiRaterCase, predictions: Mapping[str, Prediction],
-                 path: str | Path, structure: int = 0) -> Path:
-    """The paper's Figure-4 layout for one case and one structure.
+def _corner_text(ax: plt.Axes, text: str, top: bool = False) -> None:
+    ax.text(0.03, 0.97 if top else 0.03, text, transform=ax.transAxes, fontsize=7,
+            color="white", va="top" if top else "bottom", ha="left",
+            bbox={"facecolor": "black", "alpha": 0.55, "pad": 1.5, "edgecolor": "none"})
 
-    Columns: the input with every rater's contour; the expert variance heatmap; then per
-    method its variance heatmap and predicted mask, titled with model SV next to expert SV.
+
+def _sample_row(axes: Sequence[plt.Axes], case: MultiRaterCase,
+                predictions: Mapping[str, Prediction], structure: int,
+                titles: bool = True) -> None:
+    """Draw one Figure-4 row (see :func:`sample_panel`) into ``2 + 2 M`` axes.
+
+    SV values are those of the whole image or volume; volumes show their middle slice.
     """
     import torch
 
     d = case.spatial_dims
-    ev = _middle(expert_variance(torch.from_numpy(case.masks)).numpy()[structure], d)
-    masks = _middle(case.masks[:, structure], d)
-    n = 2 + 2 * len(predictions)
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9))
+    ev_full = expert_variance(torch.from_numpy(case.masks)).numpy()[structure]
+    ev, masks = _middle(ev_full, d), _middle(case.masks[:, structure], d)
     axes[0].imshow(display_image(case.image), cmap="gray")
     cmap = plt.get_cmap(RATER_CMAP)
     for r in range(masks.shape[0]):
         if masks[r].any() and not masks[r].all():
             axes[0].contour(masks[r], levels=[0.5], colors=[cmap(r % 10)], linewidths=0.8)
-    name = case.structures[structure]
-    axes[0].set_title(f"{case.case_id}\n{case.n_raters} raters ({name})", fontsize=8)
-    vmax = max(float(ev.max()), 1e-6)
-    axes[1].imshow(ev, cmap="inferno", vmin=0, vmax=vmax)
-    axes[1].set_title(f"expert variance\nSV = {float(ev.sum()):.1f}", fontsize=8)
+    _corner_text(axes[0], f"{case.case_id}\n{case.structures[structure]}, "
+                          f"{case.n_raters} raters", top=True)
+    axes[1].imshow(ev, cmap="inferno", vmin=0, vmax=max(float(ev.max()), 1e-6))
+    _corner_text(axes[1], f"SV {float(ev_full.sum()):.1f}")
+    headers = ["input + raters", "expert variance"]
     col = 2
     for method, pred in predictions.items():
         unc = _middle(pred.uncertainty.numpy()[structure], d)
         axes[col].imshow(unc, cmap="inferno", vmin=0, vmax=max(float(unc.max()), 1e-6))
-        axes[col].set_title(f"{method} uncertainty\nSV = {float(unc.sum()):.1f}", fontsize=8)
-        axes[col + 1].imshow(_middle(pred.mean.numpy()[structure], d) > 0.5, cmap="gray")
-        axes[col + 1].set_title(f"{method} mask", fontsize=8)
+        _corner_text(axes[col], f"SV {float(pred.sv[structure]):.1f}")
+        axes[col + 1].imshow(_middle(pred.mean.numpy()[structure], d) > 0.5, cmap="gray",
+                             vmin=0, vmax=1)
+        headers += [f"{method}\nuncertainty", f"{method}\nmask"]
         col += 2
+    for ax, header in zip(axes, headers, strict=False):
+        if titles:
+            ax.set_title(header, fontsize=8)
     for ax in axes:
         ax.axis("off")
+
+
+def sample_panel(case: MultiRaterCase, predictions: Mapping[str, Prediction],
+                 path: str | Path, structure: int = 0) -> Path:
+    """The paper's Figure-4 layout for one case and one structure.
+
+    Columns: the input with every rater's contour; the expert variance heatmap; then per
+    method its uncertainty heatmap (titled with its SV, next to the expert SV) and its
+    predicted mask. Volumes show their middle slice.
+    """
+    n = 2 + 2 * len(predictions)
+    fig, axes = plt.subplots(1, n, figsize=(1.9 * n, 2.2), squeeze=False)
+    _sample_row(axes[0], case, predictions, structure)
     return save_figure(fig, path)
 
 
 def sample_grid(cases: Sequence[MultiRaterCase], predictions: Sequence[Mapping[str, Prediction]],
                 path: str | Path) -> Path:
-    """Several :func:`sample_panel` rows (every structure of every case) in one PNG."""
-    import tempfile
+    """Several :func:`sample_panel` rows (every structure of every case) in one PNG.
 
-    from PIL import Image
+    Rows with fewer methods than the widest row leave their last columns blank.
+    """
+    rows = [(case, preds, k) for case, preds in zip(cases, predictions, strict=True)
+            for k in range(len(case.structures))]
+    if not rows:
+        raise ValueError("sample_grid needs at least one case")
+    n = 2 + 2 * max(len(preds) for _, preds, _ in rows)
+    size, head = 1.7, 0.4
+    fig, axes = plt.subplots(len(rows), n, figsize=(size * n, size * len(rows) + head),
+                             squeeze=False)
+    for i, (ax_row, (case, preds, k)) in enumerate(zip(axes, rows, strict=True)):
+        _sample_row(ax_row, case, preds, k, titles=i == 0)
+        for ax in ax_row[2 + 2 * len(preds):]:
+            ax.axis("off")
+    fig.subplots_adjust(left=0.005, right=0.995, bottom=0.005, wspace=0.04, hspace=0.04,
+                        top=1 - head / (size * len(rows) + head))
+    return save_figure(fig, path, tight=False)
 
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, (case, preds) in enumerate(zip(cases, predictions, strict=True)):
-            for k in range(len(case.structures)):
-                p = sample_panel(case, preds, Path(tmp) / f"{i}_{k}.png", structure=k)
-                with Image.open(p) as im:
-                    rows.append(np.asarray(im.convert("RGB")))
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    from edue.io import write_png
 
-    write_png(path, np.concatenate(rows, axis=0))
-    return Path(path)
+# --------------------------------------------------------------------------- comparison
+METHOD_CMAP = "tab10"
+OOD_STRUCTURE_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3")
+OOD_GROUPS = (("0 %", 0.0, False), ("50 % clean", 0.5, False),
+              ("50 % distorted", 0.5, True), ("100 %", 1.0, True))
+
+
+def method_colours(runs: Sequence[RunResult]) -> dict[str, tuple[float, ...]]:
+    """One colour per run label, in run order."""
+    cmap = plt.get_cmap(METHOD_CMAP)
+    return {run.label: cmap(i % 10) for i, run in enumerate(runs)}
+
+
+def _grid(rows: int, cols: int, width: float, height: float) -> tuple[plt.Figure, np.ndarray]:
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    return fig, axes
+
+
+def _no_data(ax: plt.Axes, text: str = "no data") -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
+
+
+def qc_curves_figure(runs: Sequence[RunResult], structures: Sequence[str],
+                     path: str | Path) -> Path:
+    """Quality-control curves, one panel per structure, all methods (the paper's Figure 2).
+
+    Solid: the method's curve; dashed: its ideal; dotted: its random-ranking expectation
+    (both depend on the method, since "poor" is judged on its own Dice). d-AUC in the legend.
+    """
+    from matplotlib.lines import Line2D
+
+    colours = method_colours(runs)
+    fig, axes = _grid(1, len(structures), 4.3, 3.7)
+    for ax, s in zip(axes[0], structures, strict=True):
+        handles = []
+        for run in runs:
+            curve = (run.curves or {}).get("qc", {}).get(s)
+            if not curve:
+                continue
+            c, x = colours[run.label], curve["fraction_flagged"]
+            (line,) = ax.plot(x, curve["fraction_poor_remaining"], color=c, lw=1.8,
+                              label=f"{run.label} (d-AUC {float(curve['d_auc']):.3f})")
+            ax.plot(x, curve["ideal"], color=c, ls="--", lw=1, alpha=0.7)
+            ax.plot(x, curve["random"], color=c, ls=":", lw=1, alpha=0.6)
+            handles.append(line)
+        if not handles:
+            _no_data(ax)
+        handles += [Line2D([], [], color="k", ls="--", lw=1, label="ideal"),
+                    Line2D([], [], color="k", ls=":", lw=1, label="random")]
+        threshold = next((r.value(f"qc_threshold/{s}") for r in runs
+                          if np.isfinite(r.value(f"qc_threshold/{s}"))), np.nan)
+        poor = f" (poor: Dice < {threshold:g})" if np.isfinite(threshold) else ""
+        ax.set(title=f"{s}{poor}", xlabel="fraction flagged for review",
+               ylabel="fraction of poor segmentations remaining", xlim=(0, 1))
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(handles=handles, fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _ood_groups(entry: dict, column: str, k: int) -> list[np.ndarray]:
+    values = np.asarray(entry.get(column, []), dtype=np.float64)
+    flags = np.asarray(entry.get("is_distorted", []), dtype=bool)
+    if values.ndim != 2 or k >= values.shape[1] or len(flags) != len(values):
+        return []
+    v = values[:, k]
+    return [v[(flags == distorted) & np.isfinite(v)] for distorted in (False, True)]
+
+
+def ood_boxplot_figure(runs: Sequence[RunResult], kinds: Sequence[str], path: str | Path,
+                       score: str = "agreement_variance") -> Path | None:
+    """Per-image ``score`` under 0 / 50 / 100 % distortion (the paper's Figure 3).
+
+    One row per method (methods without ``ood.json`` are left out, and for the agreement
+    variance also single-member methods), one column per distortion kind; in each panel
+    boxes per structure for: all images at 0 %, the clean and the distorted half at 50 %,
+    and all images at 100 %. Returns ``None`` when no method has data.
+    """
+    shown = [r for r in runs if r.ood is not None
+             and (score != "agreement_variance" or r.n_members >= 2)]
+    if not shown or not kinds:
+        return None
+    fig, axes = _grid(len(shown), len(kinds), 4.6, 2.7)
+    for row, run in zip(axes, shown, strict=True):
+        for i, (ax, kind) in enumerate(zip(row, kinds, strict=True)):
+            _ood_panel(ax, run, kind, score, legend=i == 0)
+        row[0].set_ylabel("pairwise-Dice variance" if score == "agreement_variance" else "SV",
+                          fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _ood_panel(ax: plt.Axes, run: RunResult, kind: str, score: str, legend: bool) -> None:
+    """Boxes per structure and distortion group of one method and distortion kind."""
+    results = (run.ood or {}).get("results", {})
+    width = 0.8 / max(len(run.structures), 1)
+    drawn = False
+    for k, s in enumerate(run.structures):
+        data, positions = [], []
+        for g, (_, fraction, distorted) in enumerate(OOD_GROUPS):
+            split = _ood_groups(results.get(f"{kind}@{fraction:g}", {}), score, k)
+            if split and split[int(distorted)].size:
+                data.append(split[int(distorted)])
+                positions.append(g - 0.4 + width * (k + 0.5))
+        if data:
+            drawn = True
+            colour = OOD_STRUCTURE_COLOURS[k % len(OOD_STRUCTURE_COLOURS)]
+            ax.boxplot(data, positions=positions, widths=width * 0.85, patch_artist=True,
+                       boxprops={"facecolor": colour, "alpha": 0.8},
+                       medianprops={"color": "k"}, flierprops={"markersize": 2},
+                       manage_ticks=False)
+            ax.plot([], [], "s", color=colour, label=s)
+    ax.set_xticks(range(len(OOD_GROUPS)), [g[0] for g in OOD_GROUPS], fontsize=7)
+    ax.set_xlim(-0.6, len(OOD_GROUPS) - 0.4)
+    ax.set_title(f"{run.label} — {kind}", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    if drawn:
+        ax.set_ylim(bottom=0)
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        if legend:
+            ax.legend(fontsize=7, loc="upper left")
+    else:
+        _no_data(ax, f"no {kind} distortion")
+
+
+def reliability_figure(runs: Sequence[RunResult], structures: Sequence[str],
+                       path: str | Path) -> Path | None:
+    """Reliability diagrams per structure, all methods: vs the soft vote, and vs the
+    analytic rater probability when any run has it. ``None`` when no run has curves."""
+    references = [r for r in ("soft_vote", "rater_probability")
+                  if any(f"reliability_{r}" in (run.curves or {}) for run in runs)]
+    if not references:
+        return None
+    colours = method_colours(runs)
+    fig, axes = _grid(len(references), len(structures), 3.8, 3.6)
+    for row, ref in zip(axes, references, strict=True):
+        for ax, s in zip(row, structures, strict=True):
+            ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
+            for run in runs:
+                diagram = (run.curves or {}).get(f"reliability_{ref}", {}).get(s)
+                if not diagram:
+                    continue
+                x = np.asarray(diagram["mean_predicted"], dtype=np.float64)
+                y = np.asarray(diagram["observed_frequency"], dtype=np.float64)
+                ok = np.isfinite(x) & np.isfinite(y)
+                ece = run.value(f"ece_{ref}/{s}")
+                ax.plot(x[ok], y[ok], "o-", ms=3, lw=1.3, color=colours[run.label],
+                        label=f"{run.label} (ECE {ece:.3f})")
+            name = ref.replace("_", " ")
+            ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability",
+                   ylabel=f"observed {name}", title=f"{s} vs {name}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _spearman(run: RunResult, x: np.ndarray, y: np.ndarray, s: str) -> float:
+    rho = run.value(f"image_spearman/{s}")
+    ok = np.isfinite(x) & np.isfinite(y)
+    if np.isfinite(rho) or ok.sum() < 3:
+        return rho
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x[ok], y[ok]).statistic)
+
+
+def sv_scatter_figure(runs: Sequence[RunResult], structures: Sequence[str],
+                      path: str | Path) -> Path | None:
+    """Model SV against expert SV per image: one row per method, one column per structure,
+    Spearman in each title. ``None`` when no run has ``per_case.csv``."""
+    shown = [r for r in runs if r.per_case is not None]
+    if not shown:
+        return None
+    colours = method_colours(runs)
+    fig, axes = _grid(len(shown), len(structures), 3.3, 2.9)
+    for row, run in zip(axes, shown, strict=True):
+        for ax, s in zip(row, structures, strict=True):
+            x = run.per_case.get(f"expert_sv/{s}")  # type: ignore[union-attr]
+            y = run.per_case.get(f"model_sv/{s}")  # type: ignore[union-attr]
+            if x is None or y is None:
+                _no_data(ax)
+                ax.set_title(f"{run.label} · {s}", fontsize=9)
+                continue
+            ax.scatter(x, y, s=10, alpha=0.7, color=colours[run.label], edgecolors="none")
+            ax.set_title(f"{run.label} · {s}\nSpearman ρ = {_spearman(run, x, y, s):.2f}",
+                         fontsize=9)
+            ax.set(xlabel="expert SV", ylabel="model SV")
+            ax.ticklabel_format(style="sci", scilimits=(-2, 4))
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -1,0 +1,442 @@
+"""The embedded default dataset: seeded fundus-like images annotated by several raters.
+
+Each case is a colour image ``[3, H, W]`` of a fundus-like crop with two nested
+structures, the optic disc (structure 0) and the optic cup (structure 1, strictly
+inside the disc), and the binary masks of ``R`` raters ``[R, 2, H, W]``.
+
+Each structure has an *ambiguity* ``a`` in [0, 1] per image that drives both what
+the image shows and how much the raters disagree:
+
+* the structure is rendered as a smooth step of its signed distance whose width
+  equals the raters' disagreement scale (a blurry, low-contrast edge for large ``a``);
+* rater ``r`` marks a pixel when ``sd(x) + s_b(a) * b_r + s_j(a) * j_r(theta) < 0``,
+  where ``sd`` is the radial signed distance to the true boundary (negative inside),
+  ``b_r`` is the rater's persistent bias (unit-RMS normal quantiles spread over the
+  panel, permuted by the seed: some raters draw larger, some smaller), ``j_r(theta)``
+  is a smooth angular jitter (random harmonics 1..4, drawn per rater and case, exactly
+  standard normal at every angle) and ``s_b(a)``, ``s_j(a)`` grow linearly with ``a``.
+
+Because ``j_r(theta)`` is standard normal at each pixel, the probability that rater
+``r`` marks a pixel is ``Phi(-(sd + s_b b_r) / s_j)``; ``rater_probability`` is its mean
+over the panel, i.e. the expectation of the soft vote. The only approximation is the
+rare clipping ``cup &= disc`` (the cup geometry is chosen so that the cup stays at
+least 2.5 standard deviations of the disc–cup offset difference inside the disc).
+
+Everything is reproducible: a case depends only on ``(seed, index, config)`` (not on
+how many cases are generated or in which order) and the rater styles depend only on
+``seed`` and ``n_raters``. The image and geometry do not depend on ``n_raters``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+from scipy.special import ndtr, ndtri
+
+from edue.data.case import MultiRaterCase
+from edue.errors import ConfigError
+
+STRUCTURES = ("disc", "cup")
+SPLIT_STRIDE = 100_000  # index offset between the train, val and test ranges
+_STYLE_KEY = (0xED0E, 0x57, 0x1E)  # extra entropy words for the seed-level rater styles
+_N_HARMONICS = 4  # jitter harmonics 1..4
+_REF_SIZE = 128.0  # pixel quantities in the config refer to a 128-pixel image
+
+Range = tuple[float, float]
+
+
+@dataclass
+class FundusConfig:
+    """Knobs of the fundus-like generator (pixel quantities refer to a 128² image).
+
+    Attributes:
+        size: image height and width ``H = W``.
+        n_raters: number of raters ``R``.
+        ambiguity_range: range of the per-structure ambiguity ``a`` (uniform).
+        disc_radius_range: mean disc radius as a fraction of ``size``.
+        center_range: disc centre coordinates as a fraction of ``size``.
+        cup_ratio_range: mean cup radius as a fraction of the disc radius.
+        eccentricity: maximum ``|log(axis ratio)| / 2`` of the ellipses.
+        irregularity: amplitude of the low-frequency radial perturbation (harmonics 2..4).
+        bias_std: rater bias scale ``s_b`` in pixels at ambiguity 0 and at ambiguity 1.
+        jitter_std: rater jitter scale ``s_j`` in pixels at ambiguity 0 and at ambiguity 1.
+        contrast_loss: fraction of a structure's contrast lost at ambiguity 1.
+        disc_contrast_range: blend weight of the disc colour over the background.
+        cup_contrast_range: blend weight of the cup colour over the disc.
+        blur_range: global Gaussian blur sigma in pixels.
+        noise_range: standard deviation of the additive white noise.
+        texture_range: amplitude of the multiplicative low-frequency background texture.
+        vessel_range: number of vessels (inclusive range).
+    """
+
+    size: int = 128
+    n_raters: int = 6
+    ambiguity_range: Range = (0.0, 1.0)
+    disc_radius_range: Range = (0.18, 0.30)
+    center_range: Range = (0.42, 0.58)
+    cup_ratio_range: Range = (0.4, 0.7)
+    eccentricity: float = 0.12
+    irregularity: float = 0.02
+    bias_std: Range = (0.2, 2.4)
+    jitter_std: Range = (0.3, 2.4)
+    contrast_loss: float = 0.45
+    disc_contrast_range: Range = (0.6, 0.85)
+    cup_contrast_range: Range = (0.5, 0.8)
+    blur_range: Range = (0.0, 0.8)
+    noise_range: Range = (0.005, 0.03)
+    texture_range: Range = (0.02, 0.06)
+    vessel_range: tuple[int, int] = (4, 8)
+
+    def check(self) -> FundusConfig:
+        """Raise :class:`ConfigError` if a value is out of range; return ``self``."""
+        if self.size < 16:
+            raise ConfigError(f"synthetic size must be >= 16, got {self.size}")
+        if self.n_raters < 1:
+            raise ConfigError(f"synthetic n_raters must be >= 1, got {self.n_raters}")
+        lo, hi = self.ambiguity_range
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ConfigError(f"ambiguity_range must lie in [0, 1], got {self.ambiguity_range}")
+        if min(self.jitter_std) <= 0 or min(self.bias_std) < 0:
+            raise ConfigError("jitter_std must be positive and bias_std non-negative")
+        if not 0.0 < self.cup_ratio_range[0] <= self.cup_ratio_range[1] < 0.9:
+            raise ConfigError(f"cup_ratio_range must lie in (0, 0.9), got {self.cup_ratio_range}")
+        return self
+
+
+def _harmonics(c: np.ndarray, s: np.ndarray, k_max: int) -> tuple[list, list]:
+    """``cos(k theta)`` and ``sin(k theta)`` for ``k = 1..k_max`` from ``c, s = cos, sin``."""
+    cos, sin = [c], [s]
+    for _ in range(k_max - 1):
+        cos.append(cos[-1] * c - sin[-1] * s)
+        sin.append(sin[-1] * c + cos[-2] * s)
+    return cos, sin
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """A slightly irregular ellipse in pixel coordinates (x = column, y = row)."""
+
+    cx: float
+    cy: float
+    axis_a: float
+    axis_b: float
+    angle: float
+    wobble: tuple[float, ...]  # cos/sin coefficients of harmonics 2..4 (6 values)
+
+    def radius(self, cos: list, sin: list) -> np.ndarray:
+        """Boundary radius in the directions whose harmonics 1..4 are ``cos``, ``sin``."""
+        ca, sa = float(np.cos(self.angle)), float(np.sin(self.angle))
+        ct = cos[0] * ca + sin[0] * sa  # cos(theta - angle)
+        st = sin[0] * ca - cos[0] * sa
+        ellipse = (
+            self.axis_a * self.axis_b / np.sqrt((self.axis_b * ct) ** 2 + (self.axis_a * st) ** 2)
+        )
+        w = self.wobble
+        rel = 1.0 + w[0] * cos[1] + w[1] * sin[1] + w[2] * cos[2] + w[3] * sin[2]
+        return ellipse * (rel + w[4] * cos[3] + w[5] * sin[3])
+
+    def polar(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, list, list]:
+        """Radial signed distance (negative inside) of points ``(x, y)`` and their angular
+        harmonics ``cos(k theta)``, ``sin(k theta)`` for ``k = 1..4`` around the centre."""
+        dx, dy = x - self.cx, y - self.cy
+        rho = np.sqrt(dx * dx + dy * dy)
+        inv = 1.0 / np.maximum(rho, 1e-6)
+        c = np.where(rho > 1e-6, dx * inv, 1.0).astype(dx.dtype)  # theta = 0 at the centre
+        cos, sin = _harmonics(c, dy * inv, _N_HARMONICS)
+        return rho - self.radius(cos, sin), cos, sin
+
+    def scaled(self, factor: float) -> _Shape:
+        """The same shape with both axes multiplied by ``factor``."""
+        return _Shape(
+            self.cx, self.cy, self.axis_a * factor, self.axis_b * factor, self.angle, self.wobble
+        )
+
+
+def rater_biases(seed: int, n_raters: int) -> np.ndarray:
+    """Persistent signed-distance biases of the rater panel (in units of ``s_b``).
+
+    Normal quantiles spread evenly over the panel, rescaled to unit root mean square
+    and assigned to rater indices by a permutation derived from ``seed`` only.
+
+    Args:
+        seed: generator seed (non-negative).
+        n_raters: panel size ``R``.
+
+    Returns:
+        float64 ``[R]`` biases; positive values draw smaller structures.
+    """
+    if n_raters == 1:
+        return np.zeros(1)
+    q = ndtri((np.arange(n_raters) + 0.5) / n_raters)
+    q = q / np.sqrt(np.mean(q**2))
+    rng = np.random.default_rng([seed, *_STYLE_KEY])
+    return q[rng.permutation(n_raters)]
+
+
+def _lerp(r: Range, t: float) -> float:
+    return float(r[0] + (r[1] - r[0]) * t)
+
+
+def _uniform(rng: np.random.Generator, r: Range) -> float:
+    return float(rng.uniform(r[0], r[1]))
+
+
+def _random_shape(
+    rng: np.random.Generator, cx: float, cy: float, radius: float, cfg: FundusConfig
+) -> _Shape:
+    eta = rng.uniform(-cfg.eccentricity, cfg.eccentricity)
+    wobble = tuple(rng.normal(0.0, cfg.irregularity / np.sqrt(2.0), size=6).tolist())
+    return _Shape(
+        cx,
+        cy,
+        radius * float(np.exp(eta)),
+        radius * float(np.exp(-eta)),
+        float(rng.uniform(0, np.pi)),
+        wobble,
+    )
+
+
+def _vessels(
+    rng: np.random.Generator,
+    xx: np.ndarray,
+    yy: np.ndarray,
+    disc: _Shape,
+    n: int,
+    px: float,
+    cfg: FundusConfig,
+) -> np.ndarray:
+    """Darkening map ``[H, W]`` in [0, 0.4] of smooth curved vessels leaving the disc."""
+    count = int(rng.integers(cfg.vessel_range[0], cfg.vessel_range[1] + 1))
+    dx, dy = xx - disc.cx, yy - disc.cy
+    rho = np.sqrt(dx * dx + dy * dy)
+    theta = np.arctan2(dy, dx)
+    start = 0.3 * (disc.axis_a + disc.axis_b) / 2
+    fade = np.clip((rho - start) / start, 0.0, 1.0)
+    fade = fade * fade * (3 - 2 * fade)
+    taper = 1.2 - 0.5 * np.minimum(rho / n, 1.0)
+    dark = np.zeros_like(rho)
+    two_pi = 2 * np.pi
+    for v in range(count):
+        # the main arcades go up and down, the others anywhere
+        base = (-np.pi / 2 if v % 2 else np.pi / 2) if v < 4 else rng.uniform(-np.pi, np.pi)
+        direction = base + rng.uniform(-0.6, 0.6)
+        bend = float(rng.choice([-1.0, 1.0])) * rng.uniform(0.3, 1.2) / n
+        width = rng.uniform(0.7, 1.5) * px
+        offset = theta - (direction - bend * start) - bend * rho
+        offset -= two_pi * np.round(offset / two_pi)  # wrap to [-pi, pi]
+        across = rho * offset / (width * taper)
+        dark = np.maximum(dark, rng.uniform(0.2, 0.4) * np.exp(-0.5 * across * across))
+    return dark * fade
+
+
+def _render(
+    rng: np.random.Generator,
+    xx: np.ndarray,
+    yy: np.ndarray,
+    sd: np.ndarray,
+    amb: np.ndarray,
+    width: np.ndarray,
+    disc: _Shape,
+    cfg: FundusConfig,
+    px: float,
+) -> tuple[np.ndarray, float]:
+    """Draw the image ``[3, H, W]`` float32 in [0, 1]; also return the global blur sigma.
+
+    ``sd`` ``[2, H, W]`` are the signed distances of disc and cup, ``width`` ``[2]`` the
+    logistic widths of their edges and ``amb`` ``[2]`` their ambiguities.
+    """
+    n = xx.shape[0]
+    base = np.array([0.78, 0.36, 0.17]) * rng.uniform(0.85, 1.1, size=3)
+    disc_col = np.array([0.95, 0.70, 0.45]) * rng.uniform(0.92, 1.05, size=3)
+    cup_col = np.array([1.0, 0.96, 0.86])
+    loss = 1.0 - cfg.contrast_loss * amb
+    c_disc = _uniform(rng, cfg.disc_contrast_range) * float(loss[0])
+    c_cup = _uniform(rng, cfg.cup_contrast_range) * float(loss[1])
+    # edges: logistic steps with the same spread as the raters' offsets
+    step_d = 0.5 - 0.5 * np.tanh(sd[0] * (0.5 / width[0]))
+    step_c = 0.5 - 0.5 * np.tanh(sd[1] * (0.5 / width[1]))
+    # low-frequency texture: a sum of random plane waves
+    texture = np.zeros_like(xx)
+    for _ in range(6):
+        freq, ang = rng.uniform(0.5, 4.0) * 2 * np.pi / n, rng.uniform(0, np.pi)
+        texture += np.cos(freq * (np.cos(ang) * xx + np.sin(ang) * yy) + rng.uniform(0, 6.3))
+    texture *= _uniform(rng, cfg.texture_range) / 1.7
+    vx, vy = rng.uniform(0.3, 0.7, size=2) * n
+    light = (
+        rng.uniform(0.85, 1.1)
+        + rng.uniform(-0.25, 0.25) * (xx / n - 0.5)
+        + rng.uniform(-0.25, 0.25) * (yy / n - 0.5)
+        - rng.uniform(0.3, 0.9) * ((xx - vx) ** 2 + (yy - vy) ** 2) / n**2
+    )
+    dark = _vessels(rng, xx, yy, disc, n, px, cfg)
+    channels = []
+    for ch, shade in enumerate((0.55, 1.0, 0.9)):
+        c = float(base[ch]) * (1.0 + texture)
+        c += (float(disc_col[ch]) - c) * (c_disc * step_d)
+        c += (float(cup_col[ch]) - c) * (c_cup * step_c)
+        channels.append(c * (1.0 - shade * dark) * light)
+    img = np.stack(channels)
+    blur = _uniform(rng, cfg.blur_range) * px
+    if blur > 0.05:
+        img = gaussian_filter(img, (0, blur, blur), mode="reflect", truncate=3.0)
+    img += _uniform(rng, cfg.noise_range) * rng.standard_normal(img.shape, dtype=np.float32)
+    return np.clip(img, 0.0, 1.0, out=img).astype(np.float32, copy=False), blur
+
+
+def _rater_probability(sd: np.ndarray, biases: np.ndarray, s_b: float, s_j: float) -> np.ndarray:
+    """``mean_r Phi(-(sd + s_b b_r) / s_j)`` for one structure ``[H, W]`` (exact, banded)."""
+    flat = sd.ravel()
+    prob = (flat < 0).astype(np.float64)
+    band = np.flatnonzero(np.abs(flat) < s_b * float(np.abs(biases).max()) + 8.0 * s_j)
+    shifted = flat[band][None, :] + (s_b * biases)[:, None]
+    prob[band] = ndtr(-shifted / s_j).mean(0)
+    return prob.reshape(sd.shape)
+
+
+def generate_case(index: int, seed: int = 0, config: FundusConfig | None = None) -> MultiRaterCase:
+    """Generate one synthetic fundus-like case.
+
+    Args:
+        index: case index (non-negative); with ``seed`` it fully determines the case.
+        seed: generator seed (non-negative); also fixes the rater styles.
+        config: generator settings (defaults: 128², 6 raters).
+
+    Returns:
+        A :class:`MultiRaterCase` with ``image`` float32 ``[3, H, W]`` in [0, 1],
+        ``masks`` uint8 ``[R, 2, H, W]`` (disc, cup; cup inside disc for every rater),
+        ``rater_probability`` float32 ``[2, H, W]`` (expected soft vote) and ``meta``
+        holding ``ambiguity`` ``[a_disc, a_cup]``, ``seed``, ``index``, the geometry and
+        the rater offset scales.
+
+    Raises:
+        ConfigError: on a negative seed or index or an invalid config.
+    """
+    cfg = (config or FundusConfig()).check()
+    if index < 0 or seed < 0:
+        raise ConfigError(f"seed and index must be non-negative, got seed={seed}, index={index}")
+    n, n_r = int(cfg.size), int(cfg.n_raters)
+    px = n / _REF_SIZE
+    image_ss, rater_ss = np.random.SeedSequence([seed, index]).spawn(2)
+    rng = np.random.default_rng(image_ss)
+
+    # ---- ambiguity, rater offset scales (pixels) and geometry
+    amb = rng.uniform(*cfg.ambiguity_range, size=2)
+    s_b = [_lerp(cfg.bias_std, float(a)) * px for a in amb]
+    s_j = [_lerp(cfg.jitter_std, float(a)) * px for a in amb]
+    disc_r = _uniform(rng, cfg.disc_radius_range) * n
+    cx, cy = _uniform(rng, cfg.center_range) * n, _uniform(rng, cfg.center_range) * n
+    disc = _random_shape(rng, cx, cy, disc_r, cfg)
+    ratio = _uniform(rng, cfg.cup_ratio_range)
+    shift, shift_dir = rng.uniform(0, 0.08) * disc_r, rng.uniform(-np.pi, np.pi)
+    cup = _random_shape(
+        rng, cx + shift * np.cos(shift_dir), cy + shift * np.sin(shift_dir), ratio * disc_r, cfg
+    )
+    # keep the cup inside the disc by 2.5 std of the disc-minus-cup rater offset (+1 px)
+    margin = 2.5 * np.sqrt((s_b[0] - s_b[1]) ** 2 + s_j[0] ** 2 + s_j[1] ** 2) + px
+    ring = np.linspace(-np.pi, np.pi, 180, endpoint=False)
+    ring_cs = _harmonics(np.cos(ring), np.sin(ring), _N_HARMONICS)
+    shrink = 1.0
+    for _ in range(60):
+        edge = cup.radius(*ring_cs)
+        gap = -disc.polar(cup.cx + edge * ring_cs[0][0], cup.cy + edge * ring_cs[1][0])[0]
+        if gap.min() >= margin:
+            break
+        cup, shrink = cup.scaled(0.97), shrink * 0.97
+
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    geo = [disc.polar(xx, yy), cup.polar(xx, yy)]
+    sd = np.stack([g[0] for g in geo])  # [2, H, W] radial signed distance
+
+    # ---- image
+    width = np.hypot(s_b, s_j) / 1.702  # logistic scale with the offsets' std
+    image, blur = _render(rng, xx, yy, sd, amb, width, disc, cfg, px)
+
+    # ---- raters: mask = sd + s_b * b_r + s_j * j_r(theta) < 0
+    rrng = np.random.default_rng(rater_ss)
+    biases = rater_biases(seed, n_r)
+    k = np.arange(1, _N_HARMONICS + 1)
+    weights = np.tile(np.sqrt((1.0 / k) / np.sum(1.0 / k)), 2)  # unit total variance
+    coef = rrng.standard_normal((n_r, 2, 2 * _N_HARMONICS)) * weights
+    masks = np.empty((n_r, 2, n, n), dtype=bool)
+    prob = np.empty((2, n, n), dtype=np.float32)
+    for s, (sd_s, cos, sin) in enumerate(geo):
+        basis = np.stack(cos + sin).reshape(2 * _N_HARMONICS, n * n)
+        offset = (s_j[s] * coef[:, s].astype(np.float32)) @ basis  # [R, H*W]
+        offset += (s_b[s] * biases).astype(np.float32)[:, None]
+        masks[:, s] = (offset.reshape(n_r, n, n) + sd_s) < 0
+        prob[s] = _rater_probability(sd_s, biases, s_b[s], s_j[s])
+    clipped = int(np.count_nonzero(masks[:, 1] & ~masks[:, 0]))
+    masks[:, 1] &= masks[:, 0]
+
+    meta: dict[str, object] = {
+        "ambiguity": [float(amb[0]), float(amb[1])],
+        "seed": int(seed),
+        "index": int(index),
+        "generator": "edue.data.synthetic",
+        "disc": {"center": [cx, cy], "axes": [disc.axis_a, disc.axis_b], "angle": disc.angle},
+        "cup": {
+            "center": [cup.cx, cup.cy],
+            "axes": [cup.axis_a, cup.axis_b],
+            "angle": cup.angle,
+            "shrink": shrink,
+        },
+        "offset_std": {"bias": s_b, "jitter": s_j},
+        "rater_bias": biases.tolist(),
+        "blur": blur,
+        "clipped_cup_pixels": clipped,
+    }
+    return MultiRaterCase(
+        image=image,
+        masks=masks.view(np.uint8),
+        case_id=f"synth-{seed}-{index:05d}",
+        structures=STRUCTURES,
+        rater_probability=prob,
+        meta=meta,
+    )
+
+
+def generate_cases(
+    n: int, seed: int = 0, config: FundusConfig | None = None, start: int = 0
+) -> list[MultiRaterCase]:
+    """Generate the cases with indices ``start .. start + n - 1``.
+
+    Args:
+        n: number of cases.
+        seed: generator seed.
+        config: generator settings.
+        start: first case index.
+
+    Returns:
+        ``n`` cases, each as described in :func:`generate_case`.
+    """
+    if n < 0:
+        raise ConfigError(f"number of synthetic cases must be >= 0, got {n}")
+    return [generate_case(start + i, seed, config) for i in range(n)]
+
+
+def make_splits(
+    n_train: int, n_val: int, n_test: int, seed: int = 0, config: FundusConfig | None = None
+) -> dict[str, list[MultiRaterCase]]:
+    """Train, validation and test cases from disjoint index ranges.
+
+    The ranges start at ``0``, ``SPLIT_STRIDE`` and ``2 * SPLIT_STRIDE``, so they never
+    overlap and a split's cases do not change when another split's size changes.
+
+    Args:
+        n_train: training cases (at most ``SPLIT_STRIDE``), likewise ``n_val``, ``n_test``.
+        seed: generator seed.
+        config: generator settings.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}``.
+    """
+    sizes = {"train": n_train, "val": n_val, "test": n_test}
+    for name, count in sizes.items():
+        if not 0 <= count <= SPLIT_STRIDE:
+            raise ConfigError(f"synthetic {name} size must be in [0, {SPLIT_STRIDE}], got {count}")
+    return {
+        name: generate_cases(count, seed, config, start=i * SPLIT_STRIDE)
+        for i, (name, count) in enumerate(sizes.items())
+    }

@@ -1,0 +1,207 @@
+"""One self-contained ``report.html``: inline CSS, images as base64 data URIs, no scripts
+and no external resources, so it opens in any browser and can be mailed as one file.
+
+Order: summary, claims, tables, figures, notes (skipped sections), provenance. Each
+section starts with a short reading guide: what the metric means, which direction is
+better and how the paper uses it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edue.report.tables import Table, to_html
+
+esc = html.escape
+
+CSS = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;color:#222;
+ max-width:1250px;margin:2em auto;padding:0 1.2em;line-height:1.5;font-size:15px}
+h1{font-size:1.7em;margin-bottom:.1em}h2{border-bottom:2px solid #dde;padding-bottom:.2em;
+ margin-top:2em}h3{margin-bottom:.3em}.sub{color:#667;margin-top:0}
+.guide{background:#f4f6fb;border-left:4px solid #8da0cb;padding:.5em 1em;margin:.6em 0 1em;
+ font-size:.92em}
+table{border-collapse:collapse;font-size:.86em;margin:.4em 0}
+th,td{padding:.35em .7em;border-bottom:1px solid #e3e3ea;text-align:right;white-space:nowrap}
+th:first-child{text-align:left}thead th{background:#e9ecf5}th.group{text-align:center}
+tbody tr:nth-child(even){background:#f7f8fc}td strong{color:#0b4f9c}
+.scroll{overflow-x:auto}.note{font-size:.85em;color:#556;margin-top:.2em}
+ul.claims{list-style:none;padding-left:0}ul.claims li{padding:.25em .5em;margin:.15em 0;
+ border-radius:4px}li.pass{background:#ebf7ee}li.fail{background:#fcecec}li.unknown{background:#f3f3f3}
+.mark{font-weight:bold;display:inline-block;width:1.4em}li.pass .mark{color:#1b7f3b}
+li.fail .mark{color:#b3261e}figure{margin:1em 0 2em}figure img{max-width:100%;
+ border:1px solid #e3e3ea}figcaption{font-size:.9em;color:#445}
+.skip{color:#8a5a00;background:#fff7e6;padding:.4em .8em;border-radius:4px}
+code{background:#f0f0f4;padding:0 .25em;border-radius:3px;font-size:.92em}
+"""
+
+GUIDES: dict[str, str] = {
+    "claims": (
+        "The paper's headline claims, recomputed from these runs. Against the Deep Ensemble "
+        "the targets of the reproduction are: image-level Spearman of EDUE at least 1.3× the "
+        "ensemble's for every structure, pixel NCC at least as high, NLL at most as high, soft "
+        "Dice within 0.02, and at most a quarter of its inference time. Against the plain U-Net "
+        "there is no target: the lines say whether EDUE is better and by how much. ✓ met or "
+        "better, ✗ not, ? not computable."),
+    "Segmentation and uncertainty": (
+        "<b>Soft Dice</b> (higher is better): Dice of the prediction against the soft vote of the "
+        "raters, both binarised at 0.1…0.9 and averaged. <b>NLL</b> (lower): negative "
+        "log-likelihood of the soft vote. <b>Spearman / Pearson</b> (higher): image-level "
+        "correlation between the model's summed variance (SV) and the experts' over the test "
+        "images — the paper's main uncertainty measure. <b>Pixel NCC</b> (higher): normalised "
+        "cross-correlation of the model's and the experts' variance maps per image. <b>GED</b> "
+        "(lower): generalised energy distance between member and rater masks. <b>ECE</b> "
+        "(lower): calibration error against the soft vote."),
+    "Cost": (
+        "<b>Members</b>: predictions whose spread gives the uncertainty (heads, ensemble members "
+        "or MC samples); <b>passes</b>: forward passes per image. Fewer parameters and a lower "
+        "time are better; EDUE's point is the uncertainty of an ensemble at one pass."),
+    "Quality control and out-of-distribution detection": (
+        "<b>d-AUC</b> (lower is better): area between a method's quality-control curve and its "
+        "ideal (see the figure below). <b>AUROC</b> (higher, 0.5 = chance): how well the "
+        "per-image variance of the pairwise Dice between members (agreement) or the SV separates "
+        "distorted from clean test images when half of them are distorted."),
+    "qc": (
+        "The paper's Figure 2. Images are ranked by SV and the most uncertain are flagged for "
+        "review; the curve shows the fraction of poor segmentations (Dice below the threshold) "
+        "left among the unflagged images. The dashed line is the ideal ranking (all poor images "
+        "flagged first), the dotted line a random ranking. Lower curves are better; d-AUC is "
+        "the area between a curve and its ideal."),
+    "ood_agreement": (
+        "The paper's Figure 3. The variance of the Dice between every pair of members, per "
+        "image, with 0 %, 50 % (clean and distorted halves apart) and 100 % of the test images "
+        "distorted. A useful method disagrees more on distorted images: boxes rise from left to "
+        "right and the 50 % halves separate. Single-member methods have no agreement."),
+    "ood_sv": (
+        "The same study with the SV as the per-image score, which exists for every method "
+        "(for a single network it is the summed Bernoulli variance p(1−p))."),
+    "samples": (
+        "The paper's Figure 4, for test cases shared by all runs: the input with every rater's "
+        "contour, the expert variance map, then per method its uncertainty map (titled with "
+        "its SV) and its mask. A good method's heatmap lights up where the raters disagree."),
+    "reliability": (
+        "Reliability diagrams: the observed frequency against the mean predicted probability "
+        "per bin; the dashed diagonal is perfect calibration. Against the soft vote of the "
+        "raters and, for synthetic data, the analytic probability that a rater marks a pixel."),
+    "sv_scatter": (
+        "Per test image, the model's SV against the experts' SV. The image-level Spearman "
+        "correlation of the tables is the rank agreement of these points: a monotone cloud "
+        "means the model knows which images the experts find hard."),
+}
+
+
+@dataclass
+class FigureEntry:
+    """One figure of the report: ``path`` is ``None`` when it was skipped (``note`` says why)."""
+
+    key: str
+    title: str
+    path: Path | None
+    note: str = ""
+
+
+@dataclass
+class ReportContent:
+    """Everything :func:`render_report` shows."""
+
+    title: str
+    generated: str
+    summary: list[str]
+    claims: dict[str, Any]
+    tables: list[Table]
+    figures: list[FigureEntry]
+    provenance: list[dict[str, str]]
+    notes: list[str] = field(default_factory=list)
+
+
+def image_data_uri(path: str | Path) -> str:
+    """A PNG file as a ``data:image/png;base64,…`` URI."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _guide(key: str) -> str:
+    return f'<div class="guide">{GUIDES[key]}</div>' if key in GUIDES else ""
+
+
+def _claims_html(claims: dict[str, Any]) -> str:
+    parts = ["<h2>Claims</h2>", _guide("claims")]
+    titles = {"vs_deep_ensemble": "against the Deep Ensemble (targets)",
+              "vs_plain": "against the plain U-Net (no targets)"}
+    for key, title in titles.items():
+        group = claims.get(key)
+        if not group:
+            continue
+        items = []
+        for c in group["claims"]:
+            kind = {"✓": "pass", "✗": "fail"}.get(c["mark"], "unknown")
+            items.append(f'<li class="{kind}"><span class="mark">{esc(c["mark"])}</span>'
+                         f'{esc(c["statement"])}</li>')
+        parts += [f"<h3>{esc(claims['edue']['label'])} {esc(title)}: {group['passed']} of "
+                  f"{group['checked']}</h3>", f'<ul class="claims">{"".join(items)}</ul>']
+    gain = claims.get("average_gain_vs_deep_ensemble_percent")
+    if gain:
+        parts.append("<p>Average relative gain over the Deep Ensemble (the paper reports +55 % "
+                     "image-level and +23 % pixel-level): " + ", ".join(
+                         f"{esc(k.replace('_', ' '))} {_pct(v)}" for k, v in gain.items())
+                     + ".</p>")
+    parts += [f'<p class="skip">{esc(s)}</p>' for s in claims.get("skipped", [])]
+    return "\n".join(parts)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{value:+.0f} %"
+
+
+def _figures_html(figures: Sequence[FigureEntry]) -> str:
+    parts = ["<h2>Figures</h2>"]
+    for entry in figures:
+        parts += [f"<h3>{esc(entry.title)}</h3>", _guide(entry.key)]
+        if entry.path is None:
+            parts.append(f'<p class="skip">Skipped: {esc(entry.note)}</p>')
+            continue
+        caption = f"<figcaption>{esc(entry.note)}</figcaption>" if entry.note else ""
+        parts.append(f'<figure><img alt="{esc(entry.title)}" '
+                     f'src="{image_data_uri(entry.path)}">{caption}</figure>')
+    return "\n".join(parts)
+
+
+def _provenance_html(rows: Sequence[dict[str, str]], generated: str) -> str:
+    if not rows:
+        return ""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    head = "".join(f"<th>{esc(k)}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{esc(str(row.get(k, '')))}</td>" for k in keys)
+                   + "</tr>" for row in rows)
+    return (f"<h2>Provenance</h2><p>Report made {esc(generated)} from these evaluation "
+            f"folders:</p><div class=\"scroll\"><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table></div>")
+
+
+def render_report(content: ReportContent) -> str:
+    """The whole HTML document."""
+    summary = "".join(f"<li>{esc(line)}</li>" for line in content.summary)
+    tables = "\n".join(f"<h3>{esc(t.title)}</h3>{_guide(t.title)}{to_html(t)}"
+                       for t in content.tables)
+    notes = ""
+    if content.notes:
+        notes = "<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in content.notes) \
+            + "</ul>"
+    body = "\n".join([
+        f"<h1>{esc(content.title)}</h1>",
+        f'<p class="sub">Made {esc(content.generated)} by <code>edue compare</code>.</p>',
+        f"<h2>Summary</h2><ul>{summary}</ul>",
+        _claims_html(content.claims),
+        f"<h2>Tables</h2>{tables}",
+        _figures_html(content.figures),
+        notes,
+        _provenance_html(content.provenance, content.generated),
+    ])
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{esc(content.title)}</title><style>{CSS}</style></head>"
+            f"<body>\n{body}\n</body></html>\n")

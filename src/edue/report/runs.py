@@ -1,0 +1,257 @@
+"""Reading the evaluation folders written by ``edue evaluate`` for the comparison report.
+
+``metrics.json`` is required: a missing, unreadable or malformed one raises
+:class:`~edue.errors.EdueError` naming the folder. Every other file (``per_case.csv``,
+``curves.json``, ``ood.json``, ``samples.npz``) is optional: when it is missing or
+unreadable the run keeps ``None`` in its place and a note explains why, so the report
+can skip the sections that need it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edue.errors import EdueError
+
+#: Readable names of the methods shipped with ``edue`` (used when a run has no own label).
+METHOD_NAMES: dict[str, str] = {
+    "edue": "EDUE",
+    "deep_ensemble": "Deep Ensemble",
+    "layer_ensembles": "Layer Ensembles",
+    "mc_dropout": "MC dropout",
+    "plain": "U-Net",
+}
+#: Methods that run the network once per member at inference (the others run it once).
+MULTI_PASS_METHODS = frozenset({"deep_ensemble", "mc_dropout"})
+
+
+@dataclass
+class SampleCase:
+    """One case of ``samples.npz``: the image, its rater masks and the method's members.
+
+    Attributes:
+        case_id: identifier shared across runs.
+        image: ``[C, *spatial]``.
+        masks: ``[R, K, *spatial]``.
+        members: ``[S, K, *spatial]`` float32.
+    """
+
+    case_id: str
+    image: np.ndarray
+    masks: np.ndarray
+    members: np.ndarray
+
+
+@dataclass
+class RunResult:
+    """Everything ``edue evaluate`` wrote for one method.
+
+    Attributes:
+        folder: the evaluation folder.
+        method: method name (``metrics.json`` ``method``).
+        label: display name (its ``label`` when set, else a readable method name).
+        structures: structure names.
+        info: the whole ``metrics.json``.
+        metrics: its flat ``metrics`` dict (floats, nan for missing values).
+        per_case: columns of ``per_case.csv`` as float arrays, or ``None``.
+        curves: ``curves.json``, or ``None``.
+        ood: ``ood.json``, or ``None``.
+        samples: ``samples.npz`` cases in file order, or ``None``.
+        notes: why an optional file was not used.
+    """
+
+    folder: Path
+    method: str
+    label: str
+    structures: tuple[str, ...]
+    info: dict[str, Any]
+    metrics: dict[str, float]
+    per_case: dict[str, np.ndarray] | None = None
+    curves: dict[str, Any] | None = None
+    ood: dict[str, Any] | None = None
+    samples: list[SampleCase] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def value(self, key: str) -> float:
+        """A metric by key (``"soft_dice/disc/mean"``), nan when absent or not a number."""
+        return _as_float(self.metrics.get(key))
+
+    @property
+    def n_members(self) -> int:
+        """Members of the prediction (heads, ensemble members or MC samples)."""
+        return int(self.info.get("n_members") or 1)
+
+    @property
+    def passes(self) -> int:
+        """Forward passes per image: ``n_passes`` when recorded, else from the method."""
+        if "n_passes" in self.info:
+            return int(self.info["n_passes"])
+        return self.n_members if self.method in MULTI_PASS_METHODS else 1
+
+    @property
+    def seconds_per_image(self) -> float:
+        """Median single-image inference time in seconds (nan when not recorded)."""
+        return _as_float(self.info.get("seconds_per_image"))
+
+    @property
+    def parameters(self) -> float:
+        """Trainable parameters (nan when not recorded)."""
+        return _as_float(self.info.get("parameters"))
+
+
+def _as_float(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _read_metrics(folder: Path) -> dict[str, Any]:
+    path = folder / "metrics.json"
+    if not folder.is_dir():
+        raise EdueError("evaluation folder not found (expected the output of `edue evaluate`)",
+                        folder)
+    if not path.is_file():
+        raise EdueError("no metrics.json in this evaluation folder (run `edue evaluate` first)",
+                        folder)
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EdueError(f"metrics.json is unreadable ({type(exc).__name__}: {exc})",
+                        folder) from None
+    if not isinstance(info, dict) or not isinstance(info.get("metrics"), dict):
+        raise EdueError("metrics.json has no 'metrics' table (not written by `edue evaluate`?)",
+                        folder)
+    if not isinstance(info.get("method"), str) and not isinstance(info.get("label"), str):
+        raise EdueError("metrics.json names no 'method'", folder)
+    return info
+
+
+def _structures(info: dict[str, Any]) -> tuple[str, ...]:
+    names = info.get("structures")
+    if isinstance(names, list) and names:
+        return tuple(str(s) for s in names)
+    keys = [k.split("/")[1] for k in info["metrics"] if k.startswith("soft_dice/")]
+    return tuple(dict.fromkeys(keys))
+
+
+def _read_per_case(path: Path) -> dict[str, np.ndarray]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise ValueError("no rows")
+    columns: dict[str, np.ndarray] = {}
+    for key in rows[0]:
+        if key in ("case_id", "method"):
+            continue
+        columns[key] = np.array([_as_float(row.get(key)) for row in rows], dtype=np.float64)
+    return columns
+
+
+def _read_samples(path: Path) -> list[SampleCase]:
+    cases = []
+    with np.load(path, allow_pickle=False) as data:
+        indices = sorted({int(k.split("/")[0]) for k in data.files if k.endswith("/members")})
+        for i in indices:
+            cases.append(SampleCase(
+                case_id=str(data[f"{i}/case_id"]) if f"{i}/case_id" in data.files else str(i),
+                image=np.asarray(data[f"{i}/image"], dtype=np.float32),
+                masks=np.asarray(data[f"{i}/masks"]),
+                members=np.asarray(data[f"{i}/members"], dtype=np.float32),
+            ))
+    return cases
+
+
+def _optional(run: RunResult, name: str, reader: Any) -> Any:
+    """Read an optional file with ``reader``; on failure note why and return ``None``."""
+    path = run.folder / name
+    if not path.is_file():
+        run.notes.append(f"{run.label}: no {name} — the sections that need it skip this method")
+        return None
+    try:
+        return reader(path)
+    except Exception as exc:  # a corrupt optional file must not stop the report
+        run.notes.append(f"{run.label}: {name} is unreadable ({type(exc).__name__}: {exc})")
+        return None
+
+
+def load_run(folder: str | Path) -> RunResult:
+    """Read one evaluation folder.
+
+    Raises:
+        EdueError: the folder or its ``metrics.json`` is missing, unreadable or malformed.
+    """
+    folder = Path(folder)
+    info = _read_metrics(folder)
+    method = str(info.get("method") or info.get("label"))
+    label = info.get("label")
+    if not isinstance(label, str) or not label or label == method:
+        label = METHOD_NAMES.get(method, method)
+    metrics = {str(k): _as_float(v) for k, v in info["metrics"].items()}
+    run = RunResult(folder=folder, method=method, label=label, structures=_structures(info),
+                    info=info, metrics=metrics)
+    run.per_case = _optional(run, "per_case.csv", _read_per_case)
+    run.curves = _optional(run, "curves.json",
+                           lambda p: json.loads(p.read_text(encoding="utf-8")))
+    run.ood = _optional(run, "ood.json", lambda p: json.loads(p.read_text(encoding="utf-8")))
+    run.samples = _optional(run, "samples.npz", _read_samples)
+    return run
+
+
+def load_runs(folders: Sequence[str | Path]) -> list[RunResult]:
+    """Read several evaluation folders; a repeated label gets ``#2``, ``#3``… appended."""
+    if not folders:
+        raise EdueError("no evaluation folders given to compare")
+    runs = [load_run(f) for f in folders]
+    seen: dict[str, int] = {}
+    for run in runs:
+        seen[run.label] = seen.get(run.label, 0) + 1
+        if seen[run.label] > 1:
+            run.label = f"{run.label} #{seen[run.label]}"
+    return runs
+
+
+def all_structures(runs: Sequence[RunResult]) -> tuple[str, ...]:
+    """Union of the runs' structures, in first-seen order."""
+    return tuple(dict.fromkeys(s for run in runs for s in run.structures))
+
+
+def find_method(runs: Sequence[RunResult], method: str) -> RunResult | None:
+    """The first run of ``method``, if any."""
+    return next((run for run in runs if run.method == method), None)
+
+
+def ood_key(kind: str, fraction: float) -> str:
+    """Key of one distortion setting in ``ood.json`` ``results`` (``"noise@0.5"``)."""
+    return f"{kind}@{fraction:g}"
+
+
+def ood_kinds(runs: Sequence[RunResult]) -> tuple[str, ...]:
+    """Distortion kinds present in any run's ``ood.json``, in first-seen order."""
+    kinds = [key.split("@")[0] for run in runs if run.ood is not None
+             for key in run.ood.get("results", {})]
+    return tuple(dict.fromkeys(kinds))
+
+
+def ood_auroc(run: RunResult, kind: str, score: str, structure: str,
+              fraction: float = 0.5) -> float:
+    """AUROC with which ``score`` (``"agreement"`` or ``"sv"``) separates distorted images.
+
+    nan when the run has no such entry (no ``ood.json``, kind not run, structure absent).
+    """
+    if run.ood is None or structure not in run.structures:
+        return math.nan
+    entry = run.ood.get("results", {}).get(ood_key(kind, fraction), {})
+    values = entry.get(f"auroc_{score}")
+    k = run.structures.index(structure)
+    if not isinstance(values, list) or k >= len(values):
+        return math.nan
+    return _as_float(values[k])

@@ -1,0 +1,323 @@
+"""The paper's comparison tables, built from evaluated runs and written as Markdown, CSV,
+LaTeX and HTML.
+
+A :class:`Table` holds formatted cells (with the raw value each was ranked by) and
+optional column groups (one per structure or distortion). The best value of each column
+is marked *bold*, direction-aware (higher is better for Dice, correlations, NCC and
+AUROC; lower for NLL, GED, ECE, d-AUC, parameters and time), comparing the values as
+displayed so that ties are all bold. A column with fewer than two finite values marks
+nothing. The CSV is one wide row per method holding every raw number of every table.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from edue.report.runs import RunResult, all_structures, find_method, ood_auroc, ood_kinds
+
+MISSING = "—"
+
+
+@dataclass
+class Cell:
+    """One table cell: its text and the value it is ranked by (nan: not ranked)."""
+
+    text: str
+    value: float = math.nan
+    bold: bool = False
+
+
+@dataclass
+class Table:
+    """A table with one row per method.
+
+    Attributes:
+        title: short title (a Markdown heading, the LaTeX caption).
+        headers: column headers (without the row-label column).
+        rows: ``(label, cells)`` per method.
+        groups: ``(group header, span)`` covering ``headers`` left to right, or empty.
+        note: one sentence printed under the table.
+    """
+
+    title: str
+    headers: list[str]
+    rows: list[tuple[str, list[Cell]]]
+    groups: list[tuple[str, int]] = field(default_factory=list)
+    note: str = ""
+
+    def column(self, index: int) -> list[Cell]:
+        """The cells of one column, top to bottom."""
+        return [cells[index] for _, cells in self.rows]
+
+
+@dataclass(frozen=True)
+class MetricColumn:
+    """How one per-structure metric is shown: keys use ``{s}`` for the structure name.
+
+    Attributes:
+        header: column header.
+        key: metric key of the value.
+        higher_is_better: ranking direction (``None``: no bold).
+        digits: decimals shown.
+        spread: key of a standard deviation shown as ``± std``.
+        interval: keys of a confidence interval shown as ``[low, high]``.
+    """
+
+    header: str
+    key: str
+    higher_is_better: bool | None
+    digits: int
+    spread: str | None = None
+    interval: tuple[str, str] | None = None
+
+    def keys(self, structure: str) -> list[str]:
+        """All metric keys this column reads, for the CSV."""
+        extra = [self.spread] if self.spread else []
+        extra += list(self.interval) if self.interval else []
+        return [k.format(s=structure) for k in (self.key, *extra)]
+
+    def cell(self, run: RunResult, structure: str) -> Cell:
+        """The formatted cell of one run."""
+        value = run.value(self.key.format(s=structure))
+        if not math.isfinite(value):
+            return Cell(MISSING)
+        text = f"{value:.{self.digits}f}"
+        if self.spread:
+            spread = run.value(self.spread.format(s=structure))
+            text += f" ± {spread:.{self.digits}f}" if math.isfinite(spread) else ""
+        if self.interval:
+            low, high = (run.value(k.format(s=structure)) for k in self.interval)
+            if math.isfinite(low) and math.isfinite(high):
+                text += f" [{low:.{self.digits}f}, {high:.{self.digits}f}]"
+        return Cell(text, value)
+
+
+MAIN_COLUMNS: tuple[MetricColumn, ...] = (
+    MetricColumn("soft Dice", "soft_dice/{s}/mean", True, 3, spread="soft_dice/{s}/std"),
+    MetricColumn("NLL", "nll/{s}/mean", False, 3),
+    MetricColumn("Spearman [95% CI]", "image_spearman/{s}", True, 2,
+                 interval=("image_spearman/{s}/ci_low", "image_spearman/{s}/ci_high")),
+    MetricColumn("Pearson", "image_pearson/{s}", True, 2),
+    MetricColumn("pixel NCC", "pixel_ncc/{s}/mean", True, 2, spread="pixel_ncc/{s}/std"),
+    MetricColumn("GED", "ged/{s}/mean", False, 3),
+    MetricColumn("ECE", "ece_soft_vote/{s}", False, 3),
+)
+QC_COLUMN = MetricColumn("d-AUC", "qc_d_auc/{s}", False, 3)
+
+
+def mark_best(cells: Sequence[Cell], higher_is_better: bool | None, digits: int) -> None:
+    """Bold the best of ``cells`` in place (ties as displayed are all bold)."""
+    if higher_is_better is None:
+        return
+    ranked = [(round(c.value, digits), c) for c in cells if math.isfinite(c.value)]
+    if len(ranked) < 2:
+        return
+    best = (max if higher_is_better else min)(v for v, _ in ranked)
+    for value, cell in ranked:
+        cell.bold = value == best
+
+
+def _metric_table(runs: Sequence[RunResult], title: str, columns: Sequence[MetricColumn],
+                  structures: Sequence[str], note: str) -> Table:
+    rows = [(run.label, [c.cell(run, s) for s in structures for c in columns]) for run in runs]
+    table = Table(title, [c.header for _ in structures for c in columns], rows,
+                  [(s, len(columns)) for s in structures], note)
+    for i, column in enumerate(c for _ in structures for c in columns):
+        mark_best(table.column(i), column.higher_is_better, column.digits)
+    return table
+
+
+def main_table(runs: Sequence[RunResult]) -> Table:
+    """Table 1: segmentation quality and uncertainty per structure."""
+    return _metric_table(
+        runs, "Segmentation and uncertainty", MAIN_COLUMNS, all_structures(runs),
+        "Soft Dice and pixel NCC: mean ± std over images; Spearman/Pearson: image-level "
+        "correlation of model SV with expert SV (95% bootstrap CI); ECE vs the soft vote. "
+        "Bold: best per column.")
+
+
+def cost_numbers(runs: Sequence[RunResult]) -> list[dict[str, float]]:
+    """Per run: members, passes, parameters, ms per image and the two time ratios."""
+    one_pass = [r.seconds_per_image for r in runs
+                if r.passes == 1 and math.isfinite(r.seconds_per_image)]
+    fastest = min(one_pass) if one_pass else math.nan
+    edue = find_method(runs, "edue")
+    edue_time = edue.seconds_per_image if edue else math.nan
+    out = []
+    for run in runs:
+        t = run.seconds_per_image
+        out.append({
+            "n_members": float(run.n_members), "passes": float(run.passes),
+            "parameters": run.parameters, "ms_per_image": t * 1000,
+            "time_vs_fastest_one_pass": t / fastest if fastest > 0 else math.nan,
+            "time_vs_edue": t / edue_time if edue_time > 0 else math.nan,
+        })
+    return out
+
+
+def _num(value: float, fmt: str, suffix: str = "") -> Cell:
+    return Cell(f"{value:{fmt}}{suffix}", value) if math.isfinite(value) else Cell(MISSING)
+
+
+def cost_table(runs: Sequence[RunResult]) -> Table:
+    """Table 2: members, forward passes, parameters and inference time per method."""
+    rows = []
+    for run, cost in zip(runs, cost_numbers(runs), strict=True):
+        rows.append((run.label, [
+            Cell(str(run.n_members)), Cell(str(run.passes)),
+            _num(cost["parameters"], ",.0f"), _num(cost["ms_per_image"], ".2f"),
+            _num(cost["time_vs_fastest_one_pass"], ".2f", "×"),
+            _num(cost["time_vs_edue"], ".2f", "×"),
+        ]))
+    table = Table("Cost", ["members", "passes", "parameters", "ms / image",
+                           "time vs fastest one-pass", "time vs EDUE"], rows,
+                  note="Median single-image inference time on the evaluation device; "
+                       "ratios divide by the fastest one-pass method and by EDUE.")
+    mark_best(table.column(2), False, 0)
+    mark_best(table.column(3), False, 2)
+    return table
+
+
+def qc_ood_table(runs: Sequence[RunResult]) -> Table:
+    """Table 3: quality-control d-AUC per structure and OOD separation AUROC at 50 %."""
+    structures = all_structures(runs)
+    table = _metric_table(runs, "Quality control and out-of-distribution detection",
+                          [QC_COLUMN], structures, "")
+    table.headers = list(structures)
+    table.groups = [("QC d-AUC", len(structures))]
+    for kind in ood_kinds(runs):
+        start = len(table.headers)
+        for s in structures:
+            table.headers += [f"{s} agreement", f"{s} SV"]
+        for run, (_, cells) in zip(runs, table.rows, strict=True):
+            for s in structures:
+                for score in ("agreement", "sv"):
+                    value = ood_auroc(run, kind, score, s)
+                    undefined = score == "agreement" and run.n_members < 2 and run.ood is not None
+                    cells.append(Cell("n/a") if undefined else _num(value, ".2f"))
+        for i in range(start, len(table.headers)):
+            mark_best(table.column(i), True, 2)
+        table.groups.append((f"{kind} @ 50 %: AUROC", len(table.headers) - start))
+    table.note = ("d-AUC: area between the QC curve and its ideal; AUROC: how well the "
+                  "per-image agreement variance or SV separates distorted from clean images "
+                  "when half of them are distorted (n/a: a single member has no agreement).")
+    return table
+
+
+def comparison_tables(runs: Sequence[RunResult]) -> list[Table]:
+    """All tables of the report, in order."""
+    return [main_table(runs), cost_table(runs), qc_ood_table(runs)]
+
+
+# --------------------------------------------------------------------------- rendering
+def _markdown_block(headers: Sequence[str],
+                    rows: Sequence[tuple[str, Sequence[Cell]]]) -> list[str]:
+    lines = ["| " + " | ".join(["method", *headers]) + " |",
+             "|" + "|".join([":---", *["---:"] * len(headers)]) + "|"]
+    for label, cells in rows:
+        texts = [f"**{c.text}**" if c.bold else c.text for c in cells]
+        lines.append("| " + " | ".join([label.replace("|", "/"), *texts]) + " |")
+    return lines
+
+
+def to_markdown(table: Table) -> str:
+    """GitHub-flavoured Markdown; best values in ``**bold**``.
+
+    Markdown has no column groups, so a grouped table becomes one block per group (a
+    ``####`` heading each) under the ``###`` title.
+    """
+    lines = [f"### {table.title}", ""]
+    if not table.groups:
+        lines += [*_markdown_block(table.headers, table.rows), ""]
+    start = 0
+    for group, span in table.groups:
+        cols = slice(start, start + span)
+        lines += [f"#### {group}", "", *_markdown_block(
+            table.headers[cols], [(label, cells[cols]) for label, cells in table.rows]), ""]
+        start += span
+    return "\n".join([*lines, table.note, ""] if table.note else lines)
+
+
+_LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "±": r"$\pm$", "×": r"$\times$", "—": "--", "≥": r"$\geq$", "≤": r"$\leq$",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX specials and spell out the few non-ASCII symbols the tables use."""
+    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in text)
+
+
+def to_latex(table: Table) -> str:
+    """A ``table`` environment (needs ``booktabs``); best values in ``\\textbf``."""
+    n = len(table.headers)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+             f"\\caption{{{latex_escape(table.title)}}}", r"\begin{tabular}{l" + "r" * n + "}",
+             r"\toprule"]
+    if table.groups:
+        parts, rules, col = [""], [], 2
+        for group, span in table.groups:
+            parts.append(f"\\multicolumn{{{span}}}{{c}}{{{latex_escape(group)}}}")
+            rules.append(f"\\cmidrule(lr){{{col}-{col + span - 1}}}")
+            col += span
+        lines += [" & ".join(parts) + r" \\", " ".join(rules)]
+    lines.append(" & ".join(["method", *map(latex_escape, table.headers)]) + r" \\")
+    lines.append(r"\midrule")
+    for label, cells in table.rows:
+        texts = [f"\\textbf{{{latex_escape(c.text)}}}" if c.bold else latex_escape(c.text)
+                 for c in cells]
+        lines.append(" & ".join([latex_escape(label), *texts]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if table.note:
+        lines.append(f"\\par\\smallskip\\footnotesize {latex_escape(table.note)}")
+    return "\n".join([*lines, r"\end{table}", ""])
+
+
+def to_html(table: Table) -> str:
+    """An HTML ``<table>`` (grouped header row when present; best values in ``<strong>``)."""
+    esc = html.escape
+    head = []
+    if table.groups:
+        head.append("<tr><th></th>" + "".join(
+            f'<th colspan="{span}" class="group">{esc(g)}</th>' for g, span in table.groups)
+            + "</tr>")
+    head.append("<tr><th>method</th>" + "".join(f"<th>{esc(h)}</th>" for h in table.headers)
+                + "</tr>")
+    body = []
+    for label, cells in table.rows:
+        tds = "".join(f"<td><strong>{esc(c.text)}</strong></td>" if c.bold
+                      else f"<td>{esc(c.text)}</td>" for c in cells)
+        body.append(f"<tr><th>{esc(label)}</th>{tds}</tr>")
+    note = f'<p class="note">{esc(table.note)}</p>' if table.note else ""
+    return (f'<div class="scroll"><table><thead>{"".join(head)}</thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>{note}')
+
+
+def flat_csv(runs: Sequence[RunResult]) -> str:
+    """One row per method with every raw number of every table (metric-key columns)."""
+    structures, kinds = all_structures(runs), ood_kinds(runs)
+    rows = []
+    for run, cost in zip(runs, cost_numbers(runs), strict=True):
+        row: dict[str, object] = {"method": run.method, "label": run.label,
+                                  "folder": str(run.folder)}
+        for s in structures:
+            for column in (*MAIN_COLUMNS, QC_COLUMN):
+                row.update({k: run.value(k) for k in column.keys(s)})
+        row.update(cost)
+        for kind in kinds:
+            for s in structures:
+                for score in ("agreement", "sv"):
+                    row[f"ood_auroc_{score}/{kind}/{s}"] = ood_auroc(run, kind, score, s)
+        rows.append(row)
+    handle = io.StringIO()
+    writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return handle.getvalue()
