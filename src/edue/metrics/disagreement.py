@@ -156,7 +156,7 @@ def pixel_ncc(
     const_b = _is_constant(scale_b, std_b)
     ncc = (a * b).mean(1) / (std_a * std_b).clamp_min(1e-300)
     ncc = ncc.clamp(-1.0, 1.0)
-    ncc = torch.where(const_a ^ const_b, ncc, ncc)
+    ncc = torch.where(const_a ^ const_b, torch.full_like(ncc, one_constant), ncc)
     ncc = torch.where(const_a & const_b, torch.full_like(ncc, both_constant), ncc)
     return ncc.float()
 
