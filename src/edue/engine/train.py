@@ -56,8 +56,10 @@ class EpochSampler(Sampler[int]):
     def _order(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.size, generator=g).tolist()
-        per_rank = self.size // self.world_size  # equal shards: every rank steps together
-        return order[self.rank * per_rank : (self.rank + 1) * per_rank]
+        # Interleaved equal shards (as DistributedSampler): every rank steps together, and
+        # the union of the ranks' i-th batches is the single-process i-th batch.
+        per_rank = self.size // self.world_size
+        return order[: per_rank * self.world_size][self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._order()[self.start :])
@@ -166,6 +168,8 @@ class Trainer:
             num_workers=cfg.data.num_workers,
             pin_memory=rt.device.type == "cuda",
             drop_last=False,
+            # its own generator: iterating must not draw from the global RNG (resumes)
+            generator=torch.Generator().manual_seed(cfg.train.seed),
         )
         previous = self._install_signal_handlers()
         try:
