@@ -129,6 +129,24 @@ class TrainConfig:
 
 
 @dataclass
+class InferConfig:
+    """Prediction settings.
+
+    Attributes:
+        roi_size: sliding-window size for volumes (``null``: ``data.patch_size``, and a
+            single whole-image pass when that is unset too).
+        overlap: overlap of neighbouring windows (fraction of the window).
+        sw_batch_size: windows per forward pass.
+        blend: ``gaussian`` or ``constant`` blending of overlapping windows.
+    """
+
+    roi_size: list[int] | None = None
+    overlap: float = 0.25
+    sw_batch_size: int = 4
+    blend: str = "gaussian"
+
+
+@dataclass
 class Config:
     """A whole run."""
 
@@ -136,6 +154,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
     out_dir: str = "runs/train"
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,6 +193,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     for name, value in values.items():
         sub = known[name].type
         nested = {
+            "InferConfig": InferConfig,
             "DataConfig": DataConfig,
             "ModelConfig": ModelConfig,
             "MethodConfig": MethodConfig,

@@ -100,11 +100,49 @@ class Predictor:
 
     # ------------------------------------------------------------------ prediction
     def _input_size(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """2D images are resized to the training size when one was set; the U-Net
+        accepts any other size as it is (odd sizes are padded inside)."""
         size = self.config.data.size
         if self.spatial_dims == 2 and size:
             return (int(size), int(size))
-        divisor = 2 ** (len(self.config.model.channels) - 1)
-        return tuple(int(np.ceil(s / divisor) * divisor) for s in shape)
+        return tuple(int(s) for s in shape)
+
+    def roi_size(self) -> tuple[int, ...] | None:
+        """Sliding-window size (``infer.roi_size``, else the training patch), if any."""
+        roi = self.config.infer.roi_size or self.config.data.patch_size
+        if not roi:
+            return None
+        roi = list(roi) * self.spatial_dims if len(roi) == 1 else list(roi)
+        return tuple(int(r) for r in roi)
+
+    def members(self, batch: torch.Tensor) -> torch.Tensor:
+        """Member probabilities ``[S, B, K, *sp]`` of a batch ``[B, C, *sp]``.
+
+        Inputs larger than the sliding window are predicted window by window (MONAI),
+        blending the *member stack* so the variance across members is computed on the
+        whole image afterwards; memory follows the window, not the volume.
+        """
+        roi = self.roi_size()
+        if roi is None or all(s <= r for s, r in zip(batch.shape[2:], roi, strict=True)):
+            return self.method.predict_members(batch).float()
+        return self.sliding_members(batch, roi)
+
+    def sliding_members(self, batch: torch.Tensor, roi: Sequence[int]) -> torch.Tensor:
+        """Member probabilities ``[S, B, K, *sp]`` predicted window by window."""
+        from monai.inferers import sliding_window_inference
+
+        n_members, k = self.method.n_members, len(self.structures)
+
+        def stacked(window: torch.Tensor) -> torch.Tensor:
+            m = self.method.predict_members(window).float()  # [S, b, K, *roi]
+            return m.transpose(0, 1).reshape(window.shape[0], n_members * k, *window.shape[2:])
+
+        cfg = self.config.infer
+        out = sliding_window_inference(
+            batch, roi, cfg.sw_batch_size, stacked, overlap=cfg.overlap, mode=cfg.blend
+        )
+        out = torch.as_tensor(out).reshape(batch.shape[0], n_members, k, *batch.shape[2:])
+        return out.transpose(0, 1).clamp(0, 1)
 
     @torch.no_grad()
     def predict_batch(
@@ -128,7 +166,7 @@ class Predictor:
         shape = tuple(tensors[0].shape[1:])
         size = self._input_size(shape)
         batch = torch.stack([resize_image(t, size) for t in tensors]).to(self.device)
-        members = self.method.predict_members(batch).float()  # [S, B, K, *size]
+        members = self.members(batch)  # [S, B, K, *size]
         if tuple(members.shape[3:]) != shape:
             s, b = members.shape[:2]
             flat = members.reshape(s * b, *members.shape[2:])
