@@ -150,13 +150,16 @@ def _average_gain(claims: Sequence[Claim], prefix: str) -> float:
 
 def _group(edue: RunResult, ref: RunResult, claims: list[Claim]) -> dict[str, Any]:
     checked = [c for c in claims if c.passed is not None]
+    n_passed = sum(bool(c.passed) for c in checked)
     return {
         "reference": {"method": ref.method, "label": ref.label, "folder": str(ref.folder)},
         "claims": [{**asdict(c), "mark": c.mark} for c in claims],
-        "passed": sum(bool(c.passed) for c in checked), "checked": len(checked),
+        "passed": n_passed, "checked": len(checked),
         "all_passed": bool(checked) and all(c.passed for c in checked),
-        "summary": f"{edue.label} vs {ref.label}: {sum(bool(c.passed) for c in checked)} of "
-                   f"{len(checked)} {'targets met' if ref.method == 'deep_ensemble' else 'better'}",
+        "summary": (f"{edue.label} vs {ref.label}: {n_passed} of {len(checked)} targets met"
+                    if ref.method == "deep_ensemble" else
+                    f"{edue.label} vs {ref.label}: {edue.label} better on {n_passed} of "
+                    f"{len(checked)} comparisons"),
     }
 
 

@@ -57,8 +57,10 @@ def _sample_figure(runs: Sequence[RunResult], path: Path) -> tuple[Path | None, 
     cases, predictions, skipped = [], [], set()
     for case_id in shared[:MAX_SAMPLE_CASES]:
         first = next(c for c in with_samples[0].samples or [] if c.case_id == case_id)
-        cases.append(MultiRaterCase(first.image, first.masks, case_id,
-                                    with_samples[0].structures))
+        names = with_samples[0].structures
+        if len(names) != first.masks.shape[1]:
+            names = tuple(f"structure {k}" for k in range(first.masks.shape[1]))
+        cases.append(MultiRaterCase(first.image, first.masks, case_id, names))
         preds = {}
         for run in with_samples:
             sample = next(c for c in run.samples or [] if c.case_id == case_id)
@@ -67,7 +69,7 @@ def _sample_figure(runs: Sequence[RunResult], path: Path) -> tuple[Path | None, 
                 continue
             preds[run.label] = Prediction(torch.from_numpy(sample.members.astype(np.float32)))
         predictions.append(preds)
-    left_out = [r.label for r in runs if r not in with_samples] + sorted(skipped)
+    left_out = [r.label for r in runs if not r.samples] + sorted(skipped)
     note = f"{len(cases)} shared case(s)"
     note += f"; left out (no or mismatching samples): {', '.join(left_out)}" if left_out else ""
     return sample_grid(cases, predictions, path), note

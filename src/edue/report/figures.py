@@ -221,7 +221,7 @@ def qc_curves_figure(runs: Sequence[RunResult], structures: Sequence[str],
         ax.grid(alpha=0.3)
         ax.legend(handles=handles, fontsize=7, loc="upper right")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, tight=False)
 
 
 def _ood_groups(entry: dict, column: str, k: int) -> list[np.ndarray]:
@@ -253,7 +253,7 @@ def ood_boxplot_figure(runs: Sequence[RunResult], kinds: Sequence[str], path: st
         row[0].set_ylabel("pairwise-Dice variance" if score == "agreement_variance" else "SV",
                           fontsize=8)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, tight=False)
 
 
 def _ood_panel(ax: plt.Axes, run: RunResult, kind: str, score: str, legend: bool) -> None:
@@ -318,7 +318,7 @@ def reliability_figure(runs: Sequence[RunResult], structures: Sequence[str],
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, tight=False)
 
 
 def _spearman(run: RunResult, x: np.ndarray, y: np.ndarray, s: str) -> float:
@@ -355,4 +355,4 @@ def sv_scatter_figure(runs: Sequence[RunResult], structures: Sequence[str],
             ax.ticklabel_format(style="sci", scilimits=(-2, 4))
             ax.grid(alpha=0.3)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, tight=False)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edue import __version__
 from edue.report.tables import Table, to_html
 
 esc = html.escape
@@ -95,6 +96,9 @@ GUIDES: dict[str, str] = {
 }
 
 
+GAIN_NAMES = {"image_spearman": "image-level Spearman", "pixel_ncc": "pixel NCC"}
+
+
 @dataclass
 class FigureEntry:
     """One figure of the report: ``path`` is ``None`` when it was skipped (``note`` says why)."""
@@ -147,7 +151,7 @@ def _claims_html(claims: dict[str, Any]) -> str:
     if gain:
         parts.append("<p>Average relative gain over the Deep Ensemble (the paper reports +55 % "
                      "image-level and +23 % pixel-level): " + ", ".join(
-                         f"{esc(k.replace('_', ' '))} {_pct(v)}" for k, v in gain.items())
+                         f"{GAIN_NAMES.get(k, k)} {_pct(v)}" for k, v in gain.items())
                      + ".</p>")
     parts += [f'<p class="skip">{esc(s)}</p>' for s in claims.get("skipped", [])]
     return "\n".join(parts)
@@ -193,7 +197,8 @@ def render_report(content: ReportContent) -> str:
             + "</ul>"
     body = "\n".join([
         f"<h1>{esc(content.title)}</h1>",
-        f'<p class="sub">Made {esc(content.generated)} by <code>edue compare</code>.</p>',
+        f'<p class="sub">Made {esc(content.generated)} by <code>edue compare</code> '
+        f"(edue {esc(__version__)}).</p>",
         f"<h2>Summary</h2><ul>{summary}</ul>",
         _claims_html(content.claims),
         f"<h2>Tables</h2>{tables}",

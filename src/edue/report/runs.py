@@ -50,7 +50,7 @@ class SampleCase:
     members: np.ndarray
 
 
-@dataclass
+@dataclass(eq=False)
 class RunResult:
     """Everything ``edue evaluate`` wrote for one method.
 
@@ -190,6 +190,8 @@ def load_run(folder: str | Path) -> RunResult:
         EdueError: the folder or its ``metrics.json`` is missing, unreadable or malformed.
     """
     folder = Path(folder)
+    if folder.name == "metrics.json" and folder.is_file():  # the file itself was given
+        folder = folder.parent
     info = _read_metrics(folder)
     method = str(info.get("method") or info.get("label"))
     label = info.get("label")
