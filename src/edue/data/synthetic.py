@@ -1,38 +1,38 @@
 """The embedded default dataset: seeded fundus-like images annotated by several raters.
 
-Each case is a colour image ``[3, H, W]`` of a fundus-like crop with two nested
-structures, the optic disc (structure 0) and the optic cup (structure 1, strictly
-inside the disc), and the binary masks of ``R`` raters ``[R, 2, H, W]``.
+A case is a colour image ``[3, H, W]`` with two nested structures, the optic disc
+(structure 0) and the optic cup (structure 1, inside the disc), and the binary masks of
+``R`` raters ``[R, 2, H, W]``. Each structure has an *ambiguity* ``a`` in [0, 1] per
+image that drives both what the image shows and how much the raters disagree:
 
-Each structure has an *ambiguity* ``a`` in [0, 1] per image that drives both what
-the image shows and how much the raters disagree:
+* rater ``r`` marks a pixel when ``sd + s_b(a) * b_r + s_j(a) * j_r(theta) < 0``, with
+  ``sd`` the radial signed distance to the true boundary (``rho - R(theta)`` around the
+  structure's centre, negative inside; close to the Euclidean one for these near-round
+  shapes), ``b_r`` the rater's persistent bias (unit-RMS normal quantiles spread over the
+  panel and permuted by the seed: some raters draw larger, some smaller), ``j_r`` a
+  smooth angular jitter (harmonics 1..4, drawn per rater and case, standard normal at
+  every angle) and ``s_b``, ``s_j`` growing linearly with ``a`` (pixels);
+* the image shows each structure as a Gaussian-CDF-like step of ``sd`` whose spread is
+  the raters' offset spread ``hypot(s_b, s_j)`` (plus the global blur), with a contrast
+  that drops with ``a``: blurry, faint boundaries are the ones raters disagree on.
 
-* the structure is rendered as a smooth step of its signed distance whose width
-  equals the raters' disagreement scale (a blurry, low-contrast edge for large ``a``);
-* rater ``r`` marks a pixel when ``sd(x) + s_b(a) * b_r + s_j(a) * j_r(theta) < 0``,
-  where ``sd`` is the radial signed distance to the true boundary (negative inside),
-  ``b_r`` is the rater's persistent bias (unit-RMS normal quantiles spread over the
-  panel, permuted by the seed: some raters draw larger, some smaller), ``j_r(theta)``
-  is a smooth angular jitter (random harmonics 1..4, drawn per rater and case, exactly
-  standard normal at every angle) and ``s_b(a)``, ``s_j(a)`` grow linearly with ``a``.
+``rater_probability`` is ``mean_r Phi(-(sd + s_b b_r) / s_j)``, the exact expectation of
+the soft vote over the jitter for this panel (for a large panel it tends to the
+population value ``Phi(-sd / hypot(s_b, s_j))``). The only approximation is the clipping
+``cup &= disc``, made rare by keeping the true cup at least 2.5 standard deviations of the
+disc-minus-cup offset (+1 px) inside the disc (the cup is shrunk when needed).
 
-Because ``j_r(theta)`` is standard normal at each pixel, the probability that rater
-``r`` marks a pixel is ``Phi(-(sd + s_b b_r) / s_j)``; ``rater_probability`` is its mean
-over the panel, i.e. the expectation of the soft vote. The only approximation is the
-rare clipping ``cup &= disc`` (the cup geometry is chosen so that the cup stays at
-least 2.5 standard deviations of the disc–cup offset difference inside the disc).
-
-Everything is reproducible: a case depends only on ``(seed, index, config)`` (not on
-how many cases are generated or in which order) and the rater styles depend only on
-``seed`` and ``n_raters``. The image and geometry do not depend on ``n_raters``.
+A case depends only on ``(seed, index, config)``, not on how many cases are made or in
+which order; rater styles depend only on ``seed`` and ``n_raters``; the image does not
+depend on ``n_raters``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 from scipy.special import ndtr, ndtri
 
 from edue.data.case import MultiRaterCase
@@ -45,6 +45,7 @@ _N_HARMONICS = 4  # jitter harmonics 1..4
 _REF_SIZE = 128.0  # pixel quantities in the config refer to a 128-pixel image
 
 Range = tuple[float, float]
+Grid = tuple[np.ndarray, np.ndarray]  # pixel x (column) and y (row) coordinates, [H, W] each
 
 
 @dataclass
@@ -147,6 +148,14 @@ class _Shape:
         cos, sin = _harmonics(c, dy * inv, _N_HARMONICS)
         return rho - self.radius(cos, sin), cos, sin
 
+    def describe(self) -> dict[str, object]:
+        """Centre, semi-axes and rotation, for ``meta``."""
+        return {
+            "center": [self.cx, self.cy],
+            "axes": [self.axis_a, self.axis_b],
+            "angle": self.angle,
+        }
+
     def scaled(self, factor: float) -> _Shape:
         """The same shape with both axes multiplied by ``factor``."""
         return _Shape(
@@ -167,12 +176,17 @@ def rater_biases(seed: int, n_raters: int) -> np.ndarray:
     Returns:
         float64 ``[R]`` biases; positive values draw smaller structures.
     """
+    return np.array(_rater_biases(seed, n_raters))
+
+
+@lru_cache(maxsize=64)
+def _rater_biases(seed: int, n_raters: int) -> tuple[float, ...]:
     if n_raters == 1:
-        return np.zeros(1)
+        return (0.0,)
     q = ndtri((np.arange(n_raters) + 0.5) / n_raters)
     q = q / np.sqrt(np.mean(q**2))
     rng = np.random.default_rng([seed, *_STYLE_KEY])
-    return q[rng.permutation(n_raters)]
+    return tuple(q[rng.permutation(n_raters)].tolist())
 
 
 def _lerp(r: Range, t: float) -> float:
@@ -186,28 +200,21 @@ def _uniform(rng: np.random.Generator, r: Range) -> float:
 def _random_shape(
     rng: np.random.Generator, cx: float, cy: float, radius: float, cfg: FundusConfig
 ) -> _Shape:
-    eta = rng.uniform(-cfg.eccentricity, cfg.eccentricity)
+    stretch = float(np.exp(rng.uniform(-cfg.eccentricity, cfg.eccentricity)))
     wobble = tuple(rng.normal(0.0, cfg.irregularity / np.sqrt(2.0), size=6).tolist())
-    return _Shape(
-        cx,
-        cy,
-        radius * float(np.exp(eta)),
-        radius * float(np.exp(-eta)),
-        float(rng.uniform(0, np.pi)),
-        wobble,
-    )
+    angle = float(rng.uniform(0, np.pi))
+    return _Shape(cx, cy, radius * stretch, radius / stretch, angle, wobble)
 
 
 def _vessels(
-    rng: np.random.Generator,
-    xx: np.ndarray,
-    yy: np.ndarray,
-    disc: _Shape,
-    n: int,
-    px: float,
-    cfg: FundusConfig,
+    rng: np.random.Generator, grid: Grid, disc: _Shape, blur: float, px: float, cfg: FundusConfig
 ) -> np.ndarray:
-    """Darkening map ``[H, W]`` in [0, 0.4] of smooth curved vessels leaving the disc."""
+    """Darkening map ``[H, W]`` in [0, 0.4] of smooth curved vessels leaving the disc.
+
+    The Gaussian cross-section already includes the global blur ``blur`` (pixels).
+    """
+    xx, yy = grid
+    n = xx.shape[0]
     count = int(rng.integers(cfg.vessel_range[0], cfg.vessel_range[1] + 1))
     dx, dy = xx - disc.cx, yy - disc.cy
     rho = np.sqrt(dx * dx + dy * dy)
@@ -224,30 +231,36 @@ def _vessels(
         direction = base + rng.uniform(-0.6, 0.6)
         bend = float(rng.choice([-1.0, 1.0])) * rng.uniform(0.3, 1.2) / n
         width = rng.uniform(0.7, 1.5) * px
+        blurred = np.sqrt(width**2 + blur**2)
+        depth = rng.uniform(0.2, 0.4) * width / blurred
         offset = theta - (direction - bend * start) - bend * rho
         offset -= two_pi * np.round(offset / two_pi)  # wrap to [-pi, pi]
-        across = rho * offset / (width * taper)
-        dark = np.maximum(dark, rng.uniform(0.2, 0.4) * np.exp(-0.5 * across * across))
+        across = rho * offset / (blurred * taper)
+        dark = np.maximum(dark, depth * np.exp(-0.5 * across * across))
     return dark * fade
 
 
 def _render(
     rng: np.random.Generator,
-    xx: np.ndarray,
-    yy: np.ndarray,
+    grid: Grid,
     sd: np.ndarray,
     amb: np.ndarray,
-    width: np.ndarray,
+    spread: np.ndarray,
     disc: _Shape,
     cfg: FundusConfig,
     px: float,
 ) -> tuple[np.ndarray, float]:
     """Draw the image ``[3, H, W]`` float32 in [0, 1]; also return the global blur sigma.
 
-    ``sd`` ``[2, H, W]`` are the signed distances of disc and cup, ``width`` ``[2]`` the
-    logistic widths of their edges and ``amb`` ``[2]`` their ambiguities.
+    ``sd`` ``[2, H, W]`` are the signed distances of disc and cup, ``spread`` ``[2]`` the
+    standard deviations of the raters' offsets and ``amb`` ``[2]`` the ambiguities. Each
+    edge is a Gaussian-CDF-like step (a logistic) with standard deviation ``spread``,
+    widened by the global blur ``b`` to ``sqrt(spread**2 + b**2)``, which is what blurring
+    the whole picture would give (the blur is applied analytically, the noise after it).
     """
+    xx, yy = grid
     n = xx.shape[0]
+    blur = _uniform(rng, cfg.blur_range) * px
     base = np.array([0.78, 0.36, 0.17]) * rng.uniform(0.85, 1.1, size=3)
     disc_col = np.array([0.95, 0.70, 0.45]) * rng.uniform(0.92, 1.05, size=3)
     cup_col = np.array([1.0, 0.96, 0.86])
@@ -255,22 +268,24 @@ def _render(
     c_disc = _uniform(rng, cfg.disc_contrast_range) * float(loss[0])
     c_cup = _uniform(rng, cfg.cup_contrast_range) * float(loss[1])
     # edges: logistic steps with the same spread as the raters' offsets
-    step_d = 0.5 - 0.5 * np.tanh(sd[0] * (0.5 / width[0]))
-    step_c = 0.5 - 0.5 * np.tanh(sd[1] * (0.5 / width[1]))
-    # low-frequency texture: a sum of random plane waves
-    texture = np.zeros_like(xx)
-    for _ in range(6):
-        freq, ang = rng.uniform(0.5, 4.0) * 2 * np.pi / n, rng.uniform(0, np.pi)
-        texture += np.cos(freq * (np.cos(ang) * xx + np.sin(ang) * yy) + rng.uniform(0, 6.3))
+    width = np.sqrt(spread**2 + blur**2) / 1.702  # sigmoid(1.702 t) ~ Phi(t)
+    step_d = 0.5 - 0.5 * np.tanh(sd[0] * float(0.5 / width[0]))
+    step_c = 0.5 - 0.5 * np.tanh(sd[1] * float(0.5 / width[1]))
+    # low-frequency texture: random plane waves cos(fx x + fy y + phase), separable
+    freq = rng.uniform(0.5, 3.0, size=6) * 2 * np.pi / n
+    ang, phase = rng.uniform(0, np.pi, size=6), rng.uniform(0, 2 * np.pi, size=6)
+    ax = np.outer(np.arange(n), freq * np.cos(ang)) + phase  # [W, 6]
+    ay = np.outer(np.arange(n), freq * np.sin(ang))  # [H, 6]
+    texture = (np.cos(ay) @ np.cos(ax).T - np.sin(ay) @ np.sin(ax).T).astype(np.float32)
     texture *= _uniform(rng, cfg.texture_range) / 1.7
-    vx, vy = rng.uniform(0.3, 0.7, size=2) * n
+    vx, vy = _uniform(rng, (0.3, 0.7)) * n, _uniform(rng, (0.3, 0.7)) * n
     light = (
         rng.uniform(0.85, 1.1)
         + rng.uniform(-0.25, 0.25) * (xx / n - 0.5)
         + rng.uniform(-0.25, 0.25) * (yy / n - 0.5)
         - rng.uniform(0.3, 0.9) * ((xx - vx) ** 2 + (yy - vy) ** 2) / n**2
     )
-    dark = _vessels(rng, xx, yy, disc, n, px, cfg)
+    dark = _vessels(rng, grid, disc, blur, px, cfg)
     channels = []
     for ch, shade in enumerate((0.55, 1.0, 0.9)):
         c = float(base[ch]) * (1.0 + texture)
@@ -278,9 +293,6 @@ def _render(
         c += (float(cup_col[ch]) - c) * (c_cup * step_c)
         channels.append(c * (1.0 - shade * dark) * light)
     img = np.stack(channels)
-    blur = _uniform(rng, cfg.blur_range) * px
-    if blur > 0.05:
-        img = gaussian_filter(img, (0, blur, blur), mode="reflect", truncate=3.0)
     img += _uniform(rng, cfg.noise_range) * rng.standard_normal(img.shape, dtype=np.float32)
     return np.clip(img, 0.0, 1.0, out=img).astype(np.float32, copy=False), blur
 
@@ -350,8 +362,7 @@ def generate_case(index: int, seed: int = 0, config: FundusConfig | None = None)
     sd = np.stack([g[0] for g in geo])  # [2, H, W] radial signed distance
 
     # ---- image
-    width = np.hypot(s_b, s_j) / 1.702  # logistic scale with the offsets' std
-    image, blur = _render(rng, xx, yy, sd, amb, width, disc, cfg, px)
+    image, blur = _render(rng, (xx, yy), sd, amb, np.hypot(s_b, s_j), disc, cfg, px)
 
     # ---- raters: mask = sd + s_b * b_r + s_j * j_r(theta) < 0
     rrng = np.random.default_rng(rater_ss)
@@ -362,10 +373,10 @@ def generate_case(index: int, seed: int = 0, config: FundusConfig | None = None)
     masks = np.empty((n_r, 2, n, n), dtype=bool)
     prob = np.empty((2, n, n), dtype=np.float32)
     for s, (sd_s, cos, sin) in enumerate(geo):
-        basis = np.stack(cos + sin).reshape(2 * _N_HARMONICS, n * n)
-        offset = (s_j[s] * coef[:, s].astype(np.float32)) @ basis  # [R, H*W]
-        offset += (s_b[s] * biases).astype(np.float32)[:, None]
-        masks[:, s] = (offset.reshape(n_r, n, n) + sd_s) < 0
+        offset = sd_s + (s_b[s] * biases).astype(np.float32)[:, None, None]  # [R, H, W]
+        for h, wave in enumerate(cos + sin):  # explicit sum: no BLAS threads for tiny products
+            offset += (s_j[s] * coef[:, s, h]).astype(np.float32)[:, None, None] * wave
+        masks[:, s] = offset < 0
         prob[s] = _rater_probability(sd_s, biases, s_b[s], s_j[s])
     clipped = int(np.count_nonzero(masks[:, 1] & ~masks[:, 0]))
     masks[:, 1] &= masks[:, 0]
@@ -375,13 +386,8 @@ def generate_case(index: int, seed: int = 0, config: FundusConfig | None = None)
         "seed": int(seed),
         "index": int(index),
         "generator": "edue.data.synthetic",
-        "disc": {"center": [cx, cy], "axes": [disc.axis_a, disc.axis_b], "angle": disc.angle},
-        "cup": {
-            "center": [cup.cx, cup.cy],
-            "axes": [cup.axis_a, cup.axis_b],
-            "angle": cup.angle,
-            "shrink": shrink,
-        },
+        "disc": disc.describe(),
+        "cup": {**cup.describe(), "shrink": shrink},
         "offset_std": {"bias": s_b, "jitter": s_j},
         "rater_bias": biases.tolist(),
         "blur": blur,
