@@ -95,9 +95,24 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, ArrayMeta]:
     import nibabel as nib
 
     img = nib.load(str(path))
+    shape = tuple(int(d) for d in img.shape)
+    need = int(np.prod(shape, dtype=np.float64)) * max(4, img.get_data_dtype().itemsize)
+    if need > available_memory():
+        raise DataError(
+            f"volume of shape {shape} needs about {need / 2**30:.1f} GiB, more than the "
+            f"{available_memory() / 2**30:.1f} GiB of memory available",
+            path,
+        )
     data = np.asarray(img.dataobj)
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     return data, ArrayMeta(spacing=zooms[: min(3, data.ndim)], affine=np.asarray(img.affine))
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process now (psutil)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
 def read_image(path: str | Path, spatial_dims: int | None = None) -> tuple[np.ndarray, ArrayMeta]:
@@ -175,6 +190,15 @@ def read_label_map(
 
 
 # --------------------------------------------------------------------------- writing
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it into place on success.
@@ -193,6 +217,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs are shared
         os.replace(tmp, path)
     finally:
         if tmp.exists():
