@@ -222,8 +222,8 @@ def _vessels(
     start = 0.3 * (disc.axis_a + disc.axis_b) / 2
     fade = np.clip((rho - start) / start, 0.0, 1.0)
     fade = fade * fade * (3 - 2 * fade)
-    taper = 1.2 - 0.5 * np.minimum(rho / n, 1.0)
-    dark = np.zeros_like(rho)
+    rho_taper = rho / (1.2 - 0.5 * np.minimum(rho / n, 1.0))  # vessels thin out outwards
+    log_dark = np.full_like(rho, -30.0)  # max over vessels of log(depth * profile)
     two_pi = 2 * np.pi
     for v in range(count):
         # the main arcades go up and down, the others anywhere
@@ -235,9 +235,9 @@ def _vessels(
         depth = rng.uniform(0.2, 0.4) * width / blurred
         offset = theta - (direction - bend * start) - bend * rho
         offset -= two_pi * np.round(offset / two_pi)  # wrap to [-pi, pi]
-        across = rho * offset / (blurred * taper)
-        dark = np.maximum(dark, depth * np.exp(-0.5 * across * across))
-    return dark * fade
+        across = rho_taper * offset
+        np.maximum(log_dark, np.log(depth) - (0.5 / blurred**2) * across * across, out=log_dark)
+    return np.exp(log_dark) * fade
 
 
 def _render(
@@ -293,17 +293,28 @@ def _render(
         c += (float(cup_col[ch]) - c) * (c_cup * step_c)
         channels.append(c * (1.0 - shade * dark) * light)
     img = np.stack(channels)
-    img += _uniform(rng, cfg.noise_range) * rng.standard_normal(img.shape, dtype=np.float32)
+    # white noise: difference of two uniforms (triangular, cheaper than Gaussian), std sigma
+    noise = rng.random((2, *img.shape), dtype=np.float32)
+    img += (_uniform(rng, cfg.noise_range) * 6**0.5) * (noise[0] - noise[1])
     return np.clip(img, 0.0, 1.0, out=img).astype(np.float32, copy=False), blur
 
 
 def _rater_probability(sd: np.ndarray, biases: np.ndarray, s_b: float, s_j: float) -> np.ndarray:
-    """``mean_r Phi(-(sd + s_b b_r) / s_j)`` for one structure ``[H, W]`` (exact, banded)."""
+    """``mean_r Phi(-(sd + s_b b_r) / s_j)`` for one structure ``[H, W]``.
+
+    The function of ``sd`` is tabulated on 4097 points across the band where it is not
+    0 or 1 (to within 1e-15) and interpolated linearly (error below 1e-5).
+    """
+    half = s_b * float(np.abs(biases).max()) + 8.0 * s_j
+    table_x = np.linspace(-half, half, 4097)
+    table = ndtr(-(table_x[None, :] + (s_b * biases)[:, None]) / s_j).mean(0)
     flat = sd.ravel()
-    prob = (flat < 0).astype(np.float64)
-    band = np.flatnonzero(np.abs(flat) < s_b * float(np.abs(biases).max()) + 8.0 * s_j)
-    shifted = flat[band][None, :] + (s_b * biases)[:, None]
-    prob[band] = ndtr(-shifted / s_j).mean(0)
+    prob = (flat < 0).astype(np.float32)
+    band = np.flatnonzero(np.abs(flat) < half)
+    pos = (flat[band] + half) * (4096 / (2 * half))
+    i = np.minimum(pos.astype(np.int64), 4095)
+    frac = pos - i
+    prob[band] = table[i] * (1 - frac) + table[i + 1] * frac
     return prob.reshape(sd.shape)
 
 
@@ -373,10 +384,11 @@ def generate_case(index: int, seed: int = 0, config: FundusConfig | None = None)
     masks = np.empty((n_r, 2, n, n), dtype=bool)
     prob = np.empty((2, n, n), dtype=np.float32)
     for s, (sd_s, cos, sin) in enumerate(geo):
-        offset = sd_s + (s_b[s] * biases).astype(np.float32)[:, None, None]  # [R, H, W]
-        for h, wave in enumerate(cos + sin):  # explicit sum: no BLAS threads for tiny products
-            offset += (s_j[s] * coef[:, s, h]).astype(np.float32)[:, None, None] * wave
-        masks[:, s] = offset < 0
+        basis = np.stack(cos + sin).reshape(2 * _N_HARMONICS, n * n)
+        # einsum: a single-threaded loop without temporaries (no BLAS threads for tiny sums)
+        offset = np.einsum("rh,hp->rp", (s_j[s] * coef[:, s]).astype(np.float32), basis)
+        offset += (s_b[s] * biases).astype(np.float32)[:, None]
+        masks[:, s] = (offset.reshape(n_r, n, n) + sd_s) < 0
         prob[s] = _rater_probability(sd_s, biases, s_b[s], s_j[s])
     clipped = int(np.count_nonzero(masks[:, 1] & ~masks[:, 0]))
     masks[:, 1] &= masks[:, 0]
