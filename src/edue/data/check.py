@@ -75,6 +75,9 @@ class CheckReport:
         ]
         lines += [f"expert SV {s}: min {a:.4g}, median {b:.4g}, max {c:.4g}"
                   for s, (a, b, c) in self.sv.items()]
+        if self.raters.get(1):
+            lines.append(f"note: {self.raters[1]} case(s) have a single rater: their expert "
+                         "variance is zero, so they carry no disagreement signal")
         lines.append(f"problems: {len(self.problems)}")
         lines += [f"  {p}" for p in self.problems]
         lines.append("OK" if self.ok else "PROBLEMS FOUND")
