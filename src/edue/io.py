@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,10 +78,13 @@ def read_array(path: str | Path) -> tuple[np.ndarray, ArrayMeta]:
         if suffix in IMAGE_2D_SUFFIXES:
             from PIL import Image
 
-            with Image.open(path) as img:
-                img.load()
-                if img.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
-                    img = img.convert("RGB")
+            with Image.open(path) as opened:
+                opened.load()
+                img = (
+                    opened.convert("RGB")
+                    if opened.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV")
+                    else opened
+                )
                 return np.asarray(img), ArrayMeta()
     except DataError:
         raise
@@ -94,7 +98,7 @@ def read_array(path: str | Path) -> tuple[np.ndarray, ArrayMeta]:
 def _read_nifti(path: Path) -> tuple[np.ndarray, ArrayMeta]:
     import nibabel as nib
 
-    img = nib.load(str(path))
+    img: Any = nib.load(str(path))
     shape = tuple(int(d) for d in img.shape)
     need = int(np.prod(shape, dtype=np.float64)) * max(4, img.get_data_dtype().itemsize)
     if need > available_memory():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 _EPS = 1e-7
@@ -104,7 +105,7 @@ class Prediction:
         """Binary segmentation ``[K, *spatial]`` of the mean probability."""
         return self.mean > threshold
 
-    def to_numpy(self) -> dict[str, object]:
+    def to_numpy(self) -> dict[str, np.ndarray]:
         """Raw arrays for saving: members, mean, variance, uncertainty, entropy, sv."""
         return {
             "members": self.members.numpy(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ class MultiRaterCase:
     spacing: tuple[float, ...] | None = None
     affine: np.ndarray | None = None
     rater_probability: np.ndarray | None = None
-    meta: dict[str, object] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.patient_id is None:
@@ -158,10 +159,10 @@ def random_rater(
 
 
 # --------------------------------------------------------------------------- batching
-def case_to_sample(case: MultiRaterCase) -> dict[str, object]:
+def case_to_sample(case: MultiRaterCase) -> dict[str, Any]:
     """Tensors of one case with its targets computed before any padding."""
     masks = torch.from_numpy(np.ascontiguousarray(case.masks)).float()
-    sample: dict[str, object] = {
+    sample: dict[str, Any] = {
         "image": torch.from_numpy(np.ascontiguousarray(case.image, dtype=np.float32)),
         "masks": masks,
         "soft_vote": soft_vote(masks),
@@ -175,7 +176,7 @@ def case_to_sample(case: MultiRaterCase) -> dict[str, object]:
     return sample
 
 
-def collate_cases(samples: Sequence[dict[str, object]]) -> dict[str, object]:
+def collate_cases(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack samples into a batch, padding raters with a validity mask.
 
     Returns a dict with ``image [B, C, *sp]``, ``masks [B, Rmax, K, *sp]`` (padding is
@@ -192,7 +193,7 @@ def collate_cases(samples: Sequence[dict[str, object]]) -> dict[str, object]:
             m = torch.cat([m, m.new_zeros((pad, *m.shape[1:]))])
         padded.append(m)
         valid.append(torch.arange(r_max) < r_max - pad)
-    batch: dict[str, object] = {
+    batch: dict[str, Any] = {
         "image": torch.stack([s["image"] for s in samples]),  # type: ignore[misc]
         "masks": torch.stack(padded),
         "rater_valid": torch.stack(valid),
@@ -226,7 +227,7 @@ class CaseDataset(torch.utils.data.Dataset):
         item = self.cases[index]
         return item if isinstance(item, MultiRaterCase) else item()  # type: ignore[operator]
 
-    def __getitem__(self, index: int) -> dict[str, object]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         sample = case_to_sample(self.get_case(index))
         if self.transform is not None:
             sample = self.transform(sample)  # type: ignore[operator]

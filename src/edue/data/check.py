@@ -58,26 +58,33 @@ class CheckReport:
 
     def format(self) -> str:
         """A printable multi-line summary."""
+
         def counts(c: Counter) -> str:
             return ", ".join(f"{k}: {v}" for k, v in sorted(c.items(), key=str)) or "-"
 
         read = self.n_cases - len(self.bad_indices)
         lines = [
-            f"cases: {self.n_cases} ({read} read without problems), "
-            f"patients: {len(self.patients)}",
+            f"cases: {self.n_cases} ({read} read without problems), patients: {len(self.patients)}",
             f"structures: {', '.join(self.structures)}",
             f"raters per case: {counts(self.raters)}",
             f"image sizes: {counts(self.image_sizes)}",
             f"spacings: {counts(self.spacings)}",
             f"label values: {sorted(self.label_values) if self.label_values else '-'}",
-            "empty masks per rater: " + ("; ".join(
-                f"{r}: {counts(c) if c else 0}" for r, c in self.empty_masks.items()) or "-"),
+            "empty masks per rater: "
+            + (
+                "; ".join(f"{r}: {counts(c) if c else 0}" for r, c in self.empty_masks.items())
+                or "-"
+            ),
         ]
-        lines += [f"expert SV {s}: min {a:.4g}, median {b:.4g}, max {c:.4g}"
-                  for s, (a, b, c) in self.sv.items()]
+        lines += [
+            f"expert SV {s}: min {a:.4g}, median {b:.4g}, max {c:.4g}"
+            for s, (a, b, c) in self.sv.items()
+        ]
         if self.raters.get(1):
-            lines.append(f"note: {self.raters[1]} case(s) have a single rater: their expert "
-                         "variance is zero, so they carry no disagreement signal")
+            lines.append(
+                f"note: {self.raters[1]} case(s) have a single rater: their expert "
+                "variance is zero, so they carry no disagreement signal"
+            )
         lines.append(f"problems: {len(self.problems)}")
         lines += [f"  {p}" for p in self.problems]
         lines.append("OK" if self.ok else "PROBLEMS FOUND")
@@ -104,8 +111,9 @@ def case_problems(case: MultiRaterCase, where: str) -> list[str]:
         for r in range(case.n_raters):
             outside = int((case.masks[r, cup] & (1 - case.masks[r, disc])).sum())
             if outside:
-                found.append(f"{where}: rater {names[r]}: cup not inside its disc "
-                             f"({outside} px outside)")
+                found.append(
+                    f"{where}: rater {names[r]}: cup not inside its disc ({outside} px outside)"
+                )
     return found
 
 
@@ -174,8 +182,11 @@ class SkippingSource(SubsetSource):
         report = report if report is not None else check_dataset(source)
         bad = set(report.bad_indices)
         if bad:
-            warnings.warn(f"skipping {len(bad)} of {len(source)} cases with problems "
-                          "(run `edue data check` for the list)", stacklevel=2)
+            warnings.warn(
+                f"skipping {len(bad)} of {len(source)} cases with problems "
+                "(run `edue data check` for the list)",
+                stacklevel=2,
+            )
         super().__init__(source, [i for i in range(len(source)) if i not in bad])
         self.report = report
 

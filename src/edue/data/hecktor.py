@@ -77,8 +77,7 @@ def _stem(path: Path) -> str:
 
 
 def _data_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and suffix_of(p) in SUPPORTED_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and suffix_of(p) in SUPPORTED_SUFFIXES)
 
 
 def _norm_id(text: str) -> str:
@@ -138,8 +137,7 @@ def _folder_patient(folder: Path, include_official: bool) -> _Patient:
     annotators = _annotator_folders(folder, include_official)
     kinds = [modality_of(p) for p in files]
     if sorted(map(str, kinds)) == ["CT", "PET"] and all(_is_volume(p) for p in files):
-        patient = _Patient(folder.name, ct=files[kinds.index("CT")],
-                           pet=files[kinds.index("PET")])
+        patient = _Patient(folder.name, ct=files[kinds.index("CT")], pet=files[kinds.index("PET")])
         for name, d in annotators:
             label_files = _data_files(d)
             if len(label_files) != 1:
@@ -184,8 +182,13 @@ def discover(root: Path, split: str, include_official: bool) -> list[_Patient]:
 
 
 # --------------------------------------------------------------------------- geometry
-def resample_to(array: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray,
-                dst_shape: tuple[int, ...], order: int) -> np.ndarray:
+def resample_to(
+    array: np.ndarray,
+    src_affine: np.ndarray,
+    dst_affine: np.ndarray,
+    dst_shape: tuple[int, ...],
+    order: int,
+) -> np.ndarray:
     """Resample a volume onto another voxel grid through world coordinates.
 
     Args:
@@ -204,9 +207,15 @@ def resample_to(array: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarra
     matrix = np.linalg.inv(src_affine) @ dst_affine  # target voxel -> source voxel
     source = array.astype(np.float32) if order else array
     cval = float(array.min()) if order else 0.0
-    return affine_transform(source, matrix[:3, :3], offset=matrix[:3, 3],
-                            output_shape=tuple(dst_shape), order=order, mode="constant",
-                            cval=cval)
+    return affine_transform(
+        source,
+        matrix[:3, :3],
+        offset=matrix[:3, 3],
+        output_shape=tuple(dst_shape),
+        order=order,
+        mode="constant",
+        cval=cval,
+    )
 
 
 def axial_axis(affine: np.ndarray) -> int:
@@ -231,8 +240,9 @@ def split_labels(label: np.ndarray, path: Path | str) -> tuple[np.ndarray, list[
     """
     values = sorted(int(v) for v in np.unique(label))
     if not set(values) <= {0, 1, 2}:
-        raise DataError(f"unexpected label values {values[:10]} (expected 0 background, "
-                        "1 GTVp, 2 GTVn)", path)
+        raise DataError(
+            f"unexpected label values {values[:10]} (expected 0 background, 1 GTVp, 2 GTVn)", path
+        )
     return np.stack([label == 1, label == 2]).astype(np.uint8), values
 
 
@@ -255,10 +265,18 @@ class HecktorSource(CaseSource):
         keep_empty: in ``2d`` mode from volumes, keep slices nobody annotated too.
     """
 
-    def __init__(self, root: str | Path, mode: str = "2d", include_official: bool = True,
-                 ct_window: tuple[float, float] | list[float] | None = (-200.0, 250.0),
-                 suv_max: float | None = 10.0, split: str = "Tr", window_slices: bool = False,
-                 keep_empty: bool = False, **_: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        mode: str = "2d",
+        include_official: bool = True,
+        ct_window: tuple[float, float] | list[float] | None = (-200.0, 250.0),
+        suv_max: float | None = 10.0,
+        split: str = "Tr",
+        window_slices: bool = False,
+        keep_empty: bool = False,
+        **_: Any,
+    ) -> None:
         if mode not in ("2d", "3d"):
             raise ConfigError(f"hecktor mode must be '2d' or '3d', got '{mode}'")
         self.root, self.mode = Path(root), mode
@@ -275,8 +293,9 @@ class HecktorSource(CaseSource):
             if p.error is not None:
                 self._index.append((i, p.error))
             elif p.slices is not None and mode == "3d":
-                raise DataError("2D slice folders can only be read with mode: 2d",
-                                self.root / p.pid)
+                raise DataError(
+                    "2D slice folders can only be read with mode: 2d", self.root / p.pid
+                )
             elif p.slices is not None:
                 self._index += [(i, s) for s in p.slices]
             elif mode == "3d":
@@ -335,13 +354,21 @@ class HecktorSource(CaseSource):
         channels = []
         for image_file, what in ((p.ct, "CT"), (p.pet, "PET")):
             if image_file is None:
-                raise DataError(f"no {what} image (file name containing "
-                                f"{'CT' if what == 'CT' else 'PT or PET'})", self.root / p.pid)
+                raise DataError(
+                    f"no {what} image (file name containing "
+                    f"{'CT' if what == 'CT' else 'PT or PET'})",
+                    self.root / p.pid,
+                )
             vol, vol_affine, _ = _volume(image_file, what)
             vol = resample_to(vol.astype(np.float32), vol_affine, affine, labels.shape[1:], 1)
             channels.append(self._normalise(vol, what))
-        entry = (np.stack(channels).astype(np.float32), np.stack(masks), affine, spacing,
-                 sorted(values))
+        entry = (
+            np.stack(channels).astype(np.float32),
+            np.stack(masks),
+            affine,
+            spacing,
+            sorted(values),
+        )
         self._cache = {p.pid: entry}  # keep one patient: slices are read in patient order
         return entry
 
@@ -361,20 +388,36 @@ class HecktorSource(CaseSource):
         if isinstance(item, _Slice):
             return self._load_slice(patient, item, index)
         image, masks, affine, spacing, values = self._patient_volume(patient)
-        meta = {"source": str(self.root / p.pid), "label_values": values,
-                "raters": [a[0] for a in p.annotators]}
+        meta = {
+            "source": str(self.root / p.pid),
+            "label_values": values,
+            "raters": [a[0] for a in p.annotators],
+        }
         if item is None:
-            case = MultiRaterCase(image, masks, self.case_ids[index], STRUCTURES, p.pid,
-                                  spacing=spacing, affine=affine, meta=meta)
+            case = MultiRaterCase(
+                image,
+                masks,
+                self.case_ids[index],
+                STRUCTURES,
+                p.pid,
+                spacing=spacing,
+                affine=affine,
+                meta=meta,
+            )
         else:
             axis = axial_axis(affine)
             image2 = np.take(image, item, axis=axis + 1)
             masks2 = np.take(masks, item, axis=axis + 2)
             meta["slice"] = int(item)
-            case = MultiRaterCase(np.ascontiguousarray(image2), np.ascontiguousarray(masks2),
-                                  self.case_ids[index], STRUCTURES, p.pid,
-                                  spacing=tuple(s for a, s in enumerate(spacing) if a != axis),
-                                  meta=meta)
+            case = MultiRaterCase(
+                np.ascontiguousarray(image2),
+                np.ascontiguousarray(masks2),
+                self.case_ids[index],
+                STRUCTURES,
+                p.pid,
+                spacing=tuple(s for a, s in enumerate(spacing) if a != axis),
+                meta=meta,
+            )
         return case.validate(str(self.root / p.pid))
 
     def _load_slice(self, patient: int, item: _Slice, index: int) -> MultiRaterCase:
@@ -384,21 +427,27 @@ class HecktorSource(CaseSource):
         masks, values, names = [], set(), []
         for name, path in sorted(item.labels.items()):
             if not path.exists():
-                raise DataError(f"missing label file of annotator '{name}' for slice "
-                                f"'{item.key}'", path)
+                raise DataError(
+                    f"missing label file of annotator '{name}' for slice '{item.key}'", path
+                )
             array, _ = read_array(path)
             array = array.reshape(tuple(s for s in array.shape if s != 1) or array.shape)
             if array.shape != image.shape[1:]:
-                raise DataError(f"label shape {array.shape} differs from image "
-                                f"{image.shape[1:]}", path)
+                raise DataError(
+                    f"label shape {array.shape} differs from image {image.shape[1:]}", path
+                )
             m, seen = split_labels(array, path)
             masks.append(m)
             values.update(seen)
             names.append(name)
-        case = MultiRaterCase(image.astype(np.float32), np.stack(masks), self.case_ids[index],
-                              STRUCTURES, self.patients[patient].pid,
-                              meta={"source": str(item.images[0]), "raters": names,
-                                    "label_values": sorted(values)})
+        case = MultiRaterCase(
+            image.astype(np.float32),
+            np.stack(masks),
+            self.case_ids[index],
+            STRUCTURES,
+            self.patients[patient].pid,
+            meta={"source": str(item.images[0]), "raters": names, "label_values": sorted(values)},
+        )
         return case.validate(str(item.images[0]))
 
 
@@ -409,8 +458,7 @@ def _read_slice_image(paths: list[Path]) -> np.ndarray:
         array, _ = read_array(path)
         array = array.reshape(tuple(s for s in array.shape if s != 1) or array.shape)
         scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(array.dtype, 1.0)
-        array = array.astype(np.float32) / (scale if suffix_of(path) in IMAGE_2D_SUFFIXES
-                                            else 1.0)
+        array = array.astype(np.float32) / (scale if suffix_of(path) in IMAGE_2D_SUFFIXES else 1.0)
         if array.ndim == 2:
             channels.append(array[None])
         elif array.ndim == 3 and array.shape[0] <= 4 < array.shape[-1]:
@@ -420,8 +468,9 @@ def _read_slice_image(paths: list[Path]) -> np.ndarray:
         else:
             raise DataError(f"expected a 2D slice [H, W(, C)], got shape {array.shape}", path)
     if len({c.shape[1:] for c in channels}) != 1:
-        raise DataError(f"CT and PET slices differ in size {[c.shape[1:] for c in channels]}",
-                        paths[-1])
+        raise DataError(
+            f"CT and PET slices differ in size {[c.shape[1:] for c in channels]}", paths[-1]
+        )
     image = np.concatenate(channels)
     if not np.isfinite(image).all():
         raise DataError("image contains NaN or Inf values", paths[0])

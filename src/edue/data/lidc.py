@@ -110,8 +110,11 @@ class LidcPickleSource(CaseSource):
             case_id=key,
             structures=self.structures,
             patient_id=self.patient_ids[index],
-            meta={"source": where, "series_uid": str(entry.get("series_uid", "")),
-                  "label_values": values},
+            meta={
+                "source": where,
+                "series_uid": str(entry.get("series_uid", "")),
+                "label_values": values,
+            },
         )
         return case.validate(where)
 
@@ -141,9 +144,7 @@ class LidcHdf5Source(CaseSource):
         try:
             with h5py.File(self.path, "r") as fh:
                 if group not in fh:
-                    raise DataError(
-                        f"no group '{group}' (groups: {sorted(fh.keys())})", self.path
-                    )
+                    raise DataError(f"no group '{group}' (groups: {sorted(fh.keys())})", self.path)
                 g = fh[group]
                 missing = [k for k in ("images", "labels") if k not in g]
                 if missing:

@@ -111,8 +111,9 @@ class QubiqSource(CaseSource):
             raise DataError(f"task folder '{task}' not found", base)
         if (base / split).is_dir():
             return base / split
-        if any(SEG_PATTERN.match(f.name) for d in base.iterdir() if d.is_dir()
-               for f in d.iterdir()):
+        if any(
+            SEG_PATTERN.match(f.name) for d in base.iterdir() if d.is_dir() for f in d.iterdir()
+        ):
             return base
         tasks = sorted(d.name for d in base.iterdir() if (d / split).is_dir())
         hint = f"; choose one with task: {tasks}" if tasks else ""
@@ -136,8 +137,7 @@ class QubiqSource(CaseSource):
         per_task = []
         for t in self.subtasks:
             if not segs.get(t):
-                raise DataError(f"no rater masks task{t:02d}_segRR.nii.gz for sub-task {t}",
-                                folder)
+                raise DataError(f"no rater masks task{t:02d}_segRR.nii.gz for sub-task {t}", folder)
             per_task.append(set(segs[t]))
         common = sorted(set.intersection(*per_task))
         dropped = sorted(set.union(*per_task) - set(common))
@@ -158,8 +158,11 @@ class QubiqSource(CaseSource):
                 label, _ = read_label_map(path)
                 label = label.reshape(squeeze_trailing(label.shape))
                 if per_structure and label.shape != per_structure[0].shape:
-                    raise DataError(f"mask shape {label.shape} differs from "
-                                    f"{per_structure[0].shape} of the other masks", path)
+                    raise DataError(
+                        f"mask shape {label.shape} differs from "
+                        f"{per_structure[0].shape} of the other masks",
+                        path,
+                    )
                 binary, seen = binary_rater_masks(label[None], str(path))
                 values.update(seen)
                 per_structure.append(binary[0])
@@ -174,9 +177,12 @@ class QubiqSource(CaseSource):
             patient_id=self.patient_ids[index],
             spacing=meta.spacing[: stacked.ndim - 2] if meta.spacing else None,
             affine=meta.affine if stacked.ndim == 5 else None,
-            meta={"source": str(folder), "raters": [f"seg{r:02d}" for r in raters],
-                  "dropped_raters": [f"seg{r:02d}" for r in dropped],
-                  "label_values": sorted(values)},
+            meta={
+                "source": str(folder),
+                "raters": [f"seg{r:02d}" for r in raters],
+                "dropped_raters": [f"seg{r:02d}" for r in dropped],
+                "label_values": sorted(values),
+            },
         )
         return case.validate(str(folder))
 
@@ -199,11 +205,17 @@ class QubiqSource(CaseSource):
         return np.ascontiguousarray(image), meta
 
 
-def _stack_raters(masks: list[np.ndarray], segs: dict[int, dict[int, Path]],
-                  raters: list[int], subtasks: list[int]) -> np.ndarray:
+def _stack_raters(
+    masks: list[np.ndarray],
+    segs: dict[int, dict[int, Path]],
+    raters: list[int],
+    subtasks: list[int],
+) -> np.ndarray:
     """Stack per-rater masks ``[K, *sp]``, naming the first file whose shape differs."""
     for r, m in zip(raters, masks, strict=True):
         if m.shape != masks[0].shape:
-            raise DataError(f"mask shape {m.shape[1:]} differs from {masks[0].shape[1:]} "
-                            "of the first rater", segs[subtasks[0]][r])
+            raise DataError(
+                f"mask shape {m.shape[1:]} differs from {masks[0].shape[1:]} of the first rater",
+                segs[subtasks[0]][r],
+            )
     return np.stack(masks)

@@ -42,8 +42,11 @@ LOSSY_SUFFIXES = (".jpg", ".jpeg")
 def site_of(text: str) -> str | None:
     """The RIGA site named in a path or file name (``Magrabi`` matches ``Magrabia``)."""
     low = text.lower()
-    for key, site in (("binrushed", "BinRushed"), ("messidor", "MESSIDOR"),
-                      ("magrabi", "Magrabia")):
+    for key, site in (
+        ("binrushed", "BinRushed"),
+        ("messidor", "MESSIDOR"),
+        ("magrabi", "Magrabia"),
+    ):
         if key in low:
             return site
     return None
@@ -76,8 +79,9 @@ def read_rgb(path: Path) -> np.ndarray:
     return image
 
 
-def resize_case(image: np.ndarray, masks: np.ndarray, size: int | list[int] | None
-                ) -> tuple[np.ndarray, np.ndarray]:
+def resize_case(
+    image: np.ndarray, masks: np.ndarray, size: int | list[int] | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Resize ``image [C, H, W]`` (bilinear) and ``masks [R, K, H, W]`` (nearest) to ``size``."""
     if size is None:
         return image, masks
@@ -85,11 +89,15 @@ def resize_case(image: np.ndarray, masks: np.ndarray, size: int | list[int] | No
     import torch.nn.functional as F
 
     hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    img = F.interpolate(torch.from_numpy(image)[None], size=hw, mode="bilinear",
-                        align_corners=False, antialias=True)[0]
+    img = F.interpolate(
+        torch.from_numpy(image)[None], size=hw, mode="bilinear", align_corners=False, antialias=True
+    )[0]
     r, k = masks.shape[:2]
-    m = F.interpolate(torch.from_numpy(masks.reshape(r * k, *masks.shape[2:]))[None].float(),
-                      size=hw, mode="nearest-exact")[0]
+    m = F.interpolate(
+        torch.from_numpy(masks.reshape(r * k, *masks.shape[2:]))[None].float(),
+        size=hw,
+        mode="nearest-exact",
+    )[0]
     return img.clamp(0, 1).numpy(), m.to(torch.uint8).numpy().reshape(r, k, *hw)
 
 
@@ -105,12 +113,14 @@ def resolve_path(bases: list[Path], listed: str) -> Path:
         if not parts:
             return base
         # skip leading components up to the first one present under ``base``
-        start = next((i for i in range(len(parts)) if _find_ci(base, parts[i:i + 1])), None)
+        start = next((i for i in range(len(parts)) if _find_ci(base, parts[i : i + 1])), None)
         found = None if start is None else _find_ci(base, parts[start:])
         if found is not None:
             return found
-    raise DataError(f"file listed in the CSV not found: '{listed}'",
-                    bases[0].joinpath(*parts) if parts else bases[0])
+    raise DataError(
+        f"file listed in the CSV not found: '{listed}'",
+        bases[0].joinpath(*parts) if parts else bases[0],
+    )
 
 
 def _find_ci(base: Path, parts: list[str]) -> Path | None:
@@ -136,8 +146,11 @@ def _levels(label: np.ndarray, lossy: bool, where: Path) -> tuple[np.ndarray, np
     values = set(np.unique(label).tolist())
     middle = values - {0, 255}
     if len(middle) > 1:
-        raise DataError(f"unexpected label values {sorted(values)[:10]} (expected 0, one "
-                        "rim/cup level such as 128 or 150, and 255)", where)
+        raise DataError(
+            f"unexpected label values {sorted(values)[:10]} (expected 0, one "
+            "rim/cup level such as 128 or 150, and 255)",
+            where,
+        )
     return (label > 0) & (label < 255), label == 255
 
 
@@ -147,8 +160,9 @@ def _touches_background(region: np.ndarray, background: np.ndarray) -> int:
     return int((region & binary_dilation(background)).sum())
 
 
-def decode_disc_cup(label: np.ndarray, encoding: str, default: str, where: Path
-                    ) -> tuple[np.ndarray, str]:
+def decode_disc_cup(
+    label: np.ndarray, encoding: str, default: str, where: Path
+) -> tuple[np.ndarray, str]:
     """Turn a greyscale disc/cup map ``[H, W]`` into masks ``[2, H, W]`` (disc, cup).
 
     Args:
@@ -182,8 +196,9 @@ class _RigaCsvSource(CaseSource):
     default_encoding = "discregion"
     spatial_dims = 2
 
-    def __init__(self, root: str | Path, sites: list[str] | None, encoding: str,
-                 size: int | list[int] | None) -> None:
+    def __init__(
+        self, root: str | Path, sites: list[str] | None, encoding: str, size: int | list[int] | None
+    ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError("RIGA folder not found", self.root)
@@ -196,8 +211,9 @@ class _RigaCsvSource(CaseSource):
 
     def _finish(self) -> None:
         if not self.entries:
-            raise DataError(f"no images of sites {sorted(self.sites)} listed in the CSVs",
-                            self.root)
+            raise DataError(
+                f"no images of sites {sorted(self.sites)} listed in the CSVs", self.root
+            )
         self.case_ids = [e[0] for e in self.entries]
         self.patient_ids = [e[1] for e in self.entries]
 
@@ -217,18 +233,29 @@ class _RigaCsvSource(CaseSource):
         for path in files.values():
             label, _ = read_label_map(path, spatial_dims=2)
             if label.shape != image.shape[1:]:
-                raise DataError(f"mask size {label.shape} differs from image size "
-                                f"{image.shape[1:]} ({image_path.name})", path)
+                raise DataError(
+                    f"mask size {label.shape} differs from image size "
+                    f"{image.shape[1:]} ({image_path.name})",
+                    path,
+                )
             m, conv = decode_disc_cup(label, self.encoding, self.default_encoding, path)
             masks.append(m)
             used.add(conv)
             values.update(np.unique(label).tolist())
         image, stacked = resize_case(image, np.stack(masks), self.size)
         case = MultiRaterCase(
-            image=np.ascontiguousarray(image, dtype=np.float32), masks=stacked,
-            case_id=case_id, structures=STRUCTURES, patient_id=site,
-            meta={"site": site, "source": str(image_path), "raters": list(files),
-                  "encoding": sorted(used), "label_values": sorted(int(v) for v in values)},
+            image=np.ascontiguousarray(image, dtype=np.float32),
+            masks=stacked,
+            case_id=case_id,
+            structures=STRUCTURES,
+            patient_id=site,
+            meta={
+                "site": site,
+                "source": str(image_path),
+                "raters": list(files),
+                "encoding": sorted(used),
+                "label_values": sorted(int(v) for v in values),
+            },
         )
         return case.validate(str(image_path))
 
@@ -243,8 +270,14 @@ class RigaDiscRegionSource(_RigaCsvSource):
         size: resize images and masks to ``size`` × ``size`` (or ``[H, W]``).
     """
 
-    def __init__(self, root: str | Path, sites: list[str] | None = None,
-                 encoding: str = "auto", size: int | list[int] | None = None, **_: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        sites: list[str] | None = None,
+        encoding: str = "auto",
+        size: int | list[int] | None = None,
+        **_: Any,
+    ) -> None:
         super().__init__(root, sites, encoding, size)
         pattern = re.compile(r"^glaucoma_multirater_(\w+)\.csv$", re.IGNORECASE)
         csvs = sorted(p for p in self.root.rglob("*.csv") if pattern.match(p.name))
@@ -269,8 +302,9 @@ class RigaDiscRegionSource(_RigaCsvSource):
             try:
                 rater = int(float(row["rater"]))
             except (TypeError, ValueError):
-                raise DataError(f"line {line}: rater '{row['rater']}' is not a number",
-                                path) from None
+                raise DataError(
+                    f"line {line}: rater '{row['rater']}' is not a number", path
+                ) from None
             if rater == 0:
                 image, final = row["imgName"], row["maskName"]
                 if "FinalLabel" not in final:
@@ -280,8 +314,7 @@ class RigaDiscRegionSource(_RigaCsvSource):
             elif not final:
                 raise DataError(f"line {line}: rater {rater} row before any rater 0 row", path)
             else:
-                self.entries[-1][3][f"Rater{rater}"] = final.replace("FinalLabel",
-                                                                     f"Rater{rater}")
+                self.entries[-1][3][f"Rater{rater}"] = final.replace("FinalLabel", f"Rater{rater}")
 
 
 class RigaPlusSource(_RigaCsvSource):
@@ -297,9 +330,15 @@ class RigaPlusSource(_RigaCsvSource):
 
     default_encoding = "rigaplus"
 
-    def __init__(self, root: str | Path, sites: list[str] | None = None,
-                 subsets: list[str] | None = None, encoding: str = "auto",
-                 size: int | list[int] | None = None, **_: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        sites: list[str] | None = None,
+        subsets: list[str] | None = None,
+        encoding: str = "auto",
+        size: int | list[int] | None = None,
+        **_: Any,
+    ) -> None:
         super().__init__(root, sites, encoding, size)
         wanted = {s.lower() for s in (subsets or ["train", "test"])}
         pattern = re.compile(r"^(\w+?)_(train|test|unlabeled)\.csv$", re.IGNORECASE)
@@ -325,8 +364,9 @@ class RigaPlusSource(_RigaCsvSource):
             if not (row.get("mask") or "").strip():
                 continue  # unlabeled image
             stem = re.sub(r"[.][^.\\/]*$", "", row["image"].replace("\\", "/").split("/")[-1])
-            self.entries.append((safe_id(f"{tag}-{stem}"), site, row["image"],
-                                 {"mask": row["mask"]}, path))
+            self.entries.append(
+                (safe_id(f"{tag}-{stem}"), site, row["image"], {"mask": row["mask"]}, path)
+            )
 
     def rater_files(self, index: int) -> dict[str, Path]:
         """Rater k's file is the listed mask with ``.tif`` → ``-k.tif`` (k counted on disk)."""
@@ -360,8 +400,10 @@ class ExtractReport:
 
     def format(self) -> str:
         """Human-readable summary, one rejected case per line."""
-        lines = [f"extracted {len(self.extracted)} cases to {self.out}",
-                 f"rejected {len(self.rejected)} cases"]
+        lines = [
+            f"extracted {len(self.extracted)} cases to {self.out}",
+            f"rejected {len(self.rejected)} cases",
+        ]
         lines += [f"  {where}: {reason}" for where, reason in self.rejected]
         return "\n".join(lines)
 
@@ -384,8 +426,14 @@ def find_original_cases(src: Path) -> dict[tuple[Path, int], dict[int, Path]]:
     return groups
 
 
-def masks_from_annotation(prime: np.ndarray, copy: np.ndarray, lossy: bool, where: Path,
-                          threshold: float = 30, min_component: int = 100) -> np.ndarray:
+def masks_from_annotation(
+    prime: np.ndarray,
+    copy: np.ndarray,
+    lossy: bool,
+    where: Path,
+    threshold: float = 30,
+    min_component: int = 100,
+) -> np.ndarray:
     """Recover one rater's disc and cup ``[2, H, W]`` from an annotated copy ``[3, H, W]``.
 
     The drawn curves are where the copy differs from the clean image by more than
@@ -424,8 +472,13 @@ def masks_from_annotation(prime: np.ndarray, copy: np.ndarray, lossy: bool, wher
     return np.stack([disc, cup & disc]).astype(np.uint8)
 
 
-def _extract_case(src: Path, key: tuple[Path, int], files: dict[int, Path],
-                  size: int | list[int] | None, **options: Any) -> MultiRaterCase:
+def _extract_case(
+    src: Path,
+    key: tuple[Path, int],
+    files: dict[int, Path],
+    size: int | list[int] | None,
+    **options: Any,
+) -> MultiRaterCase:
     folder, n = key
     if 0 not in files:
         raise DataError(f"no image{n}prime file for the annotated copies", folder)
@@ -437,20 +490,32 @@ def _extract_case(src: Path, key: tuple[Path, int], files: dict[int, Path],
     for k in raters:
         copy = read_rgb(files[k])
         if copy.shape != prime.shape:
-            raise DataError(f"size {copy.shape[1:]} differs from the prime image "
-                            f"{prime.shape[1:]}", files[k])
+            raise DataError(
+                f"size {copy.shape[1:]} differs from the prime image {prime.shape[1:]}", files[k]
+            )
         lossy = any(suffix_of(files[i]) in LOSSY_SUFFIXES for i in (0, k))
         masks.append(masks_from_annotation(prime, copy, lossy, files[k], **options))
     image, stacked = resize_case(prime, np.stack(masks), size)
     rel = folder.relative_to(src).parts
     site = site_of("/".join(rel)) or "unknown"
-    return MultiRaterCase(image, stacked, safe_id("-".join((*rel, f"image{n}"))), STRUCTURES,
-                          patient_id=site, meta={"site": site, "source": str(files[0])})
+    return MultiRaterCase(
+        image,
+        stacked,
+        safe_id("-".join((*rel, f"image{n}"))),
+        STRUCTURES,
+        patient_id=site,
+        meta={"site": site, "source": str(files[0])},
+    )
 
 
-def extract_riga(src: str | Path, dst: str | Path, sites: list[str] | None = None,
-                 size: int | list[int] | None = None, threshold: float = 30,
-                 min_component: int = 100) -> ExtractReport:
+def extract_riga(
+    src: str | Path,
+    dst: str | Path,
+    sites: list[str] | None = None,
+    size: int | list[int] | None = None,
+    threshold: float = 30,
+    min_component: int = 100,
+) -> ExtractReport:
     """Turn the original RIGA release into the project's folder format.
 
     Args:
@@ -479,8 +544,9 @@ def extract_riga(src: str | Path, dst: str | Path, sites: list[str] | None = Non
         if (site_of(str(key[0].relative_to(src))) or "unknown") not in chosen | {"unknown"}:
             continue
         try:
-            case = _extract_case(src, key, files, size, threshold=threshold,
-                                 min_component=min_component)
+            case = _extract_case(
+                src, key, files, size, threshold=threshold, min_component=min_component
+            )
         except DataError as exc:
             report.rejected.append((exc.path or str(key[0]), exc.reason))
             continue

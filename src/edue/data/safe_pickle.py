@@ -34,12 +34,37 @@ ALLOWED_GLOBALS: dict[str, frozenset[str]] = {
     # protocol-2 pickles encode ``bytes`` as _codecs.encode(str, "latin1")
     "_codecs": frozenset({"encode"}),
     "builtins": frozenset(
-        {"dict", "list", "tuple", "set", "frozenset", "bytearray", "bytes", "str",
-         "int", "float", "complex", "bool"}
+        {
+            "dict",
+            "list",
+            "tuple",
+            "set",
+            "frozenset",
+            "bytearray",
+            "bytes",
+            "str",
+            "int",
+            "float",
+            "complex",
+            "bool",
+        }
     ),
     # Python 2 pickles name the builtins module differently
-    "__builtin__": frozenset({"dict", "list", "tuple", "set", "frozenset", "bytearray",
-                              "str", "int", "float", "complex", "bool"}),
+    "__builtin__": frozenset(
+        {
+            "dict",
+            "list",
+            "tuple",
+            "set",
+            "frozenset",
+            "bytearray",
+            "str",
+            "int",
+            "float",
+            "complex",
+            "bool",
+        }
+    ),
 }
 
 

@@ -27,8 +27,9 @@ def _shuffled_patients(patient_ids: Sequence[str], seed: int) -> list[str]:
     return [unique[i] for i in order]
 
 
-def _indices_by_patient(patient_ids: Sequence[str],
-                        groups: dict[str, list[str]]) -> dict[str, list[int]]:
+def _indices_by_patient(
+    patient_ids: Sequence[str], groups: dict[str, list[str]]
+) -> dict[str, list[int]]:
     where = {p: name for name, members in groups.items() for p in members}
     split: dict[str, list[int]] = {name: [] for name in groups}
     for i, p in enumerate(patient_ids):
@@ -85,9 +86,12 @@ def split_by_patient(
             if sum(values) <= n:
                 counts = [int(v) for v in values]
             else:
-                warnings.warn(f"split sizes {dict(zip(names, values, strict=True))} need "
-                              f"{int(sum(values))} patients but there are {n}: using them "
-                              "as proportions", stacklevel=2)
+                warnings.warn(
+                    f"split sizes {dict(zip(names, values, strict=True))} need "
+                    f"{int(sum(values))} patients but there are {n}: using them "
+                    "as proportions",
+                    stacklevel=2,
+                )
     if counts is not None:
         sizes = [int(c) for c in counts]
         if sum(sizes) > n or min(sizes) < 0:
@@ -98,7 +102,7 @@ def split_by_patient(
     if len(sizes) != len(names):
         raise ConfigError(f"{len(sizes)} subset sizes but {len(names)} names {list(names)}")
     bounds = np.cumsum([0, *sizes])
-    groups = {name: patients[bounds[i]: bounds[i + 1]] for i, name in enumerate(names)}
+    groups = {name: patients[bounds[i] : bounds[i + 1]] for i, name in enumerate(names)}
     return _indices_by_patient(patient_ids, groups)
 
 
@@ -148,8 +152,9 @@ PRESETS: dict[str, Callable[[Sequence[str], Sequence[str]], dict[str, list[int]]
 }
 
 
-def preset_split(name: str, case_ids: Sequence[str],
-                 patient_ids: Sequence[str]) -> dict[str, list[int]]:
+def preset_split(
+    name: str, case_ids: Sequence[str], patient_ids: Sequence[str]
+) -> dict[str, list[int]]:
     """A named split (see :data:`PRESETS`) of the given cases."""
     if name not in PRESETS:
         raise ConfigError(f"unknown split preset '{name}' (known: {', '.join(sorted(PRESETS))})")
@@ -190,15 +195,19 @@ def load_split(path: str | Path) -> dict[str, list[str]]:
         raise DataError(f"cannot parse split JSON ({exc})", path) from None
     if isinstance(spec, dict) and isinstance(spec.get("subsets"), dict):
         spec = spec["subsets"]  # nested form
-    subsets = ({k: v for k, v in spec.items() if k not in ("format", "version")}
-               if isinstance(spec, dict) else None)
+    subsets = (
+        {k: v for k, v in spec.items() if k not in ("format", "version")}
+        if isinstance(spec, dict)
+        else None
+    )
     if not subsets or not all(isinstance(v, list) for v in subsets.values()):
         raise DataError("expected JSON {subset name: [case ids], ...}", path)
     return {str(k): [str(c) for c in v] for k, v in subsets.items()}
 
 
-def split_indices(split: dict[str, list[str]], case_ids: Sequence[str],
-                  where: str | Path | None = None) -> dict[str, list[int]]:
+def split_indices(
+    split: dict[str, list[str]], case_ids: Sequence[str], where: str | Path | None = None
+) -> dict[str, list[int]]:
     """Map a loaded split's case ids back to indices of ``case_ids``.
 
     Raises:
@@ -207,6 +216,8 @@ def split_indices(split: dict[str, list[str]], case_ids: Sequence[str],
     position = {str(c): i for i, c in enumerate(case_ids)}
     missing = [c for ids in split.values() for c in ids if c not in position]
     if missing:
-        raise DataError(f"{len(missing)} case ids of the split are not in the dataset "
-                        f"(first: {missing[:3]})", where)
+        raise DataError(
+            f"{len(missing)} case ids of the split are not in the dataset (first: {missing[:3]})",
+            where,
+        )
     return {name: [position[c] for c in ids] for name, ids in split.items()}

@@ -44,9 +44,10 @@ def weights_hash(state_dict: dict[str, torch.Tensor]) -> str:
 def rng_state() -> dict[str, Any]:
     """Every random state a run uses, as tensors and plain values."""
     np_state = np.random.get_state()  # noqa: NPY002 - the global state libraries use
+    np_tuple: tuple[Any, ...] = tuple(np_state)
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "numpy": [np_tuple[0], torch.from_numpy(np_tuple[1].astype(np.int64)), *np_tuple[2:]],
         "python": _py_state_plain(random.getstate()),
     }
     if torch.cuda.is_available():

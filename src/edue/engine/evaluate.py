@@ -65,10 +65,11 @@ def ood_study(
         if kind == "hue" and images[0].shape[0] != 3:
             continue
         for fraction in OOD_FRACTIONS:
-            distorted, flags = distort_dataset(images, fraction, kind, seed=seed)
-            preds = []
+            result, flags = distort_dataset(images, fraction, kind, seed=seed)
+            distorted: list[np.ndarray] = list(result)  # type: ignore[call-overload]
+            preds: list[Prediction] = []
             for start in range(0, len(distorted), 16):
-                preds += predictor.predict_batch(distorted[start : start + 16])  # type: ignore[index]
+                preds += predictor.predict_batch(distorted[start : start + 16])
             agreement = np.stack([pairwise_dice_variance(p.members).numpy() for p in preds])
             sv = np.stack([p.sv.numpy() for p in preds])
             entry: dict[str, Any] = {
@@ -110,7 +111,8 @@ def evaluate_predictor(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     acc = EvaluationAccumulator(hausdorff=hausdorff, seed=seed)
-    sample_cases, sample_preds = [], []
+    sample_cases: list[MultiRaterCase] = []
+    sample_preds: list[Prediction] = []
     started = time.perf_counter()
     for case, pred in predictor.predict_cases(list(cases)):
         acc.update(pred, case)

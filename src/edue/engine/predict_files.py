@@ -81,7 +81,7 @@ def write_prediction(
     """Write every output of one image; returns its summary entry."""
     stem = stem_of(source)
     names = pred.structures or tuple(f"s{k}" for k in range(pred.mean.shape[0]))
-    arrays = pred.to_numpy()
+    arrays: dict[str, np.ndarray] = pred.to_numpy()
     write_npz(out / f"{stem}.npz", **arrays)  # type: ignore[arg-type]
     if suffix_of(source) in NIFTI_SUFFIXES:
         write_nifti(

@@ -103,7 +103,7 @@ class Trainer:
         self.indices = split_indices(cfg, source)
         self.subsets: dict[str, PreparedSource] = build_datasets(cfg, source, self.indices)
         first = self.subsets["train"].load(0)
-        self.data_info = {
+        self.data_info: dict[str, Any] = {
             "in_channels": int(first.image.shape[0]),
             "structures": list(first.structures),
             "spatial_dims": first.spatial_dims,
@@ -114,7 +114,7 @@ class Trainer:
             cfg, self.data_info["in_channels"], len(first.structures), first.spatial_dims
         ).to(rt.device)
         if cfg.train.channels_last and first.spatial_dims == 2:
-            self.method = self.method.to(memory_format=torch.channels_last)
+            self.method = self.method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model: torch.nn.Module = self.method
         if rt.distributed:
             self.model = torch.nn.parallel.DistributedDataParallel(

@@ -28,7 +28,7 @@ class DeepEnsemble(Method):
         super().__init__(nn.ModuleList(members))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(x) for m in self.network])  # type: ignore[union-attr]
+        return torch.stack([m(x) for m in self.network])  # type: ignore[union-attr,attr-defined]
 
     @property
     def n_members(self) -> int:

@@ -4,6 +4,7 @@ disagreement guidance; prediction and uncertainty in one forward pass."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from edue.losses import edue_loss
 from edue.methods.base import Method
@@ -38,7 +39,7 @@ class EDUE(Method):
         super().__init__(
             MultiHeadNet(backbone, names, out_channels, backbone.spatial_dims, backbone.in_channels)
         )
-        self.loss_options = {
+        self.loss_options: dict[str, Any] = {
             "aux_weight": aux_weight,
             "label_sampling": label_sampling,
             "guidance": guidance,

@@ -79,49 +79,103 @@ def _spearman_ratio(edue: RunResult, ref: RunResult, s: str) -> Claim:
         how = f"{_fmt(ratio, '.2f')}×"
     else:
         how = f"ratio undefined since {ref.label} ≤ 0, EDUE must be > 0"
-    return Claim(f"spearman_ratio/{s}",
-                 f"Image-level Spearman ({s}): {edue.label} {_fmt(e, '.2f')} vs {ref.label} "
-                 f"{_fmt(r, '.2f')} → {how} (target ≥ {target:.2f}×)",
-                 s, e, r, ratio, f"≥ {target:g}×",
-                 _check(lambda: e >= target * r if r > 0 else e > 0, e, r))
+    return Claim(
+        f"spearman_ratio/{s}",
+        f"Image-level Spearman ({s}): {edue.label} {_fmt(e, '.2f')} vs {ref.label} "
+        f"{_fmt(r, '.2f')} → {how} (target ≥ {target:.2f}×)",
+        s,
+        e,
+        r,
+        ratio,
+        f"≥ {target:g}×",
+        _check(lambda: e >= target * r if r > 0 else e > 0, e, r),
+    )
 
 
-def _difference(edue: RunResult, ref: RunResult, s: str, name: str, key: str, digits: int,
-                target: str, ok: Callable[[float], bool], targeted: bool = True) -> Claim:
+def _difference(
+    edue: RunResult,
+    ref: RunResult,
+    s: str,
+    name: str,
+    key: str,
+    digits: int,
+    target: str,
+    ok: Callable[[float], bool],
+    targeted: bool = True,
+) -> Claim:
     """EDUE minus the reference on one metric; ``target`` like ``"≥ 0"``."""
     e, r = edue.value(key.format(s=s)), ref.value(key.format(s=s))
     diff = e - r
     rule = f"target {target}" if targeted else f"EDUE better when {target}"
-    return Claim(f"{key.split('/')[0]}_difference/{s}",
-                 f"{name} ({s}): {edue.label} {_fmt(e, f'.{digits}f')} vs {ref.label} "
-                 f"{_fmt(r, f'.{digits}f')} → {_fmt(diff, f'+.{digits}f')} ({rule})",
-                 s, e, r, diff, target, _check(lambda: ok(diff), e, r))
+    return Claim(
+        f"{key.split('/')[0]}_difference/{s}",
+        f"{name} ({s}): {edue.label} {_fmt(e, f'.{digits}f')} vs {ref.label} "
+        f"{_fmt(r, f'.{digits}f')} → {_fmt(diff, f'+.{digits}f')} ({rule})",
+        s,
+        e,
+        r,
+        diff,
+        target,
+        _check(lambda: ok(diff), e, r),
+    )
 
 
 def _time_ratio(edue: RunResult, ref: RunResult) -> Claim:
     e, r = edue.seconds_per_image, ref.seconds_per_image
     target = TARGETS["time_ratio_max"]
     ratio = e / r if r > 0 else math.nan
-    return Claim("time_ratio",
-                 f"Inference time per image: {edue.label} {_fmt(e * 1000, '.2f')} ms vs "
-                 f"{ref.label} {_fmt(r * 1000, '.2f')} ms → {_fmt(ratio, '.2f')}× "
-                 f"(target ≤ {target:.2f}×)",
-                 None, e, r, ratio, f"≤ {target:g}×", _check(lambda: ratio <= target, ratio))
+    return Claim(
+        "time_ratio",
+        f"Inference time per image: {edue.label} {_fmt(e * 1000, '.2f')} ms vs "
+        f"{ref.label} {_fmt(r * 1000, '.2f')} ms → {_fmt(ratio, '.2f')}× "
+        f"(target ≤ {target:.2f}×)",
+        None,
+        e,
+        r,
+        ratio,
+        f"≤ {target:g}×",
+        _check(lambda: ratio <= target, ratio),
+    )
 
 
-def claims_vs_deep_ensemble(edue: RunResult, ref: RunResult,
-                            structures: Sequence[str]) -> list[Claim]:
+def claims_vs_deep_ensemble(
+    edue: RunResult, ref: RunResult, structures: Sequence[str]
+) -> list[Claim]:
     """The targeted claims of EDUE against the Deep Ensemble."""
     out = [_spearman_ratio(edue, ref, s) for s in structures]
     tol = TARGETS["soft_dice_abs_difference_max"]
     for s in structures:
         out += [
-            _difference(edue, ref, s, "Pixel NCC", "pixel_ncc/{s}/mean", 2, "≥ 0",
-                        lambda d: d >= TARGETS["ncc_difference_min"]),
-            _difference(edue, ref, s, "NLL", "nll/{s}/mean", 3, "≤ 0",
-                        lambda d: d <= TARGETS["nll_difference_max"]),
-            _difference(edue, ref, s, "Soft Dice", "soft_dice/{s}/mean", 3,
-                        f"|Δ| ≤ {tol:g}", lambda d: abs(d) <= tol),
+            _difference(
+                edue,
+                ref,
+                s,
+                "Pixel NCC",
+                "pixel_ncc/{s}/mean",
+                2,
+                "≥ 0",
+                lambda d: d >= TARGETS["ncc_difference_min"],
+            ),
+            _difference(
+                edue,
+                ref,
+                s,
+                "NLL",
+                "nll/{s}/mean",
+                3,
+                "≤ 0",
+                lambda d: d <= TARGETS["nll_difference_max"],
+            ),
+            _difference(
+                edue,
+                ref,
+                s,
+                "Soft Dice",
+                "soft_dice/{s}/mean",
+                3,
+                f"|Δ| ≤ {tol:g}",
+                lambda d: abs(d) <= tol,
+            ),
         ]
     return [*out, _time_ratio(edue, ref)]
 
@@ -131,20 +185,45 @@ def claims_vs_plain(edue: RunResult, ref: RunResult, structures: Sequence[str]) 
     out = []
     for s in structures:
         out += [
-            _difference(edue, ref, s, "Image-level Spearman", "image_spearman/{s}", 2, "> 0",
-                        lambda d: d > 0, targeted=False),
-            _difference(edue, ref, s, "Pixel NCC", "pixel_ncc/{s}/mean", 2, "> 0",
-                        lambda d: d > 0, targeted=False),
-            _difference(edue, ref, s, "NLL", "nll/{s}/mean", 3, "< 0",
-                        lambda d: d < 0, targeted=False),
+            _difference(
+                edue,
+                ref,
+                s,
+                "Image-level Spearman",
+                "image_spearman/{s}",
+                2,
+                "> 0",
+                lambda d: d > 0,
+                targeted=False,
+            ),
+            _difference(
+                edue,
+                ref,
+                s,
+                "Pixel NCC",
+                "pixel_ncc/{s}/mean",
+                2,
+                "> 0",
+                lambda d: d > 0,
+                targeted=False,
+            ),
+            _difference(
+                edue, ref, s, "NLL", "nll/{s}/mean", 3, "< 0", lambda d: d < 0, targeted=False
+            ),
         ]
     return out
 
 
 def _average_gain(claims: Sequence[Claim], prefix: str) -> float:
     """Mean relative gain of EDUE over the reference, in percent (positive references)."""
-    gains = [(c.edue / c.reference - 1) * 100 for c in claims if c.id.startswith(prefix)
-             and math.isfinite(c.edue) and math.isfinite(c.reference) and c.reference > 0]
+    gains = [
+        (c.edue / c.reference - 1) * 100
+        for c in claims
+        if c.id.startswith(prefix)
+        and math.isfinite(c.edue)
+        and math.isfinite(c.reference)
+        and c.reference > 0
+    ]
     return sum(gains) / len(gains) if gains else math.nan
 
 
@@ -154,12 +233,15 @@ def _group(edue: RunResult, ref: RunResult, claims: list[Claim]) -> dict[str, An
     return {
         "reference": {"method": ref.method, "label": ref.label, "folder": str(ref.folder)},
         "claims": [{**asdict(c), "mark": c.mark} for c in claims],
-        "passed": n_passed, "checked": len(checked),
+        "passed": n_passed,
+        "checked": len(checked),
         "all_passed": bool(checked) and all(c.passed for c in checked),
-        "summary": (f"{edue.label} vs {ref.label}: {n_passed} of {len(checked)} targets met"
-                    if ref.method == "deep_ensemble" else
-                    f"{edue.label} vs {ref.label}: {edue.label} better on {n_passed} of "
-                    f"{len(checked)} comparisons"),
+        "summary": (
+            f"{edue.label} vs {ref.label}: {n_passed} of {len(checked)} targets met"
+            if ref.method == "deep_ensemble"
+            else f"{edue.label} vs {ref.label}: {edue.label} better on {n_passed} of "
+            f"{len(checked)} comparisons"
+        ),
     }
 
 
@@ -171,17 +253,25 @@ def compute_claims(runs: Sequence[RunResult], structures: Sequence[str]) -> dict
     ``average_gain_vs_deep_ensemble_percent`` (image Spearman, pixel NCC); ``skipped``
     (why a group is missing); ``headline`` (the summary sentences).
     """
-    out: dict[str, Any] = {"edue": None, "targets": dict(TARGETS), "vs_deep_ensemble": None,
-                           "vs_plain": None, "average_gain_vs_deep_ensemble_percent": None,
-                           "skipped": [], "headline": []}
+    out: dict[str, Any] = {
+        "edue": None,
+        "targets": dict(TARGETS),
+        "vs_deep_ensemble": None,
+        "vs_plain": None,
+        "average_gain_vs_deep_ensemble_percent": None,
+        "skipped": [],
+        "headline": [],
+    }
     edue = find_method(runs, "edue")
     if edue is None:
         out["skipped"].append("no EDUE run among the compared folders: no claims to check")
         return out
     out["edue"] = {"label": edue.label, "folder": str(edue.folder)}
     shared = [s for s in structures if s in edue.structures]
-    for key, method, build in (("vs_deep_ensemble", "deep_ensemble", claims_vs_deep_ensemble),
-                               ("vs_plain", "plain", claims_vs_plain)):
+    for key, method, build in (
+        ("vs_deep_ensemble", "deep_ensemble", claims_vs_deep_ensemble),
+        ("vs_plain", "plain", claims_vs_plain),
+    ):
         ref = find_method(runs, method)
         if ref is None:
             out["skipped"].append(f"no {method} run: the claims against it are skipped")

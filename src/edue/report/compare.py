@@ -50,8 +50,11 @@ def _sample_figure(runs: Sequence[RunResult], path: Path) -> tuple[Path | None, 
     with_samples = [r for r in runs if r.samples]
     if not with_samples:
         return None, "no run has samples.npz"
-    shared = [c.case_id for c in with_samples[0].samples or []
-              if all(any(o.case_id == c.case_id for o in r.samples or []) for r in with_samples)]
+    shared = [
+        c.case_id
+        for c in with_samples[0].samples or []
+        if all(any(o.case_id == c.case_id for o in r.samples or []) for r in with_samples)
+    ]
     if not shared:
         return None, "the runs' samples.npz share no case (compare runs on the same test split)"
     cases, predictions, skipped = [], [], set()
@@ -79,8 +82,13 @@ def _or(path: Path | None, why: str) -> tuple[Path | None, str]:
     return path, "" if path else why
 
 
-def _figure(entries: list[FigureEntry], notes: list[str], key: str, title: str,
-            draw: Callable[[], tuple[Path | None, str]]) -> None:
+def _figure(
+    entries: list[FigureEntry],
+    notes: list[str],
+    key: str,
+    title: str,
+    draw: Callable[[], tuple[Path | None, str]],
+) -> None:
     """Draw one figure; a failure becomes a note instead of stopping the report."""
     try:
         path, note = draw()
@@ -97,22 +105,62 @@ def write_figures(runs: Sequence[RunResult], folder: Path, notes: list[str]) -> 
     structures, kinds = all_structures(runs), ood_kinds(runs)
     no_ood = "no run has ood.json (evaluate with --ood)"
     entries: list[FigureEntry] = []
-    _figure(entries, notes, "qc", "Quality control (Figure 2)", lambda: _or(
-        fg.qc_curves_figure(runs, structures, folder / "qc_curves.png")
-        if any(r.curves for r in runs) else None, "no run has curves.json"))
-    _figure(entries, notes, "ood_agreement", "Member agreement under distortion (Figure 3)",
-            lambda: _or(fg.ood_boxplot_figure(runs, kinds, folder / "ood_agreement.png"),
-                        no_ood if not kinds else "no run with ood.json has two or more members"))
-    _figure(entries, notes, "ood_sv", "SV under distortion", lambda: _or(
-        fg.ood_boxplot_figure(runs, kinds, folder / "ood_sv.png", score="sv"), no_ood))
-    _figure(entries, notes, "samples", "Sample cases (Figure 4)",
-            lambda: _sample_figure(runs, folder / "samples.png"))
-    _figure(entries, notes, "reliability", "Reliability diagrams", lambda: _or(
-        fg.reliability_figure(runs, structures, folder / "reliability.png"),
-        "no run has reliability diagrams in curves.json"))
-    _figure(entries, notes, "sv_scatter", "Model SV against expert SV", lambda: _or(
-        fg.sv_scatter_figure(runs, structures, folder / "sv_scatter.png"),
-        "no run has per_case.csv"))
+    _figure(
+        entries,
+        notes,
+        "qc",
+        "Quality control (Figure 2)",
+        lambda: _or(
+            fg.qc_curves_figure(runs, structures, folder / "qc_curves.png")
+            if any(r.curves for r in runs)
+            else None,
+            "no run has curves.json",
+        ),
+    )
+    _figure(
+        entries,
+        notes,
+        "ood_agreement",
+        "Member agreement under distortion (Figure 3)",
+        lambda: _or(
+            fg.ood_boxplot_figure(runs, kinds, folder / "ood_agreement.png"),
+            no_ood if not kinds else "no run with ood.json has two or more members",
+        ),
+    )
+    _figure(
+        entries,
+        notes,
+        "ood_sv",
+        "SV under distortion",
+        lambda: _or(fg.ood_boxplot_figure(runs, kinds, folder / "ood_sv.png", score="sv"), no_ood),
+    )
+    _figure(
+        entries,
+        notes,
+        "samples",
+        "Sample cases (Figure 4)",
+        lambda: _sample_figure(runs, folder / "samples.png"),
+    )
+    _figure(
+        entries,
+        notes,
+        "reliability",
+        "Reliability diagrams",
+        lambda: _or(
+            fg.reliability_figure(runs, structures, folder / "reliability.png"),
+            "no run has reliability diagrams in curves.json",
+        ),
+    )
+    _figure(
+        entries,
+        notes,
+        "sv_scatter",
+        "Model SV against expert SV",
+        lambda: _or(
+            fg.sv_scatter_figure(runs, structures, folder / "sv_scatter.png"),
+            "no run has per_case.csv",
+        ),
+    )
     return entries
 
 
@@ -131,16 +179,25 @@ def _summary(runs: Sequence[RunResult], claims: dict) -> list[str]:
 def _provenance(runs: Sequence[RunResult]) -> list[dict[str, str]]:
     rows = []
     for run in runs:
-        present = [n for n in ("per_case.csv", "curves.json", "ood.json", "samples.npz")
-                   if (run.folder / n).is_file()]
-        rows.append({
-            "method": run.label, "name": run.method, "folder": str(run.folder.resolve()),
-            "parameters": f"{run.parameters:,.0f}" if np.isfinite(run.parameters) else "?",
-            "members": str(run.n_members), "device": str(run.info.get("device", "?")),
-            "test images": f"{run.value('n_cases'):.0f}",
-            "checkpoint": str(run.info.get("checkpoint", "")),
-            "split": str(run.info.get("split", "")), "files": ", ".join(present),
-        })
+        present = [
+            n
+            for n in ("per_case.csv", "curves.json", "ood.json", "samples.npz")
+            if (run.folder / n).is_file()
+        ]
+        rows.append(
+            {
+                "method": run.label,
+                "name": run.method,
+                "folder": str(run.folder.resolve()),
+                "parameters": f"{run.parameters:,.0f}" if np.isfinite(run.parameters) else "?",
+                "members": str(run.n_members),
+                "device": str(run.info.get("device", "?")),
+                "test images": f"{run.value('n_cases'):.0f}",
+                "checkpoint": str(run.info.get("checkpoint", "")),
+                "split": str(run.info.get("split", "")),
+                "files": ", ".join(present),
+            }
+        )
     return rows
 
 
@@ -162,8 +219,9 @@ def compare_runs(runs: Sequence[str], out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tables = comparison_tables(results)
     _write_text(out / "table.md", "# EDUE comparison\n\n" + "\n".join(map(to_markdown, tables)))
-    _write_text(out / "table.tex", "% needs \\usepackage{booktabs}\n"
-                + "\n".join(map(to_latex, tables)))
+    _write_text(
+        out / "table.tex", "% needs \\usepackage{booktabs}\n" + "\n".join(map(to_latex, tables))
+    )
     _write_text(out / "table.csv", flat_csv(results))
     claims = compute_claims(results, all_structures(results))
     write_json(out / "claims.json", json_ready(claims))
@@ -171,9 +229,15 @@ def compare_runs(runs: Sequence[str], out: str | Path) -> Path:
     figures = write_figures(results, out / "figures", notes)
     generated = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     content = ReportContent(
-        title="EDUE comparison report", generated=generated,
-        summary=_summary(results, claims), claims=json_ready(claims),
-        tables=tables, figures=figures, provenance=_provenance(results), notes=notes)
+        title="EDUE comparison report",
+        generated=generated,
+        summary=_summary(results, claims),
+        claims=json_ready(claims),
+        tables=tables,
+        figures=figures,
+        provenance=_provenance(results),
+        notes=notes,
+    )
     report = out / "report.html"
     _write_text(report, render_report(content))
     return report

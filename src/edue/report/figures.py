@@ -50,8 +50,9 @@ def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110, tight: bool =
     return Path(path)
 
 
-def overlay_figure(image: np.ndarray, prediction: Prediction, path: str | Path,
-                   title: str | None = None) -> Path:
+def overlay_figure(
+    image: np.ndarray, prediction: Prediction, path: str | Path, title: str | None = None
+) -> Path:
     """Image with predicted contours, and one uncertainty heatmap per structure.
 
     Args:
@@ -71,10 +72,14 @@ def overlay_figure(image: np.ndarray, prediction: Prediction, path: str | Path,
         if mean[k].max() > 0.5 > mean[k].min():
             axes[0].contour(mean[k], levels=[0.5], colors=[colour], linewidths=1.2)
         axes[k + 1].imshow(base, cmap="gray")
-        heat = axes[k + 1].imshow(np.ma.masked_less(unc[k], 1e-4), cmap="inferno", alpha=0.75,
-                                  vmin=0, vmax=max(float(unc[k].max()), 1e-6))
-        axes[k + 1].set_title(f"{name} uncertainty\nSV = {float(prediction.sv[k]):.1f}",
-                              fontsize=9)
+        heat = axes[k + 1].imshow(
+            np.ma.masked_less(unc[k], 1e-4),
+            cmap="inferno",
+            alpha=0.75,
+            vmin=0,
+            vmax=max(float(unc[k].max()), 1e-6),
+        )
+        axes[k + 1].set_title(f"{name} uncertainty\nSV = {float(prediction.sv[k]):.1f}", fontsize=9)
         fig.colorbar(heat, ax=axes[k + 1], fraction=0.046, pad=0.04)
     axes[0].set_title(title or "prediction", fontsize=9)
     for ax in axes:
@@ -83,14 +88,26 @@ def overlay_figure(image: np.ndarray, prediction: Prediction, path: str | Path,
 
 
 def _corner_text(ax: plt.Axes, text: str, top: bool = False) -> None:
-    ax.text(0.03, 0.97 if top else 0.03, text, transform=ax.transAxes, fontsize=7,
-            color="white", va="top" if top else "bottom", ha="left",
-            bbox={"facecolor": "black", "alpha": 0.55, "pad": 1.5, "edgecolor": "none"})
+    ax.text(
+        0.03,
+        0.97 if top else 0.03,
+        text,
+        transform=ax.transAxes,
+        fontsize=7,
+        color="white",
+        va="top" if top else "bottom",
+        ha="left",
+        bbox={"facecolor": "black", "alpha": 0.55, "pad": 1.5, "edgecolor": "none"},
+    )
 
 
-def _sample_row(axes: Sequence[plt.Axes], case: MultiRaterCase,
-                predictions: Mapping[str, Prediction], structure: int,
-                titles: bool = True) -> None:
+def _sample_row(
+    axes: Sequence[plt.Axes],
+    case: MultiRaterCase,
+    predictions: Mapping[str, Prediction],
+    structure: int,
+    titles: bool = True,
+) -> None:
     """Draw one Figure-4 row (see :func:`sample_panel`) into ``2 + 2 M`` axes.
 
     SV values are those of the whole image or volume; volumes show their middle slice.
@@ -105,8 +122,9 @@ def _sample_row(axes: Sequence[plt.Axes], case: MultiRaterCase,
     for r in range(masks.shape[0]):
         if masks[r].any() and not masks[r].all():
             axes[0].contour(masks[r], levels=[0.5], colors=[cmap(r % 10)], linewidths=0.8)
-    _corner_text(axes[0], f"{case.case_id}\n{case.structures[structure]}, "
-                          f"{case.n_raters} raters", top=True)
+    _corner_text(
+        axes[0], f"{case.case_id}\n{case.structures[structure]}, {case.n_raters} raters", top=True
+    )
     axes[1].imshow(ev, cmap="inferno", vmin=0, vmax=max(float(ev.max()), 1e-6))
     _corner_text(axes[1], f"SV {float(ev_full.sum()):.1f}")
     headers = ["input + raters", "expert variance"]
@@ -115,8 +133,9 @@ def _sample_row(axes: Sequence[plt.Axes], case: MultiRaterCase,
         unc = _middle(pred.uncertainty.numpy()[structure], d)
         axes[col].imshow(unc, cmap="inferno", vmin=0, vmax=max(float(unc.max()), 1e-6))
         _corner_text(axes[col], f"SV {float(pred.sv[structure]):.1f}")
-        axes[col + 1].imshow(_middle(pred.mean.numpy()[structure], d) > 0.5, cmap="gray",
-                             vmin=0, vmax=1)
+        axes[col + 1].imshow(
+            _middle(pred.mean.numpy()[structure], d) > 0.5, cmap="gray", vmin=0, vmax=1
+        )
         headers += [f"{method}\nuncertainty", f"{method}\nmask"]
         col += 2
     for ax, header in zip(axes, headers, strict=False):
@@ -126,8 +145,12 @@ def _sample_row(axes: Sequence[plt.Axes], case: MultiRaterCase,
         ax.axis("off")
 
 
-def sample_panel(case: MultiRaterCase, predictions: Mapping[str, Prediction],
-                 path: str | Path, structure: int = 0) -> Path:
+def sample_panel(
+    case: MultiRaterCase,
+    predictions: Mapping[str, Prediction],
+    path: str | Path,
+    structure: int = 0,
+) -> Path:
     """The paper's Figure-4 layout for one case and one structure.
 
     Columns: the input with every rater's contour; the expert variance heatmap; then per
@@ -140,34 +163,51 @@ def sample_panel(case: MultiRaterCase, predictions: Mapping[str, Prediction],
     return save_figure(fig, path)
 
 
-def sample_grid(cases: Sequence[MultiRaterCase], predictions: Sequence[Mapping[str, Prediction]],
-                path: str | Path) -> Path:
+def sample_grid(
+    cases: Sequence[MultiRaterCase],
+    predictions: Sequence[Mapping[str, Prediction]],
+    path: str | Path,
+) -> Path:
     """Several :func:`sample_panel` rows (every structure of every case) in one PNG.
 
     Rows with fewer methods than the widest row leave their last columns blank.
     """
-    rows = [(case, preds, k) for case, preds in zip(cases, predictions, strict=True)
-            for k in range(len(case.structures))]
+    rows = [
+        (case, preds, k)
+        for case, preds in zip(cases, predictions, strict=True)
+        for k in range(len(case.structures))
+    ]
     if not rows:
         raise ValueError("sample_grid needs at least one case")
     n = 2 + 2 * max(len(preds) for _, preds, _ in rows)
     size, head = 1.7, 0.4
-    fig, axes = plt.subplots(len(rows), n, figsize=(size * n, size * len(rows) + head),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), n, figsize=(size * n, size * len(rows) + head), squeeze=False
+    )
     for i, (ax_row, (case, preds, k)) in enumerate(zip(axes, rows, strict=True)):
         _sample_row(ax_row, case, preds, k, titles=i == 0)
-        for ax in ax_row[2 + 2 * len(preds):]:
+        for ax in ax_row[2 + 2 * len(preds) :]:
             ax.axis("off")
-    fig.subplots_adjust(left=0.005, right=0.995, bottom=0.005, wspace=0.04, hspace=0.04,
-                        top=1 - head / (size * len(rows) + head))
+    fig.subplots_adjust(
+        left=0.005,
+        right=0.995,
+        bottom=0.005,
+        wspace=0.04,
+        hspace=0.04,
+        top=1 - head / (size * len(rows) + head),
+    )
     return save_figure(fig, path, tight=False)
 
 
 # --------------------------------------------------------------------------- comparison
 METHOD_CMAP = "tab10"
 OOD_STRUCTURE_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3")
-OOD_GROUPS = (("0 %", 0.0, False), ("50 % clean", 0.5, False),
-              ("50 % distorted", 0.5, True), ("100 %", 1.0, True))
+OOD_GROUPS = (
+    ("0 %", 0.0, False),
+    ("50 % clean", 0.5, False),
+    ("50 % distorted", 0.5, True),
+    ("100 %", 1.0, True),
+)
 
 
 def method_colours(runs: Sequence[RunResult]) -> dict[str, tuple[float, ...]]:
@@ -185,8 +225,9 @@ def _no_data(ax: plt.Axes, text: str = "no data") -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
-def qc_curves_figure(runs: Sequence[RunResult], structures: Sequence[str],
-                     path: str | Path) -> Path:
+def qc_curves_figure(
+    runs: Sequence[RunResult], structures: Sequence[str], path: str | Path
+) -> Path:
     """Quality-control curves, one panel per structure, all methods (the paper's Figure 2).
 
     Solid: the method's curve; dashed: its ideal; dotted: its random-ranking expectation
@@ -203,20 +244,37 @@ def qc_curves_figure(runs: Sequence[RunResult], structures: Sequence[str],
             if not curve:
                 continue
             c, x = colours[run.label], curve["fraction_flagged"]
-            (line,) = ax.plot(x, curve["fraction_poor_remaining"], color=c, lw=1.8,
-                              label=f"{run.label} (d-AUC {float(curve['d_auc']):.3f})")
+            (line,) = ax.plot(
+                x,
+                curve["fraction_poor_remaining"],
+                color=c,
+                lw=1.8,
+                label=f"{run.label} (d-AUC {float(curve['d_auc']):.3f})",
+            )
             ax.plot(x, curve["ideal"], color=c, ls="--", lw=1, alpha=0.7)
             ax.plot(x, curve["random"], color=c, ls=":", lw=1, alpha=0.6)
             handles.append(line)
         if not handles:
             _no_data(ax)
-        handles += [Line2D([], [], color="k", ls="--", lw=1, label="ideal"),
-                    Line2D([], [], color="k", ls=":", lw=1, label="random")]
-        threshold = next((r.value(f"qc_threshold/{s}") for r in runs
-                          if np.isfinite(r.value(f"qc_threshold/{s}"))), np.nan)
+        handles += [
+            Line2D([], [], color="k", ls="--", lw=1, label="ideal"),
+            Line2D([], [], color="k", ls=":", lw=1, label="random"),
+        ]
+        threshold = next(
+            (
+                r.value(f"qc_threshold/{s}")
+                for r in runs
+                if np.isfinite(r.value(f"qc_threshold/{s}"))
+            ),
+            np.nan,
+        )
         poor = f" (poor: Dice < {threshold:g})" if np.isfinite(threshold) else ""
-        ax.set(title=f"{s}{poor}", xlabel="fraction flagged for review",
-               ylabel="fraction of poor segmentations remaining", xlim=(0, 1))
+        ax.set(
+            title=f"{s}{poor}",
+            xlabel="fraction flagged for review",
+            ylabel="fraction of poor segmentations remaining",
+            xlim=(0, 1),
+        )
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(handles=handles, fontsize=7, loc="upper right")
@@ -233,8 +291,12 @@ def _ood_groups(entry: dict, column: str, k: int) -> list[np.ndarray]:
     return [v[(flags == distorted) & np.isfinite(v)] for distorted in (False, True)]
 
 
-def ood_boxplot_figure(runs: Sequence[RunResult], kinds: Sequence[str], path: str | Path,
-                       score: str = "agreement_variance") -> Path | None:
+def ood_boxplot_figure(
+    runs: Sequence[RunResult],
+    kinds: Sequence[str],
+    path: str | Path,
+    score: str = "agreement_variance",
+) -> Path | None:
     """Per-image ``score`` under 0 / 50 / 100 % distortion (the paper's Figure 3).
 
     One row per method (methods without ``ood.json`` are left out, and for the agreement
@@ -242,16 +304,18 @@ def ood_boxplot_figure(runs: Sequence[RunResult], kinds: Sequence[str], path: st
     boxes per structure for: all images at 0 %, the clean and the distorted half at 50 %,
     and all images at 100 %. Returns ``None`` when no method has data.
     """
-    shown = [r for r in runs if r.ood is not None
-             and (score != "agreement_variance" or r.n_members >= 2)]
+    shown = [
+        r for r in runs if r.ood is not None and (score != "agreement_variance" or r.n_members >= 2)
+    ]
     if not shown or not kinds:
         return None
     fig, axes = _grid(len(shown), len(kinds), 4.6, 2.7)
     for row, run in zip(axes, shown, strict=True):
         for i, (ax, kind) in enumerate(zip(row, kinds, strict=True)):
             _ood_panel(ax, run, kind, score, legend=i == 0)
-        row[0].set_ylabel("pairwise-Dice variance" if score == "agreement_variance" else "SV",
-                          fontsize=8)
+        row[0].set_ylabel(
+            "pairwise-Dice variance" if score == "agreement_variance" else "SV", fontsize=8
+        )
     fig.tight_layout()
     return save_figure(fig, path, tight=False)
 
@@ -271,10 +335,16 @@ def _ood_panel(ax: plt.Axes, run: RunResult, kind: str, score: str, legend: bool
         if data:
             drawn = True
             colour = OOD_STRUCTURE_COLOURS[k % len(OOD_STRUCTURE_COLOURS)]
-            ax.boxplot(data, positions=positions, widths=width * 0.85, patch_artist=True,
-                       boxprops={"facecolor": colour, "alpha": 0.8},
-                       medianprops={"color": "k"}, flierprops={"markersize": 2},
-                       manage_ticks=False)
+            ax.boxplot(
+                data,
+                positions=positions,
+                widths=width * 0.85,
+                patch_artist=True,
+                boxprops={"facecolor": colour, "alpha": 0.8},
+                medianprops={"color": "k"},
+                flierprops={"markersize": 2},
+                manage_ticks=False,
+            )
             ax.plot([], [], "s", color=colour, label=s)
     ax.set_xticks(range(len(OOD_GROUPS)), [g[0] for g in OOD_GROUPS], fontsize=7)
     ax.set_xlim(-0.6, len(OOD_GROUPS) - 0.4)
@@ -289,12 +359,16 @@ def _ood_panel(ax: plt.Axes, run: RunResult, kind: str, score: str, legend: bool
         _no_data(ax, f"no {kind} distortion")
 
 
-def reliability_figure(runs: Sequence[RunResult], structures: Sequence[str],
-                       path: str | Path) -> Path | None:
+def reliability_figure(
+    runs: Sequence[RunResult], structures: Sequence[str], path: str | Path
+) -> Path | None:
     """Reliability diagrams per structure, all methods: vs the soft vote, and vs the
     analytic rater probability when any run has it. ``None`` when no run has curves."""
-    references = [r for r in ("soft_vote", "rater_probability")
-                  if any(f"reliability_{r}" in (run.curves or {}) for run in runs)]
+    references = [
+        r
+        for r in ("soft_vote", "rater_probability")
+        if any(f"reliability_{r}" in (run.curves or {}) for run in runs)
+    ]
     if not references:
         return None
     colours = method_colours(runs)
@@ -310,11 +384,23 @@ def reliability_figure(runs: Sequence[RunResult], structures: Sequence[str],
                 y = np.asarray(diagram["observed_frequency"], dtype=np.float64)
                 ok = np.isfinite(x) & np.isfinite(y)
                 ece = run.value(f"ece_{ref}/{s}")
-                ax.plot(x[ok], y[ok], "o-", ms=3, lw=1.3, color=colours[run.label],
-                        label=f"{run.label} (ECE {ece:.3f})")
+                ax.plot(
+                    x[ok],
+                    y[ok],
+                    "o-",
+                    ms=3,
+                    lw=1.3,
+                    color=colours[run.label],
+                    label=f"{run.label} (ECE {ece:.3f})",
+                )
             name = ref.replace("_", " ")
-            ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability",
-                   ylabel=f"observed {name}", title=f"{s} vs {name}")
+            ax.set(
+                xlim=(0, 1),
+                ylim=(0, 1),
+                xlabel="mean predicted probability",
+                ylabel=f"observed {name}",
+                title=f"{s} vs {name}",
+            )
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
@@ -331,8 +417,9 @@ def _spearman(run: RunResult, x: np.ndarray, y: np.ndarray, s: str) -> float:
     return float(spearmanr(x[ok], y[ok]).statistic)
 
 
-def sv_scatter_figure(runs: Sequence[RunResult], structures: Sequence[str],
-                      path: str | Path) -> Path | None:
+def sv_scatter_figure(
+    runs: Sequence[RunResult], structures: Sequence[str], path: str | Path
+) -> Path | None:
     """Model SV against expert SV per image: one row per method, one column per structure,
     Spearman in each title. ``None`` when no run has ``per_case.csv``."""
     shown = [r for r in runs if r.per_case is not None]
@@ -349,8 +436,9 @@ def sv_scatter_figure(runs: Sequence[RunResult], structures: Sequence[str],
                 ax.set_title(f"{run.label} · {s}", fontsize=9)
                 continue
             ax.scatter(x, y, s=10, alpha=0.7, color=colours[run.label], edgecolors="none")
-            ax.set_title(f"{run.label} · {s}\nSpearman ρ = {_spearman(run, x, y, s):.2f}",
-                         fontsize=9)
+            ax.set_title(
+                f"{run.label} · {s}\nSpearman ρ = {_spearman(run, x, y, s):.2f}", fontsize=9
+            )
             ax.set(xlabel="expert SV", ylabel="model SV")
             ax.ticklabel_format(style="sci", scilimits=(-2, 4))
             ax.grid(alpha=0.3)

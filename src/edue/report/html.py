@@ -48,7 +48,8 @@ GUIDES: dict[str, str] = {
         "ensemble's for every structure, pixel NCC at least as high, NLL at most as high, soft "
         "Dice within 0.02, and at most a quarter of its inference time. Against the plain U-Net "
         "there is no target: the lines say whether EDUE is better and by how much. ✓ met or "
-        "better, ✗ not, ? not computable."),
+        "better, ✗ not, ? not computable."
+    ),
     "Segmentation and uncertainty": (
         "<b>Soft Dice</b> (higher is better): Dice of the prediction against the soft vote of the "
         "raters, both binarised at 0.1…0.9 and averaged. <b>NLL</b> (lower): negative "
@@ -57,42 +58,51 @@ GUIDES: dict[str, str] = {
         "images — the paper's main uncertainty measure. <b>Pixel NCC</b> (higher): normalised "
         "cross-correlation of the model's and the experts' variance maps per image. <b>GED</b> "
         "(lower): generalised energy distance between member and rater masks. <b>ECE</b> "
-        "(lower): calibration error against the soft vote."),
+        "(lower): calibration error against the soft vote."
+    ),
     "Cost": (
         "<b>Members</b>: predictions whose spread gives the uncertainty (heads, ensemble members "
         "or MC samples); <b>passes</b>: forward passes per image. Fewer parameters and a lower "
-        "time are better; EDUE's point is the uncertainty of an ensemble at one pass."),
+        "time are better; EDUE's point is the uncertainty of an ensemble at one pass."
+    ),
     "Quality control and out-of-distribution detection": (
         "<b>d-AUC</b> (lower is better): area between a method's quality-control curve and its "
         "ideal (see the figure below). <b>AUROC</b> (higher, 0.5 = chance): how well the "
         "per-image variance of the pairwise Dice between members (agreement) or the SV separates "
-        "distorted from clean test images when half of them are distorted."),
+        "distorted from clean test images when half of them are distorted."
+    ),
     "qc": (
         "The paper's Figure 2. Images are ranked by SV and the most uncertain are flagged for "
         "review; the curve shows the fraction of poor segmentations (Dice below the threshold) "
         "left among the unflagged images. The dashed line is the ideal ranking (all poor images "
         "flagged first), the dotted line a random ranking. Lower curves are better; d-AUC is "
-        "the area between a curve and its ideal."),
+        "the area between a curve and its ideal."
+    ),
     "ood_agreement": (
         "The paper's Figure 3. The variance of the Dice between every pair of members, per "
         "image, with 0 %, 50 % (clean and distorted halves apart) and 100 % of the test images "
         "distorted. A useful method disagrees more on distorted images: boxes rise from left to "
-        "right and the 50 % halves separate. Single-member methods have no agreement."),
+        "right and the 50 % halves separate. Single-member methods have no agreement."
+    ),
     "ood_sv": (
         "The same study with the SV as the per-image score, which exists for every method "
-        "(for a single network it is the summed Bernoulli variance p(1−p))."),
+        "(for a single network it is the summed Bernoulli variance p(1−p))."
+    ),
     "samples": (
         "The paper's Figure 4, for test cases shared by all runs: the input with every rater's "
         "contour, the expert variance map, then per method its uncertainty map (titled with "
-        "its SV) and its mask. A good method's heatmap lights up where the raters disagree."),
+        "its SV) and its mask. A good method's heatmap lights up where the raters disagree."
+    ),
     "reliability": (
         "Reliability diagrams: the observed frequency against the mean predicted probability "
         "per bin; the dashed diagonal is perfect calibration. Against the soft vote of the "
-        "raters and, for synthetic data, the analytic probability that a rater marks a pixel."),
+        "raters and, for synthetic data, the analytic probability that a rater marks a pixel."
+    ),
     "sv_scatter": (
         "Per test image, the model's SV against the experts' SV. The image-level Spearman "
         "correlation of the tables is the rank agreement of these points: a monotone cloud "
-        "means the model knows which images the experts find hard."),
+        "means the model knows which images the experts find hard."
+    ),
 }
 
 
@@ -134,8 +144,10 @@ def _guide(key: str) -> str:
 
 def _claims_html(claims: dict[str, Any]) -> str:
     parts = ["<h2>Claims</h2>", _guide("claims")]
-    titles = {"vs_deep_ensemble": "against the Deep Ensemble (targets)",
-              "vs_plain": "against the plain U-Net (no targets)"}
+    titles = {
+        "vs_deep_ensemble": "against the Deep Ensemble (targets)",
+        "vs_plain": "against the plain U-Net (no targets)",
+    }
     for key, title in titles.items():
         group = claims.get(key)
         if not group:
@@ -143,16 +155,23 @@ def _claims_html(claims: dict[str, Any]) -> str:
         items = []
         for c in group["claims"]:
             kind = {"✓": "pass", "✗": "fail"}.get(c["mark"], "unknown")
-            items.append(f'<li class="{kind}"><span class="mark">{esc(c["mark"])}</span>'
-                         f'{esc(c["statement"])}</li>')
-        parts += [f"<h3>{esc(claims['edue']['label'])} {esc(title)}: {group['passed']} of "
-                  f"{group['checked']}</h3>", f'<ul class="claims">{"".join(items)}</ul>']
+            items.append(
+                f'<li class="{kind}"><span class="mark">{esc(c["mark"])}</span>'
+                f"{esc(c['statement'])}</li>"
+            )
+        parts += [
+            f"<h3>{esc(claims['edue']['label'])} {esc(title)}: {group['passed']} of "
+            f"{group['checked']}</h3>",
+            f'<ul class="claims">{"".join(items)}</ul>',
+        ]
     gain = claims.get("average_gain_vs_deep_ensemble_percent")
     if gain:
-        parts.append("<p>Average relative gain over the Deep Ensemble (the paper reports +55 % "
-                     "image-level and +23 % pixel-level): " + ", ".join(
-                         f"{GAIN_NAMES.get(k, k)} {_pct(v)}" for k, v in gain.items())
-                     + ".</p>")
+        parts.append(
+            "<p>Average relative gain over the Deep Ensemble (the paper reports +55 % "
+            "image-level and +23 % pixel-level): "
+            + ", ".join(f"{GAIN_NAMES.get(k, k)} {_pct(v)}" for k, v in gain.items())
+            + ".</p>"
+        )
     parts += [f'<p class="skip">{esc(s)}</p>' for s in claims.get("skipped", [])]
     return "\n".join(parts)
 
@@ -169,8 +188,10 @@ def _figures_html(figures: Sequence[FigureEntry]) -> str:
             parts.append(f'<p class="skip">Skipped: {esc(entry.note)}</p>')
             continue
         caption = f"<figcaption>{esc(entry.note)}</figcaption>" if entry.note else ""
-        parts.append(f'<figure><img alt="{esc(entry.title)}" '
-                     f'src="{image_data_uri(entry.path)}">{caption}</figure>')
+        parts.append(
+            f'<figure><img alt="{esc(entry.title)}" '
+            f'src="{image_data_uri(entry.path)}">{caption}</figure>'
+        )
     return "\n".join(parts)
 
 
@@ -179,34 +200,44 @@ def _provenance_html(rows: Sequence[dict[str, str]], generated: str) -> str:
         return ""
     keys = list(dict.fromkeys(k for row in rows for k in row))
     head = "".join(f"<th>{esc(k)}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{esc(str(row.get(k, '')))}</td>" for k in keys)
-                   + "</tr>" for row in rows)
-    return (f"<h2>Provenance</h2><p>Report made {esc(generated)} from these evaluation "
-            f"folders:</p><div class=\"scroll\"><table><thead><tr>{head}</tr></thead>"
-            f"<tbody>{body}</tbody></table></div>")
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc(str(row.get(k, '')))}</td>" for k in keys) + "</tr>"
+        for row in rows
+    )
+    return (
+        f"<h2>Provenance</h2><p>Report made {esc(generated)} from these evaluation "
+        f'folders:</p><div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
 
 
 def render_report(content: ReportContent) -> str:
     """The whole HTML document."""
     summary = "".join(f"<li>{esc(line)}</li>" for line in content.summary)
-    tables = "\n".join(f"<h3>{esc(t.title)}</h3>{_guide(t.title)}{to_html(t)}"
-                       for t in content.tables)
+    tables = "\n".join(
+        f"<h3>{esc(t.title)}</h3>{_guide(t.title)}{to_html(t)}" for t in content.tables
+    )
     notes = ""
     if content.notes:
-        notes = "<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in content.notes) \
-            + "</ul>"
-    body = "\n".join([
-        f"<h1>{esc(content.title)}</h1>",
-        f'<p class="sub">Made {esc(content.generated)} by <code>edue compare</code> '
-        f"(edue {esc(__version__)}).</p>",
-        f"<h2>Summary</h2><ul>{summary}</ul>",
-        _claims_html(content.claims),
-        f"<h2>Tables</h2>{tables}",
-        _figures_html(content.figures),
-        notes,
-        _provenance_html(content.provenance, content.generated),
-    ])
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{esc(content.title)}</title><style>{CSS}</style></head>"
-            f"<body>\n{body}\n</body></html>\n")
+        notes = (
+            "<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in content.notes) + "</ul>"
+        )
+    body = "\n".join(
+        [
+            f"<h1>{esc(content.title)}</h1>",
+            f'<p class="sub">Made {esc(content.generated)} by <code>edue compare</code> '
+            f"(edue {esc(__version__)}).</p>",
+            f"<h2>Summary</h2><ul>{summary}</ul>",
+            _claims_html(content.claims),
+            f"<h2>Tables</h2>{tables}",
+            _figures_html(content.figures),
+            notes,
+            _provenance_html(content.provenance, content.generated),
+        ]
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(content.title)}</title><style>{CSS}</style></head>"
+        f"<body>\n{body}\n</body></html>\n"
+    )

@@ -117,19 +117,23 @@ def _as_float(value: object) -> float:
 def _read_metrics(folder: Path) -> dict[str, Any]:
     path = folder / "metrics.json"
     if not folder.is_dir():
-        raise EdueError("evaluation folder not found (expected the output of `edue evaluate`)",
-                        folder)
+        raise EdueError(
+            "evaluation folder not found (expected the output of `edue evaluate`)", folder
+        )
     if not path.is_file():
-        raise EdueError("no metrics.json in this evaluation folder (run `edue evaluate` first)",
-                        folder)
+        raise EdueError(
+            "no metrics.json in this evaluation folder (run `edue evaluate` first)", folder
+        )
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EdueError(f"metrics.json is unreadable ({type(exc).__name__}: {exc})",
-                        folder) from None
+        raise EdueError(
+            f"metrics.json is unreadable ({type(exc).__name__}: {exc})", folder
+        ) from None
     if not isinstance(info, dict) or not isinstance(info.get("metrics"), dict):
-        raise EdueError("metrics.json has no 'metrics' table (not written by `edue evaluate`?)",
-                        folder)
+        raise EdueError(
+            "metrics.json has no 'metrics' table (not written by `edue evaluate`?)", folder
+        )
     if not isinstance(info.get("method"), str) and not isinstance(info.get("label"), str):
         raise EdueError("metrics.json names no 'method'", folder)
     return info
@@ -161,12 +165,14 @@ def _read_samples(path: Path) -> list[SampleCase]:
     with np.load(path, allow_pickle=False) as data:
         indices = sorted({int(k.split("/")[0]) for k in data.files if k.endswith("/members")})
         for i in indices:
-            cases.append(SampleCase(
-                case_id=str(data[f"{i}/case_id"]) if f"{i}/case_id" in data.files else str(i),
-                image=np.asarray(data[f"{i}/image"], dtype=np.float32),
-                masks=np.asarray(data[f"{i}/masks"]),
-                members=np.asarray(data[f"{i}/members"], dtype=np.float32),
-            ))
+            cases.append(
+                SampleCase(
+                    case_id=str(data[f"{i}/case_id"]) if f"{i}/case_id" in data.files else str(i),
+                    image=np.asarray(data[f"{i}/image"], dtype=np.float32),
+                    masks=np.asarray(data[f"{i}/masks"]),
+                    members=np.asarray(data[f"{i}/members"], dtype=np.float32),
+                )
+            )
     return cases
 
 
@@ -198,11 +204,16 @@ def load_run(folder: str | Path) -> RunResult:
     if not isinstance(label, str) or not label or label == method:
         label = METHOD_NAMES.get(method, method)
     metrics = {str(k): _as_float(v) for k, v in info["metrics"].items()}
-    run = RunResult(folder=folder, method=method, label=label, structures=_structures(info),
-                    info=info, metrics=metrics)
+    run = RunResult(
+        folder=folder,
+        method=method,
+        label=label,
+        structures=_structures(info),
+        info=info,
+        metrics=metrics,
+    )
     run.per_case = _optional(run, "per_case.csv", _read_per_case)
-    run.curves = _optional(run, "curves.json",
-                           lambda p: json.loads(p.read_text(encoding="utf-8")))
+    run.curves = _optional(run, "curves.json", lambda p: json.loads(p.read_text(encoding="utf-8")))
     run.ood = _optional(run, "ood.json", lambda p: json.loads(p.read_text(encoding="utf-8")))
     run.samples = _optional(run, "samples.npz", _read_samples)
     return run
@@ -238,13 +249,18 @@ def ood_key(kind: str, fraction: float) -> str:
 
 def ood_kinds(runs: Sequence[RunResult]) -> tuple[str, ...]:
     """Distortion kinds present in any run's ``ood.json``, in first-seen order."""
-    kinds = [key.split("@")[0] for run in runs if run.ood is not None
-             for key in run.ood.get("results", {})]
+    kinds = [
+        key.split("@")[0]
+        for run in runs
+        if run.ood is not None
+        for key in run.ood.get("results", {})
+    ]
     return tuple(dict.fromkeys(kinds))
 
 
-def ood_auroc(run: RunResult, kind: str, score: str, structure: str,
-              fraction: float = 0.5) -> float:
+def ood_auroc(
+    run: RunResult, kind: str, score: str, structure: str, fraction: float = 0.5
+) -> float:
     """AUROC with which ``score`` (``"agreement"`` or ``"sv"``) separates distorted images.
 
     nan when the run has no such entry (no ``ood.json``, kind not run, structure absent).

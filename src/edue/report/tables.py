@@ -100,8 +100,13 @@ class MetricColumn:
 MAIN_COLUMNS: tuple[MetricColumn, ...] = (
     MetricColumn("soft Dice", "soft_dice/{s}/mean", True, 3, spread="soft_dice/{s}/std"),
     MetricColumn("NLL", "nll/{s}/mean", False, 3),
-    MetricColumn("Spearman [95% CI]", "image_spearman/{s}", True, 2,
-                 interval=("image_spearman/{s}/ci_low", "image_spearman/{s}/ci_high")),
+    MetricColumn(
+        "Spearman [95% CI]",
+        "image_spearman/{s}",
+        True,
+        2,
+        interval=("image_spearman/{s}/ci_low", "image_spearman/{s}/ci_high"),
+    ),
     MetricColumn("Pearson", "image_pearson/{s}", True, 2),
     MetricColumn("pixel NCC", "pixel_ncc/{s}/mean", True, 2, spread="pixel_ncc/{s}/std"),
     MetricColumn("GED", "ged/{s}/mean", False, 3),
@@ -122,11 +127,21 @@ def mark_best(cells: Sequence[Cell], higher_is_better: bool | None, digits: int)
         cell.bold = value == best
 
 
-def _metric_table(runs: Sequence[RunResult], title: str, columns: Sequence[MetricColumn],
-                  structures: Sequence[str], note: str) -> Table:
+def _metric_table(
+    runs: Sequence[RunResult],
+    title: str,
+    columns: Sequence[MetricColumn],
+    structures: Sequence[str],
+    note: str,
+) -> Table:
     rows = [(run.label, [c.cell(run, s) for s in structures for c in columns]) for run in runs]
-    table = Table(title, [c.header for _ in structures for c in columns], rows,
-                  [(s, len(columns)) for s in structures], note)
+    table = Table(
+        title,
+        [c.header for _ in structures for c in columns],
+        rows,
+        [(s, len(columns)) for s in structures],
+        note,
+    )
     for i, column in enumerate(c for _ in structures for c in columns):
         mark_best(table.column(i), column.higher_is_better, column.digits)
     return table
@@ -135,28 +150,37 @@ def _metric_table(runs: Sequence[RunResult], title: str, columns: Sequence[Metri
 def main_table(runs: Sequence[RunResult]) -> Table:
     """Table 1: segmentation quality and uncertainty per structure."""
     return _metric_table(
-        runs, "Segmentation and uncertainty", MAIN_COLUMNS, all_structures(runs),
+        runs,
+        "Segmentation and uncertainty",
+        MAIN_COLUMNS,
+        all_structures(runs),
         "Soft Dice and pixel NCC: mean ± std over images; Spearman/Pearson: image-level "
         "correlation of model SV with expert SV (95% bootstrap CI); ECE vs the soft vote. "
-        "Bold: best per column.")
+        "Bold: best per column.",
+    )
 
 
 def cost_numbers(runs: Sequence[RunResult]) -> list[dict[str, float]]:
     """Per run: members, passes, parameters, ms per image and the two time ratios."""
-    one_pass = [r.seconds_per_image for r in runs
-                if r.passes == 1 and math.isfinite(r.seconds_per_image)]
+    one_pass = [
+        r.seconds_per_image for r in runs if r.passes == 1 and math.isfinite(r.seconds_per_image)
+    ]
     fastest = min(one_pass) if one_pass else math.nan
     edue = find_method(runs, "edue")
     edue_time = edue.seconds_per_image if edue else math.nan
     out = []
     for run in runs:
         t = run.seconds_per_image
-        out.append({
-            "n_members": float(run.n_members), "passes": float(run.passes),
-            "parameters": run.parameters, "ms_per_image": t * 1000,
-            "time_vs_fastest_one_pass": t / fastest if fastest > 0 else math.nan,
-            "time_vs_edue": t / edue_time if edue_time > 0 else math.nan,
-        })
+        out.append(
+            {
+                "n_members": float(run.n_members),
+                "passes": float(run.passes),
+                "parameters": run.parameters,
+                "ms_per_image": t * 1000,
+                "time_vs_fastest_one_pass": t / fastest if fastest > 0 else math.nan,
+                "time_vs_edue": t / edue_time if edue_time > 0 else math.nan,
+            }
+        )
     return out
 
 
@@ -168,16 +192,33 @@ def cost_table(runs: Sequence[RunResult]) -> Table:
     """Table 2: members, forward passes, parameters and inference time per method."""
     rows = []
     for run, cost in zip(runs, cost_numbers(runs), strict=True):
-        rows.append((run.label, [
-            Cell(str(run.n_members)), Cell(str(run.passes)),
-            _num(cost["parameters"], ",.0f"), _num(cost["ms_per_image"], ".2f"),
-            _num(cost["time_vs_fastest_one_pass"], ".2f", "×"),
-            _num(cost["time_vs_edue"], ".2f", "×"),
-        ]))
-    table = Table("Cost", ["members", "passes", "parameters", "ms / image",
-                           "time vs fastest one-pass", "time vs EDUE"], rows,
-                  note="Median single-image inference time on the evaluation device; "
-                       "ratios divide by the fastest one-pass method and by EDUE.")
+        rows.append(
+            (
+                run.label,
+                [
+                    Cell(str(run.n_members)),
+                    Cell(str(run.passes)),
+                    _num(cost["parameters"], ",.0f"),
+                    _num(cost["ms_per_image"], ".2f"),
+                    _num(cost["time_vs_fastest_one_pass"], ".2f", "×"),
+                    _num(cost["time_vs_edue"], ".2f", "×"),
+                ],
+            )
+        )
+    table = Table(
+        "Cost",
+        [
+            "members",
+            "passes",
+            "parameters",
+            "ms / image",
+            "time vs fastest one-pass",
+            "time vs EDUE",
+        ],
+        rows,
+        note="Median single-image inference time on the evaluation device; "
+        "ratios divide by the fastest one-pass method and by EDUE.",
+    )
     mark_best(table.column(2), False, 0)
     mark_best(table.column(3), False, 2)
     return table
@@ -186,8 +227,9 @@ def cost_table(runs: Sequence[RunResult]) -> Table:
 def qc_ood_table(runs: Sequence[RunResult]) -> Table:
     """Table 3: quality-control d-AUC per structure and OOD separation AUROC at 50 %."""
     structures = all_structures(runs)
-    table = _metric_table(runs, "Quality control and out-of-distribution detection",
-                          [QC_COLUMN], structures, "")
+    table = _metric_table(
+        runs, "Quality control and out-of-distribution detection", [QC_COLUMN], structures, ""
+    )
     table.headers = list(structures)
     table.groups = [("QC d-AUC", len(structures))]
     for kind in ood_kinds(runs):
@@ -203,9 +245,11 @@ def qc_ood_table(runs: Sequence[RunResult]) -> Table:
         for i in range(start, len(table.headers)):
             mark_best(table.column(i), True, 2)
         table.groups.append((f"{kind} @ 50 %: AUROC", len(table.headers) - start))
-    table.note = ("d-AUC: area between the QC curve and its ideal; AUROC: how well the "
-                  "per-image agreement variance or SV separates distorted from clean images "
-                  "when half of them are distorted (n/a: a single member has no agreement).")
+    table.note = (
+        "d-AUC: area between the QC curve and its ideal; AUROC: how well the "
+        "per-image agreement variance or SV separates distorted from clean images "
+        "when half of them are distorted (n/a: a single member has no agreement)."
+    )
     return table
 
 
@@ -215,10 +259,13 @@ def comparison_tables(runs: Sequence[RunResult]) -> list[Table]:
 
 
 # --------------------------------------------------------------------------- rendering
-def _markdown_block(headers: Sequence[str],
-                    rows: Sequence[tuple[str, Sequence[Cell]]]) -> list[str]:
-    lines = ["| " + " | ".join(["method", *headers]) + " |",
-             "|" + "|".join([":---", *["---:"] * len(headers)]) + "|"]
+def _markdown_block(
+    headers: Sequence[str], rows: Sequence[tuple[str, Sequence[Cell]]]
+) -> list[str]:
+    lines = [
+        "| " + " | ".join(["method", *headers]) + " |",
+        "|" + "|".join([":---", *["---:"] * len(headers)]) + "|",
+    ]
     for label, cells in rows:
         texts = [f"**{c.text}**" if c.bold else c.text for c in cells]
         lines.append("| " + " | ".join([label.replace("|", "/"), *texts]) + " |")
@@ -237,16 +284,34 @@ def to_markdown(table: Table) -> str:
     start = 0
     for group, span in table.groups:
         cols = slice(start, start + span)
-        lines += [f"#### {group}", "", *_markdown_block(
-            table.headers[cols], [(label, cells[cols]) for label, cells in table.rows]), ""]
+        lines += [
+            f"#### {group}",
+            "",
+            *_markdown_block(
+                table.headers[cols], [(label, cells[cols]) for label, cells in table.rows]
+            ),
+            "",
+        ]
         start += span
     return "\n".join([*lines, table.note, ""] if table.note else lines)
 
 
 _LATEX_SPECIALS = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "±": r"$\pm$", "×": r"$\times$", "—": "--", "≥": r"$\geq$", "≤": r"$\leq$",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "×": r"$\times$",
+    "—": "--",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
 }
 
 
@@ -258,9 +323,14 @@ def latex_escape(text: str) -> str:
 def to_latex(table: Table) -> str:
     """A ``table`` environment (needs ``booktabs``); best values in ``\\textbf``."""
     n = len(table.headers)
-    lines = [r"\begin{table}[t]", r"\centering", r"\small",
-             f"\\caption{{{latex_escape(table.title)}}}", r"\begin{tabular}{l" + "r" * n + "}",
-             r"\toprule"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        f"\\caption{{{latex_escape(table.title)}}}",
+        r"\begin{tabular}{l" + "r" * n + "}",
+        r"\toprule",
+    ]
     if table.groups:
         parts, rules, col = [""], [], 2
         for group, span in table.groups:
@@ -271,8 +341,9 @@ def to_latex(table: Table) -> str:
     lines.append(" & ".join(["method", *map(latex_escape, table.headers)]) + r" \\")
     lines.append(r"\midrule")
     for label, cells in table.rows:
-        texts = [f"\\textbf{{{latex_escape(c.text)}}}" if c.bold else latex_escape(c.text)
-                 for c in cells]
+        texts = [
+            f"\\textbf{{{latex_escape(c.text)}}}" if c.bold else latex_escape(c.text) for c in cells
+        ]
         lines.append(" & ".join([latex_escape(label), *texts]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     if table.note:
@@ -285,19 +356,28 @@ def to_html(table: Table) -> str:
     esc = html.escape
     head = []
     if table.groups:
-        head.append("<tr><th></th>" + "".join(
-            f'<th colspan="{span}" class="group">{esc(g)}</th>' for g, span in table.groups)
-            + "</tr>")
-    head.append("<tr><th>method</th>" + "".join(f"<th>{esc(h)}</th>" for h in table.headers)
-                + "</tr>")
+        head.append(
+            "<tr><th></th>"
+            + "".join(
+                f'<th colspan="{span}" class="group">{esc(g)}</th>' for g, span in table.groups
+            )
+            + "</tr>"
+        )
+    head.append(
+        "<tr><th>method</th>" + "".join(f"<th>{esc(h)}</th>" for h in table.headers) + "</tr>"
+    )
     body = []
     for label, cells in table.rows:
-        tds = "".join(f"<td><strong>{esc(c.text)}</strong></td>" if c.bold
-                      else f"<td>{esc(c.text)}</td>" for c in cells)
+        tds = "".join(
+            f"<td><strong>{esc(c.text)}</strong></td>" if c.bold else f"<td>{esc(c.text)}</td>"
+            for c in cells
+        )
         body.append(f"<tr><th>{esc(label)}</th>{tds}</tr>")
     note = f'<p class="note">{esc(table.note)}</p>' if table.note else ""
-    return (f'<div class="scroll"><table><thead>{"".join(head)}</thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>{note}')
+    return (
+        f'<div class="scroll"><table><thead>{"".join(head)}</thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>{note}"
+    )
 
 
 def flat_csv(runs: Sequence[RunResult]) -> str:
@@ -305,8 +385,11 @@ def flat_csv(runs: Sequence[RunResult]) -> str:
     structures, kinds = all_structures(runs), ood_kinds(runs)
     rows = []
     for run, cost in zip(runs, cost_numbers(runs), strict=True):
-        row: dict[str, object] = {"method": run.method, "label": run.label,
-                                  "folder": str(run.folder)}
+        row: dict[str, object] = {
+            "method": run.method,
+            "label": run.label,
+            "folder": str(run.folder),
+        }
         for s in structures:
             for column in (*MAIN_COLUMNS, QC_COLUMN):
                 row.update({k: run.value(k) for k in column.keys(s)})
