@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-from tests.conftest import make_case
 
 from edue.data.case import (
     CaseDataset,
@@ -13,6 +12,7 @@ from edue.data.case import (
     soft_vote,
 )
 from edue.errors import DataError
+from tests.conftest import make_case
 
 
 def test_targets_hand_computed():

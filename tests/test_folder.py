@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from tests.conftest import make_case
 
 from edue.data.folder import FolderSource, decode_labels, encode_labels, write_folder_dataset
 from edue.errors import DataError
+from tests.conftest import make_case
 
 
 def test_roundtrip_nested_structures(tmp_path, rng):

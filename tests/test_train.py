@@ -2,13 +2,13 @@ import json
 
 import pytest
 import torch
-from tests.conftest import TINY_OVERRIDES
 
 from edue.config import load_config
 from edue.engine.checkpoint import load_checkpoint
 from edue.engine.infer import Predictor
 from edue.engine.train import Trainer, train
 from edue.errors import TrainingDiverged
+from tests.conftest import TINY_OVERRIDES
 
 
 def test_run_folder_contents(tiny_run):
