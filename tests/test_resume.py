@@ -24,6 +24,7 @@ RESUME_OVERRIDES = [
     "train.deterministic=true",
     "train.threads=1",
     "train.checkpoint_every=1",
+    "data.augment=true",  # seeded flips: their generator must resume too
 ]
 
 

@@ -31,7 +31,9 @@ class DataConfig:
         split_file: a saved split (JSON of case ids per subset) that overrides ``split``.
         split_seed: seed of the patient-level split.
         size: resize 2D images to ``size × size`` (``null`` keeps them).
-        patch_size: training patch size for volumes (``null`` trains on whole images).
+        patch_size: training patch size for volumes (``null`` trains on whole images);
+            also the default sliding window at prediction.
+        patch_pos_ratio: share of patches centred on a structure (the rest are random).
         strict: stop at the first bad case instead of skipping it with a warning.
         num_workers: data-loader worker processes.
         augment: random flips during training.
@@ -45,6 +47,7 @@ class DataConfig:
     split_seed: int = 0
     size: int | None = None
     patch_size: list[int] | None = None
+    patch_pos_ratio: float = 0.67
     strict: bool = False
     num_workers: int = 0
     augment: bool = False

@@ -5,6 +5,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import torch
+
 from edue.config import Config
 from edue.data.case import CaseDataset, MultiRaterCase
 from edue.data.source import CaseSource, open_source
@@ -122,7 +124,49 @@ def build_datasets(
     return subsets
 
 
+class SampleTransforms:
+    """Random sample transforms applied in order, whose generators a checkpoint can keep.
+
+    Each transform draws from its own ``generator``; saving and restoring their states
+    makes a resumed run crop and flip exactly as an uninterrupted one (with
+    ``num_workers = 0``; worker processes hold their own copies).
+    """
+
+    def __init__(self, transforms: list[Any]) -> None:
+        self.transforms = transforms
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        for transform in self.transforms:
+            sample = transform(sample)
+        return sample
+
+    def get_state(self) -> list[torch.Tensor]:
+        """Generator states of every transform."""
+        return [t.generator.get_state() for t in self.transforms]
+
+    def set_state(self, states: list[torch.Tensor]) -> None:
+        """Restore what :meth:`get_state` returned."""
+        for transform, state in zip(self.transforms, states, strict=True):
+            transform.generator.set_state(state)
+
+
+def training_transforms(config: Config, spatial_dims: int) -> SampleTransforms:
+    """Patch sampling (``data.patch_size``) then flips (``data.augment``), seeded."""
+    transforms: list[Any] = []
+    if config.data.patch_size:
+        from edue.data.patches import make_patch_transform
+
+        transforms.append(
+            make_patch_transform(
+                config.data.patch_size, config.data.patch_pos_ratio, config.train.seed
+            )
+        )
+    if config.data.augment:
+        transforms.append(RandomFlip(spatial_dims, config.train.seed + 1))
+    return SampleTransforms(transforms)
+
+
 def training_dataset(config: Config, subset: PreparedSource) -> CaseDataset:
-    """A dataset over a subset, with seeded flips when ``data.augment`` is on."""
-    transform = RandomFlip(subset.spatial_dims, config.train.seed) if config.data.augment else None
-    return CaseDataset(subset.loaders(), transform)
+    """A dataset over a subset with the configured random transforms."""
+    transforms = training_transforms(config, subset.spatial_dims)
+    return CaseDataset(subset.loaders(), transforms if transforms.transforms else None)

@@ -7,7 +7,8 @@ For each input ``NAME.ext`` the output folder receives
   or ``NAME_probability.nii.gz`` / ``NAME_uncertainty.nii.gz`` (structures in the last
   axis, the input's affine) for NIfTI input;
 * ``NAME.npz`` with the raw arrays (members, mean, variance, uncertainty, entropy, sv);
-* ``NAME_overlay.png`` (image, predicted contours, uncertainty heatmaps);
+* ``NAME_overlay.png`` (image, predicted contours, uncertainty heatmaps) for 2D input,
+  ``NAME_slices.png`` (orthogonal slices through the most uncertain region) for volumes;
 
 and ``predictions.json`` lists every image's SV per structure and any failures.
 """
@@ -101,7 +102,11 @@ def write_prediction(
                 out / f"{stem}_uncertainty_{name}.png",
                 to_uint8(arrays["uncertainty"][k], UNCERTAINTY_PNG_MAX),
             )
-    if figures:
+    if figures and pred.spatial_dims == 3:
+        from edue.report.volume_figures import orthogonal_slices_figure
+
+        orthogonal_slices_figure(image, pred, out / f"{stem}_slices.png", title=source.name)
+    elif figures:
         from edue.report.figures import overlay_figure
 
         overlay_figure(image, pred, out / f"{stem}_overlay.png", title=source.name)

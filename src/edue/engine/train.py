@@ -132,6 +132,7 @@ class Trainer:
         self.rater_generator = torch.Generator(device=rt.device).manual_seed(
             cfg.train.seed * 7919 + rt.rank
         )
+        self.train_dataset = training_dataset(cfg, self.subsets["train"])
         self.sampler = EpochSampler(
             len(self.subsets["train"]), cfg.train.seed, rt.rank, rt.world_size
         )
@@ -146,6 +147,8 @@ class Trainer:
         self.global_step, self.best_val = int(state["global_step"]), float(state["best_val"])
         set_rng_state(state["rng"])
         self.rater_generator.set_state(state["rater_generator"])
+        if self.train_dataset.transform is not None and state.get("transforms"):
+            self.train_dataset.transform.set_state(state["transforms"])  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> Path:
@@ -158,7 +161,7 @@ class Trainer:
                 self.run_dir / "split.json",
                 split_record(self.subsets["train"].source, self.indices),
             )
-        dataset = training_dataset(cfg, self.subsets["train"])
+        dataset = self.train_dataset
         per_rank_batch = max(1, cfg.train.batch_size // rt.world_size)
         loader = DataLoader(
             dataset,
@@ -287,6 +290,9 @@ class Trainer:
             "best_val": self.best_val,
             "rng": rng_state(),
             "rater_generator": self.rater_generator.get_state(),
+            "transforms": self.train_dataset.transform.get_state()  # type: ignore[attr-defined]
+            if self.train_dataset.transform is not None
+            else [],
         }
 
     def save(self, name: str) -> Path:
