@@ -133,6 +133,8 @@ def read_image(path: str | Path, spatial_dims: int | None = None) -> tuple[np.nd
     """
     array, meta = read_array(path)
     suffix = suffix_of(path)
+    if suffix in NIFTI_SUFFIXES and array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]  # a 2D slice stored with a singleton third axis
     if spatial_dims is None:
         spatial_dims = 3 if suffix in NIFTI_SUFFIXES and array.ndim >= 3 else 2
     if array.dtype == np.bool_:

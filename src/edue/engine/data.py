@@ -14,17 +14,18 @@ from edue.data.transforms import RandomFlip, resize_case
 from edue.errors import ConfigError, DataError
 
 SUBSETS = ("train", "val", "test")
+GENERATED = ("synthetic", "synthetic3d")  # embedded generators: no root, split by counts
 
 
 def open_configured_source(config: Config) -> CaseSource:
     """The whole dataset named by ``config.data``."""
     data = config.data
-    if data.format == "synthetic":
+    if data.format in GENERATED:
         total = int(sum(int(data.split.get(s, 0)) for s in SUBSETS))
         options = dict(data.options)
         options.setdefault("n", total)
         options.setdefault("seed", data.split_seed)
-        return open_source("synthetic", None, **options)
+        return open_source(data.format, None, **options)
     if not data.root:
         raise ConfigError(f"data.root is required for format '{data.format}'")
     return open_source(data.format, data.root, **data.options)
@@ -45,7 +46,7 @@ def split_indices(config: Config, source: CaseSource) -> dict[str, list[int]]:
         return splits.split_indices(saved, source.case_ids, data.split_file)
     if isinstance(data.split, str):
         return splits.preset_split(data.split, source.case_ids, source.patient_ids)
-    if data.format == "synthetic":
+    if data.format in GENERATED:
         out, start = {}, 0
         for name in SUBSETS:
             count = int(data.split.get(name, 0))

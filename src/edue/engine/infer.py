@@ -124,8 +124,21 @@ class Predictor:
         """
         roi = self.roi_size()
         if roi is None or all(s <= r for s, r in zip(batch.shape[2:], roi, strict=True)):
-            return self.method.predict_members(batch).float()
+            return self.padded_members(batch)
         return self.sliding_members(batch, roi)
+
+    def padded_members(self, batch: torch.Tensor) -> torch.Tensor:
+        """One pass, the input zero-padded to a multiple of the network's downsampling
+        factor (so tiny or odd sizes work) and the members cropped back."""
+        divisor = 2 ** (len(self.config.model.channels) - 1)
+        shape = batch.shape[2:]
+        pads: list[int] = []
+        for size in reversed(shape):
+            pads += [0, (-size) % divisor]
+        if any(pads):
+            batch = torch.nn.functional.pad(batch, pads)
+        members = self.method.predict_members(batch).float()
+        return members[(..., *(slice(0, s) for s in shape))]
 
     def sliding_members(self, batch: torch.Tensor, roi: Sequence[int]) -> torch.Tensor:
         """Member probabilities ``[S, B, K, *sp]`` predicted window by window."""

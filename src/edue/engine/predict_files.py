@@ -135,7 +135,9 @@ def predict_files(
     failed: list[dict[str, str]] = []
     for path in files:
         try:
-            image, meta = read_image(path, predictor.spatial_dims)
+            # NIfTI tells its own dimensionality; 2D formats follow the model
+            dims = None if suffix_of(path) in NIFTI_SUFFIXES else predictor.spatial_dims
+            image, meta = read_image(path, dims)
             predictor.check_image(image, str(path))
             pred = predictor.predict(image, case_id=stem_of(path))
             done.append(write_prediction(pred, image, path, out, meta.affine, figures))
