@@ -121,3 +121,32 @@ def test_skip_bad_predicts_the_good_and_names_the_bad(tiny_run, tmp_path, capsys
     printed = capsys.readouterr()
     assert "predicted 45 image(s), 5 failed" in printed.out
     assert all(name in printed.out for name in broken)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(cut=st.integers(0, 4000), junk=st.binary(max_size=32))
+def test_damaged_checkpoints_are_checkpoint_errors(tiny_run, tmp_path, cut, junk):
+    from edue.engine.checkpoint import load_checkpoint
+    from edue.errors import CheckpointError
+
+    data = (tiny_run / "best.pt").read_bytes()
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(data[:cut] + junk)
+    with pytest.raises(CheckpointError, match="damaged.pt"):
+        load_checkpoint(path)
+
+
+def test_altered_weights_fail_the_hash(tiny_run, tmp_path):
+    import torch
+
+    from edue.engine.checkpoint import load_checkpoint
+    from edue.errors import CheckpointError
+
+    state = torch.load(tiny_run / "best.pt", weights_only=True)
+    name = next(iter(state["model"]))
+    state["model"][name] = state["model"][name] + 1
+    torch.save(state, tmp_path / "altered.pt")
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_checkpoint(tmp_path / "altered.pt")

@@ -14,7 +14,6 @@ import pickle
 import random
 import re
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -123,10 +122,12 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
                 path,
             ) from None
         raise CheckpointError(
-            "not a readable checkpoint (corrupt or not a torch file)", path
+            "not a readable checkpoint (corrupt, truncated or not a torch file)", path
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"not a readable checkpoint ({_first_line(exc)})", path) from None
+    except Exception:  # any other decoder failure: truncated, garbage, foreign file
+        raise CheckpointError(
+            "not a readable checkpoint (corrupt, truncated or not a torch file)", path
+        ) from None
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         raise CheckpointError("not an edue checkpoint", path)
     if verify and weights_hash(body["model"]) != body.get("weights_sha256"):
