@@ -100,6 +100,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dims", type=int, default=2, choices=[2, 3])
     p.add_argument("--quick", action="store_true", help="a tiny run (for tests)")
     p.add_argument("--methods", nargs="*", help="subset of methods to train")
+    p.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also train EDUE without guidance and without label sampling",
+    )
     p.set_defaults(func=cmd_demo)
 
 
@@ -212,7 +217,9 @@ def cmd_ensemble_gather(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edue.demo import run_demo
 
-    return run_demo(args.out, dims=args.dims, quick=args.quick, methods=args.methods)
+    return run_demo(
+        args.out, dims=args.dims, quick=args.quick, methods=args.methods, ablations=args.ablations
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,12 @@ from edue.config import Config, config_from_dict, save_config
 
 DEMO_METHODS = ("edue", "layer_ensembles", "mc_dropout", "plain", "deep_ensemble")
 
+#: Ablations of EDUE: run names mapped to the method switches they turn off.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "edue_no_guidance": {"name": "edue", "guidance": False},
+    "edue_no_sampling": {"name": "edue", "label_sampling": False},
+}
+
 #: The 2D demo: sized to train eight networks and evaluate five methods on two CPU cores
 #: within the demo's time budget.
 DEMO_2D: dict[str, Any] = {
@@ -53,7 +59,7 @@ def demo_config(out: Path, method: str, quick: bool, dims: int = 2) -> Config:
         base = _merge(DEMO_3D, QUICK_3D) if quick else copy.deepcopy(DEMO_3D)
     else:
         base = _merge(DEMO_2D, QUICK_OVERRIDES) if quick else copy.deepcopy(DEMO_2D)
-    base["method"]["name"] = method
+    base["method"].update(ABLATIONS.get(method, {"name": method}))
     base["out_dir"] = str(out / method)
     return config_from_dict(base)
 
@@ -84,7 +90,11 @@ def _train_all(out: Path, methods: list[str], quick: bool, dims: int) -> dict[st
 
 
 def run_demo(
-    out_dir: str = "runs/demo", dims: int = 2, quick: bool = False, methods: list[str] | None = None
+    out_dir: str = "runs/demo",
+    dims: int = 2,
+    quick: bool = False,
+    methods: list[str] | None = None,
+    ablations: bool = False,
 ) -> int:
     """Train, evaluate and compare; print where the outputs are and how long it took."""
     import torch
@@ -97,7 +107,7 @@ def run_demo(
     started = time.perf_counter()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(out_dir)
-    chosen = list(methods or DEMO_METHODS)
+    chosen = list(methods or DEMO_METHODS) + (list(ABLATIONS) if ablations else [])
     if "deep_ensemble" in chosen and "plain" in chosen:  # plain first: it is member 0
         chosen.remove("plain")
         chosen.insert(chosen.index("deep_ensemble"), "plain")
