@@ -18,7 +18,7 @@ _READERS: dict[str, str] = {
     # format name -> "module:callable" returning a CaseSource for (root, **options)
     "folder": "edue.data.folder:FolderSource",
     "synthetic": "edue.data.synthetic_source:SyntheticSource",
-    "synthetic3d": "edue.data.synthetic3d_source:Synthetic3DSource",
+    "synthetic3d": "edue.data.synthetic_source:Synthetic3DSource",
     "riga-discregion": "edue.data.riga:RigaDiscRegionSource",
     "riga-plus": "edue.data.riga:RigaPlusSource",
     "hecktor": "edue.data.hecktor:HecktorSource",
