@@ -33,7 +33,7 @@ DEMO_2D: dict[str, Any] = {
     },
     "model": {"channels": [16, 32, 64, 128], "norm": "batch"},
     "method": {"name": "edue", "ensemble_size": 5, "mc_samples": 10, "skip_first": 3},
-    "train": {"epochs": 20, "batch_size": 16, "lr": 2e-3, "seed": 0, "device": "cpu"},
+    "train": {"epochs": 12, "batch_size": 16, "lr": 2e-3, "seed": 0, "device": "cpu"},
 }
 
 QUICK_OVERRIDES: dict[str, Any] = {
