@@ -138,7 +138,8 @@ class Predictor:
         if any(pads):
             batch = torch.nn.functional.pad(batch, pads)
         members = self.method.predict_members(batch).float()
-        return members[(..., *(slice(0, s) for s in shape))]
+        crop: tuple[Any, ...] = (..., *(slice(0, s) for s in shape))
+        return members[crop]
 
     def sliding_members(self, batch: torch.Tensor, roi: Sequence[int]) -> torch.Tensor:
         """Member probabilities ``[S, B, K, *sp]`` predicted window by window."""

@@ -53,7 +53,7 @@ def orthogonal_slices_figure(
     fig, axes = plt.subplots(2, 3, figsize=(10, 6.6))
     names = prediction.structures or tuple(f"s{k}" for k in range(mean.shape[0]))
     for col, axis in enumerate(range(3)):
-        take = [slice(None)] * 3
+        take: list[slice | int] = [slice(None)] * 3
         take[axis] = centre[axis]
         sl = tuple(take)
         axes[0, col].imshow(base[sl].T, cmap="gray", origin="lower")
