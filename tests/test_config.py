@@ -15,8 +15,15 @@ def test_shipped_configs_load(path):
 
 
 def test_overrides_are_parsed_as_yaml():
-    config = load_config(None, ["train.epochs=3", "model.channels=[4, 8]", "method.guidance=false",
-                                "data.options={size: 48}"])
+    config = load_config(
+        None,
+        [
+            "train.epochs=3",
+            "model.channels=[4, 8]",
+            "method.guidance=false",
+            "data.options={size: 48}",
+        ],
+    )
     assert config.train.epochs == 3 and config.model.channels == [4, 8]
     assert config.method.guidance is False and config.data.options == {"size": 48}
 

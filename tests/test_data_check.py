@@ -22,8 +22,15 @@ def _case(name: str, cup_outside: bool = False, patient: str = "p1") -> MultiRat
     if cup_outside:
         masks[2, 1, 0, 0] = 1  # rater 3's cup pixel outside the disc
     image = np.full((3, 8, 8), 0.5, np.float32)
-    return MultiRaterCase(image, masks, name, ("disc", "cup"), patient, spacing=(0.1, 0.1),
-                          meta={"label_values": [0, 128, 255], "raters": ["a", "b", "c"]})
+    return MultiRaterCase(
+        image,
+        masks,
+        name,
+        ("disc", "cup"),
+        patient,
+        spacing=(0.1, 0.1),
+        meta={"label_values": [0, 128, 255], "raters": ["a", "b", "c"]},
+    )
 
 
 def test_check_summary_and_cup_outside_disc() -> None:
@@ -60,8 +67,10 @@ def test_check_catches_unreadable_files_and_skips(tmp_path: Path) -> None:
     src = FolderSource(root)
     report = check_dataset(src)
     assert report.bad_indices == [1, 2]
-    assert any(p.startswith(str(root / "c2" / "rater_2.png")) and "cannot read" in p
-               for p in report.problems)
+    assert any(
+        p.startswith(str(root / "c2" / "rater_2.png")) and "cannot read" in p
+        for p in report.problems
+    )
     assert any(p.startswith(str(root / "c3")) and "no rater masks" in p for p in report.problems)
     with pytest.warns(UserWarning, match="skipping 2 of 3 cases"):
         good = SkippingSource(src, report)

@@ -54,8 +54,11 @@ def multi_annotator(tmp_path: Path) -> Path:
     _nii(p1 / "labelsTs" / "P1.nii.gz", _label({4: 1}), LABEL_AFFINE)
     p2 = tmp_path / "P2"
     _images(p2 / "images", "ct.nii.gz", "pt.nii.gz")
-    for name, lab in (("a1", _label({7: 2})), ("a2", _label({7: 1})),
-                      ("a3", _label({}))):  # a3 drew nothing: an empty rater mask
+    for name, lab in (
+        ("a1", _label({7: 2})),
+        ("a2", _label({7: 1})),
+        ("a3", _label({})),
+    ):  # a3 drew nothing: an empty rater mask
         _nii(p2 / "labels" / name / "seg.nii.gz", lab, LABEL_AFFINE)
     # a4's label is stored on the unflipped CT grid: voxel (2, 3, 8) = label voxel (13, 3, 8)
     _nii(p2 / "labels" / "a4" / "seg.nii.gz", _label({}, (2, 3, 8, 2)), CT_AFFINE)
@@ -117,8 +120,7 @@ def test_2d_mode_keeps_annotated_slices(multi_annotator: Path) -> None:
 
 def test_challenge_layout_with_mixed_ids(tmp_path: Path) -> None:
     _images(tmp_path / "imagesTr", "CHUM-001__CT.nii.gz", "CHUM-001__PT.nii.gz")
-    _nii(tmp_path / "labelsTr" / "CHUM_001.nii.gz", _label({3: 1}, (13, 3, 4, 2)),
-         LABEL_AFFINE)
+    _nii(tmp_path / "labelsTr" / "CHUM_001.nii.gz", _label({3: 1}, (13, 3, 4, 2)), LABEL_AFFINE)
     src = HecktorSource(tmp_path, mode="3d")
     assert src.case_ids == ["CHUM_001"]
     case = src.load(0)

@@ -23,7 +23,7 @@ def _entry(seed: int, empty_rater: int | None = None) -> dict:
     for r in range(4):
         m = np.zeros((16, 16), np.uint8)
         if r != empty_rater:
-            m[4 + r: 10, 5:11] = 1
+            m[4 + r : 10, 5:11] = 1
         masks.append(m)
     return {"image": image, "masks": masks, "series_uid": f"1.2.3.{seed}"}
 

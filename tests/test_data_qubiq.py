@@ -28,9 +28,11 @@ def _prostate(root: Path) -> None:
             for rater in (1, 2, 3):
                 m = np.zeros((32, 24), np.uint8)
                 if not (case == "case01" and rater == 2 and task == 1):
-                    m[2 + rater: 10, 3 * task: 12] = 1
-                _nii(folder / f"task{task:02d}_seg{rater:02d}.nii.gz",
-                     m[..., None] if trailing else m)
+                    m[2 + rater : 10, 3 * task : 12] = 1
+                _nii(
+                    folder / f"task{task:02d}_seg{rater:02d}.nii.gz",
+                    m[..., None] if trailing else m,
+                )
 
 
 def test_qubiq_2d_trailing_axis_and_empty_mask(tmp_path: Path) -> None:
@@ -86,7 +88,7 @@ def test_qubiq_3d_volumes(tmp_path: Path) -> None:
         _nii(folder / "image.nii.gz", vol, affine)
         for r in (1, 2):
             m = np.zeros((16, 12, 8), np.uint8)
-            m[3, 4, 5 - r:6] = 1
+            m[3, 4, 5 - r : 6] = 1
             _nii(folder / f"task01_seg{r:02d}.nii.gz", m, affine)
     src = QubiqSource(tmp_path, task="pancreas")
     assert src.spatial_dims == 3

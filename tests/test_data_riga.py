@@ -36,7 +36,7 @@ def _label_map(rim: int, cup: int, shift: int = 0) -> np.ndarray:
     """Disc rows 4..27 × cols 6..25; cup rows 10..19 × cols (12+shift)..19."""
     lab = np.zeros((H, W), np.uint8)
     lab[4:28, 6:26] = rim
-    lab[10:20, 12 + shift:20] = cup
+    lab[10:20, 12 + shift : 20] = cup
     return lab
 
 
@@ -53,11 +53,15 @@ def _discregion(root: Path) -> None:
             Image.fromarray(_label_map(rim, 255)).save(folder / f"image{i}-FinalLabel.png")
             for r in range(1, 7):
                 Image.fromarray(_label_map(rim, 255, shift=r - 1)).save(
-                    folder / f"image{i}-Rater{r}.png")
-                block.append(f"{r},DiscRegion\\{site}\\image{i}.png,"
-                             f"DiscRegion\\{site}\\image{i}-Rater{r}.png,青光眼,0,1,2,3,4,5,6,1,{r}")
+                    folder / f"image{i}-Rater{r}.png"
+                )
+                block.append(
+                    f"{r},DiscRegion\\{site}\\image{i}.png,"
+                    f"DiscRegion\\{site}\\image{i}-Rater{r}.png,青光眼,0,1,2,3,4,5,6,1,{r}"
+                )
         (root / f"Glaucoma_multirater_{site}.csv").write_bytes(
-            "\n".join(lines + block).encode("gbk"))
+            "\n".join(lines + block).encode("gbk")
+        )
 
 
 def test_discregion_reader(tmp_path: Path) -> None:
@@ -76,7 +80,7 @@ def test_discregion_reader(tmp_path: Path) -> None:
     disc[4:28, 6:26] = 1
     for r in range(6):
         cup = np.zeros((H, W), np.uint8)
-        cup[10:20, 12 + r:20] = 1
+        cup[10:20, 12 + r : 20] = 1
         np.testing.assert_array_equal(case.masks[r, 0], disc)
         np.testing.assert_array_equal(case.masks[r, 1], cup)
     magrabia = src.load(2)  # rim stored as 150
@@ -119,16 +123,19 @@ def test_decode_auto_and_odd_values(tmp_path: Path) -> None:
 
 
 def _riga_plus(root: Path, n_raters: int = 3) -> None:
-    for csv_name, site, names in (("BinRushed_train.csv", "BinRushed", ["image1", "image2"]),
-                                  ("Magrabia_test.csv", "Magrabia", ["image7"])):
+    for csv_name, site, names in (
+        ("BinRushed_train.csv", "BinRushed", ["image1", "image2"]),
+        ("Magrabia_test.csv", "Magrabia", ["image7"]),
+    ):
         rows = ["image,mask"]
         for name in names:
             (root / site / "images").mkdir(parents=True, exist_ok=True)
             (root / site / "masks").mkdir(parents=True, exist_ok=True)
             tifffile.imwrite(root / site / "images" / f"{name}.tif", _photo())
             for k in range(1, n_raters + 1):
-                tifffile.imwrite(root / site / "masks" / f"{name}-{k}.tif",
-                                 _label_map(255, 128, shift=k))
+                tifffile.imwrite(
+                    root / site / "masks" / f"{name}-{k}.tif", _label_map(255, 128, shift=k)
+                )
             rows.append(f"{site}/images/{name}.tif,{site}/masks/{name}.tif")
         (root / csv_name).write_text("\n".join(rows) + "\n")
     (root / "MESSIDOR_Base1_unlabeled.csv").write_text("image,mask\nx/none.tif,\n")
@@ -137,8 +144,11 @@ def _riga_plus(root: Path, n_raters: int = 3) -> None:
 def test_riga_plus_reader(tmp_path: Path) -> None:
     _riga_plus(tmp_path)
     src = open_source("riga-plus", str(tmp_path))
-    assert src.case_ids == ["BinRushed_train-image1", "BinRushed_train-image2",
-                            "Magrabia_test-image7"]
+    assert src.case_ids == [
+        "BinRushed_train-image1",
+        "BinRushed_train-image2",
+        "Magrabia_test-image7",
+    ]
     case = src.load(2)
     assert case.n_raters == 3 and case.meta["encoding"] == ["rigaplus"]
     assert case.image[:, 2, 3] == pytest.approx([1.0, 0.0, 0.0])
@@ -211,8 +221,10 @@ def _original(src: Path) -> None:
 def test_extract_original_release(tmp_path: Path) -> None:
     _original(tmp_path / "src")
     report = extract_riga(tmp_path / "src", tmp_path / "out")
-    assert report.extracted == ["BinRushed-BinRushed1-Corrected-image1",
-                                "Magrabia-MagrabiFemale-image5"]
+    assert report.extracted == [
+        "BinRushed-BinRushed1-Corrected-image1",
+        "Magrabia-MagrabiFemale-image5",
+    ]
     reasons = dict(report.rejected)
     assert len(reasons) == 2
     assert any("image2-1.tif" in k and "not inside the disc" in v for k, v in reasons.items())
@@ -231,8 +243,7 @@ def test_extract_original_release(tmp_path: Path) -> None:
         assert not (cup & ~disc).any()
     # the JPEG copy (rater 2) drew a smaller cup than rater 3
     assert case.masks[1, 1].sum() < case.masks[2, 1].sum()
-    assert preset_split("riga-standard", ds.case_ids, ds.patient_ids) == {"train": [0],
-                                                                          "test": [1]}
+    assert preset_split("riga-standard", ds.case_ids, ds.patient_ids) == {"train": [0], "test": [1]}
 
 
 def test_extract_command_and_empty(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

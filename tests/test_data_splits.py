@@ -46,11 +46,13 @@ def test_split_from_config_mapping() -> None:
     assert [len(_patients_of(by_fraction, PATIENTS)[k]) for k in ("train", "test")] == [10, 10]
     by_count = split_by_patient(PATIENTS, {"train": 12, "val": 3, "test": 5}, seed=2)
     assert [len(_patients_of(by_count, PATIENTS)[k]) for k in ("train", "val", "test")] == [
-        12, 3, 5]
+        12,
+        3,
+        5,
+    ]
     with pytest.warns(UserWarning, match="as proportions"):
         scaled = split_by_patient(PATIENTS, {"train": 300, "val": 60, "test": 100}, seed=2)
-    assert [len(_patients_of(scaled, PATIENTS)[k]) for k in ("train", "val", "test")] == [
-        13, 3, 4]
+    assert [len(_patients_of(scaled, PATIENTS)[k]) for k in ("train", "val", "test")] == [13, 3, 4]
     assert_patient_disjoint(scaled, PATIENTS)
 
 
@@ -60,8 +62,7 @@ def test_split_from_config_mapping() -> None:
     fractions=st.lists(st.floats(0.0, 1.0), min_size=2, max_size=4).filter(lambda f: sum(f) > 0),
     seed=st.integers(0, 2**16),
 )
-def test_no_patient_in_two_subsets(patients: list[int], fractions: list[float],
-                                   seed: int) -> None:
+def test_no_patient_in_two_subsets(patients: list[int], fractions: list[float], seed: int) -> None:
     ids = [f"pat{p}" for p in patients]
     names = [f"s{i}" for i in range(len(fractions))]
     split = split_by_patient(ids, fractions, seed=seed, names=names)

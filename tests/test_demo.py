@@ -10,8 +10,15 @@ from edue.cli import main
 def test_quick_demo_writes_the_whole_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--ablations"]) == 0
-    for method in ("edue", "layer_ensembles", "mc_dropout", "plain", "deep_ensemble",
-                   "edue_no_guidance", "edue_no_sampling"):
+    for method in (
+        "edue",
+        "layer_ensembles",
+        "mc_dropout",
+        "plain",
+        "deep_ensemble",
+        "edue_no_guidance",
+        "edue_no_sampling",
+    ):
         metrics = json.loads((out / method / "eval" / "metrics.json").read_text())
         assert metrics["label"] == method
     ensemble = json.loads((out / "deep_ensemble" / "eval" / "metrics.json").read_text())

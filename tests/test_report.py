@@ -23,18 +23,36 @@ from edue.report.tables import Cell, latex_escape, main_table, mark_best
 
 # Headline numbers per method: {metric: (disc, cup)}.
 HEADLINE: dict[str, dict[str, tuple[float, float]]] = {
-    "edue": {"soft_dice/{s}/mean": (0.970, 0.875), "nll/{s}/mean": (0.10, 0.20),
-             "image_spearman/{s}": (0.71, 0.67), "image_pearson/{s}": (0.70, 0.60),
-             "pixel_ncc/{s}/mean": (0.77, 0.70), "ged/{s}/mean": (0.30, 0.40),
-             "ece_soft_vote/{s}": (0.010, 0.020), "qc_d_auc/{s}": (0.020, 0.030)},
-    "deep_ensemble": {"soft_dice/{s}/mean": (0.968, 0.880), "nll/{s}/mean": (0.12, 0.19),
-                      "image_spearman/{s}": (0.47, 0.35), "image_pearson/{s}": (0.50, 0.40),
-                      "pixel_ncc/{s}/mean": (0.64, 0.72), "ged/{s}/mean": (0.35, 0.38),
-                      "ece_soft_vote/{s}": (0.015, 0.018), "qc_d_auc/{s}": (0.040, 0.020)},
-    "plain": {"soft_dice/{s}/mean": (0.971, 0.870), "nll/{s}/mean": (0.11, 0.21),
-              "image_spearman/{s}": (0.60, 0.70), "image_pearson/{s}": (0.55, 0.65),
-              "pixel_ncc/{s}/mean": (0.70, 0.60), "ged/{s}/mean": (0.45, 0.50),
-              "ece_soft_vote/{s}": (0.012, 0.025), "qc_d_auc/{s}": (0.030, 0.040)},
+    "edue": {
+        "soft_dice/{s}/mean": (0.970, 0.875),
+        "nll/{s}/mean": (0.10, 0.20),
+        "image_spearman/{s}": (0.71, 0.67),
+        "image_pearson/{s}": (0.70, 0.60),
+        "pixel_ncc/{s}/mean": (0.77, 0.70),
+        "ged/{s}/mean": (0.30, 0.40),
+        "ece_soft_vote/{s}": (0.010, 0.020),
+        "qc_d_auc/{s}": (0.020, 0.030),
+    },
+    "deep_ensemble": {
+        "soft_dice/{s}/mean": (0.968, 0.880),
+        "nll/{s}/mean": (0.12, 0.19),
+        "image_spearman/{s}": (0.47, 0.35),
+        "image_pearson/{s}": (0.50, 0.40),
+        "pixel_ncc/{s}/mean": (0.64, 0.72),
+        "ged/{s}/mean": (0.35, 0.38),
+        "ece_soft_vote/{s}": (0.015, 0.018),
+        "qc_d_auc/{s}": (0.040, 0.020),
+    },
+    "plain": {
+        "soft_dice/{s}/mean": (0.971, 0.870),
+        "nll/{s}/mean": (0.11, 0.21),
+        "image_spearman/{s}": (0.60, 0.70),
+        "image_pearson/{s}": (0.55, 0.65),
+        "pixel_ncc/{s}/mean": (0.70, 0.60),
+        "ged/{s}/mean": (0.45, 0.50),
+        "ece_soft_vote/{s}": (0.012, 0.025),
+        "qc_d_auc/{s}": (0.030, 0.040),
+    },
 }
 COST = {"edue": (4, 1000, 0.002), "deep_ensemble": (5, 5000, 0.010), "plain": (1, 1000, 0.0018)}
 
@@ -54,8 +72,9 @@ def _metrics(method: str, structures: tuple[str, ...], rng: np.random.Generator)
     return out
 
 
-def _per_case(folder: Path, method: str, structures: tuple[str, ...], n: int,
-              rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _per_case(
+    folder: Path, method: str, structures: tuple[str, ...], n: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     columns: dict[str, np.ndarray] = {}
     for s in structures:
         expert = rng.uniform(5, 50, n)
@@ -73,14 +92,27 @@ def _per_case(folder: Path, method: str, structures: tuple[str, ...], n: int,
 def _curves(columns: dict[str, np.ndarray], structures: tuple[str, ...]) -> dict[str, Any]:
     edges = np.linspace(0, 1, 6)
     centres = (edges[:-1] + edges[1:]) / 2
-    reliability = {s: {"bin_edges": edges.tolist(), "mean_predicted": centres.tolist(),
-                       "observed_frequency": (centres * 0.9).tolist(), "counts": [10.0] * 5}
-                   for s in structures}
-    qc = {s: {k: np.asarray(v).tolist() if isinstance(v, np.ndarray) else v
-              for k, v in qc_curve(columns[f"model_sv/{s}"], columns[f"soft_dice/{s}"],
-                                   0.9).items()} for s in structures}
-    return {"qc": qc, "reliability_soft_vote": reliability,
-            "reliability_rater_probability": reliability}
+    reliability = {
+        s: {
+            "bin_edges": edges.tolist(),
+            "mean_predicted": centres.tolist(),
+            "observed_frequency": (centres * 0.9).tolist(),
+            "counts": [10.0] * 5,
+        }
+        for s in structures
+    }
+    qc = {
+        s: {
+            k: np.asarray(v).tolist() if isinstance(v, np.ndarray) else v
+            for k, v in qc_curve(columns[f"model_sv/{s}"], columns[f"soft_dice/{s}"], 0.9).items()
+        }
+        for s in structures
+    }
+    return {
+        "qc": qc,
+        "reliability_soft_vote": reliability,
+        "reliability_rater_probability": reliability,
+    }
 
 
 def _ood(n: int, k: int, n_members: int, rng: np.random.Generator) -> dict[str, Any]:
@@ -92,8 +124,11 @@ def _ood(n: int, k: int, n_members: int, rng: np.random.Generator) -> dict[str, 
             if n_members < 2:
                 agreement[:] = np.nan
             sv = rng.uniform(5, 10, (n, k)) + 5 * flags[:, None]
-            entry: dict[str, Any] = {"is_distorted": flags.tolist(),
-                                     "agreement_variance": agreement.tolist(), "sv": sv.tolist()}
+            entry: dict[str, Any] = {
+                "is_distorted": flags.tolist(),
+                "agreement_variance": agreement.tolist(),
+                "sv": sv.tolist(),
+            }
             if fraction == 0.5:
                 entry["auroc_agreement"] = [0.5 if n_members < 2 else 0.9] * k
                 entry["auroc_sv"] = [0.8] * k
@@ -101,16 +136,31 @@ def _ood(n: int, k: int, n_members: int, rng: np.random.Generator) -> dict[str, 
     return {"kinds": ["noise"], "fractions": [0.0, 0.5, 1.0], "results": results}
 
 
-def _samples(folder: Path, structures: tuple[str, ...], n_members: int,
-             rng: np.random.Generator, spatial: tuple[int, ...] = (16, 16)) -> None:
+def _samples(
+    folder: Path,
+    structures: tuple[str, ...],
+    n_members: int,
+    rng: np.random.Generator,
+    spatial: tuple[int, ...] = (16, 16),
+) -> None:
     arrays: dict[str, np.ndarray] = {}
     grid = np.indices(spatial).astype(np.float32)
     radius = np.sqrt(sum((g - n / 2) ** 2 for g, n in zip(grid, spatial, strict=True)))
     for i in range(2):
-        masks = np.stack([np.stack([(radius < 6 - 2 * k + r).astype(np.uint8)
-                                    for k in range(len(structures))]) for r in range(3)])
-        members = np.clip(masks[np.arange(n_members) % 3].astype(np.float32)
-                          + rng.normal(0, 0.1, (n_members, *masks.shape[1:])), 0, 1)
+        masks = np.stack(
+            [
+                np.stack(
+                    [(radius < 6 - 2 * k + r).astype(np.uint8) for k in range(len(structures))]
+                )
+                for r in range(3)
+            ]
+        )
+        members = np.clip(
+            masks[np.arange(n_members) % 3].astype(np.float32)
+            + rng.normal(0, 0.1, (n_members, *masks.shape[1:])),
+            0,
+            1,
+        )
         arrays[f"{i}/image"] = rng.random((3, *spatial)).astype(np.float32)
         arrays[f"{i}/masks"] = masks
         arrays[f"{i}/members"] = members.astype(np.float16)
@@ -119,17 +169,30 @@ def _samples(folder: Path, structures: tuple[str, ...], n_members: int,
     np.savez_compressed(folder / "samples.npz", **arrays)
 
 
-def write_eval_folder(root: Path, method: str, structures: tuple[str, ...] = ("disc", "cup"),
-                      ood: bool = True, samples: bool = True, seed: int = 0,
-                      spatial: tuple[int, ...] = (16, 16)) -> Path:
+def write_eval_folder(
+    root: Path,
+    method: str,
+    structures: tuple[str, ...] = ("disc", "cup"),
+    ood: bool = True,
+    samples: bool = True,
+    seed: int = 0,
+    spatial: tuple[int, ...] = (16, 16),
+) -> Path:
     """A fake ``edue evaluate`` folder with the :data:`HEADLINE` numbers of ``method``."""
     rng = np.random.default_rng(seed)
     folder = root / method / "eval"
     folder.mkdir(parents=True)
     n_members, parameters, seconds = COST[method]
-    info = {"method": method, "label": method, "n_members": n_members, "parameters": parameters,
-            "seconds_per_image": seconds, "structures": list(structures), "device": "cpu",
-            "metrics": _metrics(method, structures, rng)}
+    info = {
+        "method": method,
+        "label": method,
+        "n_members": n_members,
+        "parameters": parameters,
+        "seconds_per_image": seconds,
+        "structures": list(structures),
+        "device": "cpu",
+        "metrics": _metrics(method, structures, rng),
+    }
     (folder / "metrics.json").write_text(json.dumps(info))
     columns = _per_case(folder, method, structures, 12, rng)
     (folder / "curves.json").write_text(json.dumps(_curves(columns, structures)))
@@ -144,8 +207,9 @@ def write_eval_folder(root: Path, method: str, structures: tuple[str, ...] = ("d
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     """One comparison of EDUE, the Deep Ensemble and the plain U-Net (shared by the tests)."""
     root = tmp_path_factory.mktemp("runs")
-    runs = [write_eval_folder(root, m, seed=i)
-            for i, m in enumerate(("edue", "deep_ensemble", "plain"))]
+    runs = [
+        write_eval_folder(root, m, seed=i) for i, m in enumerate(("edue", "deep_ensemble", "plain"))
+    ]
     out = root / "report"
     html = compare_runs([str(r) for r in runs], out)
     return html, runs
@@ -221,18 +285,30 @@ def test_report_html_is_self_contained_and_complete(report: tuple[Path, list[Pat
     assert text.count('src="data:image/png;base64,') == 6  # every figure embedded
     for label in ("EDUE", "Deep Ensemble", "U-Net"):
         assert label in text
-    assert text.index("<h2>Claims</h2>") < text.index("<h2>Tables</h2>") < text.index(
-        "<h2>Figures</h2>") < text.index("<h2>Provenance</h2>")
+    assert (
+        text.index("<h2>Claims</h2>")
+        < text.index("<h2>Tables</h2>")
+        < text.index("<h2>Figures</h2>")
+        < text.index("<h2>Provenance</h2>")
+    )
     assert str(runs[0].resolve()) in text and "5,000" in text
     assert "Notes" not in text  # nothing was skipped or failed
     figures = sorted(p.name for p in (html_path.parent / "figures").iterdir())
-    assert figures == ["ood_agreement.png", "ood_sv.png", "qc_curves.png", "reliability.png",
-                       "samples.png", "sv_scatter.png"]
+    assert figures == [
+        "ood_agreement.png",
+        "ood_sv.png",
+        "qc_curves.png",
+        "reliability.png",
+        "samples.png",
+        "sv_scatter.png",
+    ]
 
 
 def test_missing_ood_and_samples_are_tolerated(tmp_path: Path) -> None:
-    runs = [write_eval_folder(tmp_path, "edue", ood=False, samples=True, seed=1),
-            write_eval_folder(tmp_path, "plain", ood=False, samples=False, seed=2)]
+    runs = [
+        write_eval_folder(tmp_path, "edue", ood=False, samples=True, seed=1),
+        write_eval_folder(tmp_path, "plain", ood=False, samples=False, seed=2),
+    ]
     html_path = compare_runs([str(r) for r in runs], tmp_path / "out")
     text = html_path.read_text(encoding="utf-8")
     assert "no ood.json" in text and "U-Net: no samples.npz" in text
@@ -246,8 +322,9 @@ def test_missing_ood_and_samples_are_tolerated(tmp_path: Path) -> None:
 
 
 def test_three_dimensional_samples_and_one_structure(tmp_path: Path) -> None:
-    run = write_eval_folder(tmp_path, "edue", structures=("tumour",), ood=False,
-                            spatial=(6, 12, 12))
+    run = write_eval_folder(
+        tmp_path, "edue", structures=("tumour",), ood=False, spatial=(6, 12, 12)
+    )
     html_path = compare_runs([str(run)], tmp_path / "out")
     assert (tmp_path / "out" / "figures" / "samples.png").stat().st_size > 1000
     text = html_path.read_text(encoding="utf-8")
@@ -260,8 +337,9 @@ def test_three_dimensional_samples_and_one_structure(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"method": "edue"}), None])
-def test_bad_metrics_json_raises_edue_error_naming_the_folder(tmp_path: Path,
-                                                             content: str | None) -> None:
+def test_bad_metrics_json_raises_edue_error_naming_the_folder(
+    tmp_path: Path, content: str | None
+) -> None:
     folder = tmp_path / "broken"
     folder.mkdir()
     if content is not None:
@@ -299,8 +377,12 @@ def test_claims_without_edue_are_skipped(tmp_path: Path) -> None:
     from edue.report.claims import compute_claims
     from edue.report.runs import load_runs
 
-    runs = load_runs([write_eval_folder(tmp_path, m, ood=False, samples=False)
-                      for m in ("deep_ensemble", "plain")])
+    runs = load_runs(
+        [
+            write_eval_folder(tmp_path, m, ood=False, samples=False)
+            for m in ("deep_ensemble", "plain")
+        ]
+    )
     claims = compute_claims(runs, ("disc", "cup"))
     assert claims["edue"] is None and claims["vs_deep_ensemble"] is None
     assert claims["skipped"] == ["no EDUE run among the compared folders: no claims to check"]
