@@ -111,7 +111,10 @@ class TrainConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
         amp: mixed precision: ``none``, ``auto``, ``bf16`` or ``fp16``.
         channels_last: channels-last memory format (2D).
-        compile: ``torch.compile`` the network.
+        compile: ``torch.compile`` the network (training steps; validation too).
+        compile_backend: ``torch.compile`` backend: ``inductor`` (generated kernels; a C++
+            compiler on the CPU, Triton on GPUs) or ``aot_eager`` (traced graph, eager
+            kernels: checks that a model compiles, no speed-up).
         deterministic: deterministic algorithms (bitwise-reproducible resumes).
         threads: CPU threads (0 = torch's default).
         checkpoint_every: also checkpoint every N steps within an epoch (0 = per epoch only).
@@ -126,6 +129,7 @@ class TrainConfig:
     amp: str = "none"
     channels_last: bool = False
     compile: bool = False
+    compile_backend: str = "inductor"
     deterministic: bool = False
     threads: int = 0
     checkpoint_every: int = 0
@@ -176,6 +180,11 @@ class Config:
             "cuda:"
         ):
             raise ConfigError(f"train.device '{self.train.device}' (auto, cpu or cuda)")
+        if self.train.compile_backend not in ("inductor", "aot_eager", "eager"):
+            raise ConfigError(
+                f"train.compile_backend '{self.train.compile_backend}' "
+                "(inductor, aot_eager or eager)"
+            )
         if self.train.amp not in ("none", "auto", "bf16", "fp16"):
             raise ConfigError(f"train.amp '{self.train.amp}' (none, auto, bf16 or fp16)")
         if self.method.ensemble_size < 1 or self.method.mc_samples < 1:

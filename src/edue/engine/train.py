@@ -121,7 +121,9 @@ class Trainer:
                 self.method, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
             )
         if cfg.train.compile:
-            self.model = torch.compile(self.model)  # type: ignore[assignment]
+            self.model = torch.compile(  # type: ignore[assignment]
+                self.model, backend=cfg.train.compile_backend
+            )
         self.optimizer = torch.optim.Adam(
             self.method.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
