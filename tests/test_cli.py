@@ -114,3 +114,19 @@ def test_data_synth_then_train_on_folder(tmp_path, capsys):
 def test_bad_override_is_one_line(capsys):
     assert main(["train", "train.nope=1"]) == 2
     assert "unknown key(s) ['nope']" in capsys.readouterr().err
+
+
+def test_evaluate_poor_threshold_sets_quality_control(tiny_run, tmp_path, capsys):
+    # a threshold of 1.0 makes every image poor (nothing to rank: no d-AUC), 0.0 none
+    out = tmp_path / "eval"
+    args = ["evaluate", str(tiny_run), "--out", str(out), "--device", "cpu"]
+    assert main([*args, "--poor-threshold", "disc=1.0", "--poor-threshold", "CUP=0.0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    n = metrics["n_cases"]
+    assert metrics["qc_threshold/disc"] == 1.0 and metrics["qc_n_poor/disc"] == n
+    assert metrics["qc_threshold/cup"] == 0.0 and metrics["qc_n_poor/cup"] == 0
+    assert metrics["qc_d_auc/disc"] is None or np.isnan(metrics["qc_d_auc/disc"])
+    capsys.readouterr()
+    assert main([*args, "--poor-threshold", "disc"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "STRUCTURE=DICE" in err[0]

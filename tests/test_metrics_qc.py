@@ -42,11 +42,19 @@ def test_perfect_ranking_has_zero_d_auc_and_reversed_is_worse() -> None:
     assert perfect["ideal_auc"] == pytest.approx(share**2 / 2)
 
 
-def test_no_poor_images_gives_zero_curves() -> None:
+def test_no_poor_images_gives_zero_curves_and_no_d_auc() -> None:
     result = qc_curve([0.3, 0.1, 0.2], [0.99, 0.98, 0.995], poor_threshold=0.97)
     for key in ("fraction_poor_remaining", "ideal", "random"):
         assert not np.any(result[key])
-    assert result["auc"] == result["ideal_auc"] == result["d_auc"] == 0.0
+    assert result["auc"] == result["ideal_auc"] == 0.0
+    assert np.isnan(result["d_auc"])  # nothing to rank: not a perfect score
+
+
+def test_only_poor_images_has_no_d_auc() -> None:
+    result = qc_curve([0.3, 0.1, 0.2], [0.5, 0.6, 0.4], poor_threshold=0.97)
+    assert result["n_poor"] == 3
+    assert result["auc"] == pytest.approx(result["ideal_auc"])  # every ranking is ideal
+    assert np.isnan(result["d_auc"])
 
 
 def test_ties_are_ranked_fairly_and_input_order_does_not_matter() -> None:

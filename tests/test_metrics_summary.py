@@ -136,7 +136,18 @@ def test_accumulator_aggregates_rows_calibration_and_qc(tmp_path) -> None:
     assert summary["image_spearman/disc"] == pytest.approx(corr["spearman"])
     assert summary["image_spearman/disc/ci_low"] == pytest.approx(corr["spearman_ci"][0])
     qc = qc_curve(acc.column("model_sv/cup"), soft, 0.85)
-    assert summary["qc_d_auc/cup"] == pytest.approx(qc["d_auc"])
+    assert summary["qc_n_poor/cup"] == qc["n_poor"]
+    if 0 < qc["n_poor"] < 8:
+        assert summary["qc_d_auc/cup"] == pytest.approx(qc["d_auc"])
+    else:  # nothing to rank
+        assert math.isnan(summary["qc_d_auc/cup"]) and math.isnan(qc["d_auc"])
+    middle = float(np.median(soft))  # half the images poor: d-AUC defined
+    split = EvaluationAccumulator(hausdorff=False, n_boot=10, poor_thresholds={"cup": middle})
+    for prediction, case in zip(predictions, cases, strict=True):
+        split.update(prediction, case)
+    qc = qc_curve(acc.column("model_sv/cup"), soft, middle)
+    assert 0 < qc["n_poor"] < 8
+    assert split.aggregate()["qc_d_auc/cup"] == pytest.approx(qc["d_auc"])
     assert summary["qc_threshold/disc"] == 0.97
 
     means = torch.cat([p.mean for p in predictions], 1)

@@ -46,6 +46,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="subset of the run's split (default test)")
     p.add_argument("--all", action="store_true", help="evaluate every case of --data")
     p.add_argument("--ood", action="store_true", help="also run the distortion study")
+    p.add_argument(
+        "--poor-threshold",
+        action="append",
+        default=[],
+        metavar="STRUCTURE=DICE",
+        help="quality control: a segmentation of STRUCTURE is poor below this soft Dice "
+        "(repeatable; defaults: disc 0.97, cup 0.85, GTVp 0.8, GTVn 0.6, others 0.8)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_evaluate)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from edue.engine.infer import Predictor
 from edue.io import atomic_path, write_json, write_npz
 from edue.metrics import EvaluationAccumulator
 from edue.metrics.ood import distort_dataset, pairwise_dice_variance, separation_auroc
+from edue.metrics.qc import DEFAULT_POOR_THRESHOLDS
 from edue.prediction import Prediction
 
 OOD_KINDS = ("noise", "blur", "hue")
@@ -106,11 +107,17 @@ def evaluate_predictor(
     seed: int = 0,
     hausdorff: bool = True,
     extra: dict[str, Any] | None = None,
+    poor_thresholds: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate on ``cases`` and write every output; returns ``metrics.json``'s content."""
+    """Evaluate on ``cases`` and write every output; returns ``metrics.json``'s content.
+
+    ``poor_thresholds`` (structure -> soft Dice) override the quality-control defaults
+    of :data:`edue.metrics.qc.DEFAULT_POOR_THRESHOLDS` for the structures they name.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    acc = EvaluationAccumulator(hausdorff=hausdorff, seed=seed)
+    thresholds = {**DEFAULT_POOR_THRESHOLDS, **(poor_thresholds or {})}
+    acc = EvaluationAccumulator(hausdorff=hausdorff, seed=seed, poor_thresholds=thresholds)
     sample_cases: list[MultiRaterCase] = []
     sample_preds: list[Prediction] = []
     started = time.perf_counter()
@@ -179,9 +186,33 @@ def evaluate_command(args: argparse.Namespace) -> int:
         args.out,
         ood=args.ood,
         extra={"checkpoint": str(args.checkpoint), "split": args.split},
+        poor_thresholds=parse_poor_thresholds(args.poor_threshold),
     )
     _print_summary(result)
     return 0
+
+
+def parse_poor_thresholds(items: Sequence[str]) -> dict[str, float]:
+    """``["GTVp=0.7", ...]`` -> ``{"GTVp": 0.7}``.
+
+    Raises:
+        ConfigError: an item is not ``NAME=NUMBER`` with the number in [0, 1].
+    """
+    from edue.errors import ConfigError
+
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not sep or not name.strip() or not 0.0 <= number <= 1.0:
+            raise ConfigError(
+                f"--poor-threshold '{item}': expected STRUCTURE=DICE with DICE in [0, 1]"
+            )
+        out[name.strip()] = number
+    return out
 
 
 def _print_summary(result: dict[str, Any]) -> None:

@@ -19,6 +19,10 @@ number of test images), so y starts at the share of poor images ``P / N`` and is
 Tied scores are ranked fairly: within a block of equal scores, the poor images are
 assumed to be removed at a uniform rate (the expectation over random tie-breaking), so
 the result does not depend on the order of the input.
+
+When no image is poor, or every image is, any ranking is ideal: the curves are still
+returned but ``d_auc`` is ``nan`` (nothing to rank), so a report shows "n/a" rather
+than a perfect 0 that says nothing about the score.
 """
 
 from __future__ import annotations
@@ -31,8 +35,12 @@ from scipy.integrate import trapezoid
 
 from edue.metrics._utils import as_array_1d
 
-#: Dice below which a segmentation is "poor" (the authors' RIGA values).
-DEFAULT_POOR_THRESHOLDS: Mapping[str, float] = MappingProxyType({"disc": 0.97, "cup": 0.85})
+#: Soft Dice below which a segmentation is "poor": the authors' RIGA values for disc and
+#: cup; for head-and-neck tumours (GTVp, GTVn) the project's choice, near the best
+#: HECKTOR challenge scores, so that "poor" means "needs a radiation oncologist's look".
+DEFAULT_POOR_THRESHOLDS: Mapping[str, float] = MappingProxyType(
+    {"disc": 0.97, "cup": 0.85, "GTVp": 0.8, "GTVn": 0.6}
+)
 #: Used for structures not in :data:`DEFAULT_POOR_THRESHOLDS`.
 FALLBACK_POOR_THRESHOLD = 0.8
 
@@ -74,7 +82,8 @@ def qc_curve(
         ``fraction_flagged``, ``fraction_poor_remaining``, ``ideal``, ``random``
         (arrays ``[N + 1]``), ``auc``, ``ideal_auc``, ``random_auc``, ``d_auc`` (floats),
         ``n_poor`` and ``n`` (ints). Images with a non-finite score or Dice are dropped.
-        With no poor image every curve is 0 and ``d_auc`` is 0.
+        With no poor image every curve is 0; with no poor image or only poor images
+        ``d_auc`` is ``nan`` (every ranking is ideal).
 
     Raises:
         ValueError: if no image is left.
@@ -103,7 +112,7 @@ def qc_curve(
         "auc": auc,
         "ideal_auc": ideal_auc,
         "random_auc": float(trapezoid(random, x)),
-        "d_auc": max(auc - ideal_auc, 0.0),
+        "d_auc": max(auc - ideal_auc, 0.0) if 0 < n_poor < n else float("nan"),
         "n_poor": n_poor,
         "n": n,
     }

@@ -249,7 +249,7 @@ def qc_curves_figure(
                 curve["fraction_poor_remaining"],
                 color=c,
                 lw=1.8,
-                label=f"{run.label} (d-AUC {float(curve['d_auc']):.3f})",
+                label=f"{run.label} (d-AUC {_d_auc_text(curve)})",
             )
             ax.plot(x, curve["ideal"], color=c, ls="--", lw=1, alpha=0.7)
             ax.plot(x, curve["random"], color=c, ls=":", lw=1, alpha=0.6)
@@ -444,3 +444,11 @@ def sv_scatter_figure(
             ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path, tight=False)
+
+
+def _d_auc_text(curve: Mapping[str, object]) -> str:
+    """d-AUC for a legend; "n/a" when no image or every image is poor."""
+    value = float(curve.get("d_auc", float("nan")))  # type: ignore[arg-type]
+    if value != value:
+        return f"n/a, {curve.get('n_poor', '?')}/{curve.get('n', '?')} poor"
+    return f"{value:.3f}"

@@ -245,8 +245,16 @@ def qc_ood_table(runs: Sequence[RunResult]) -> Table:
         for i in range(start, len(table.headers)):
             mark_best(table.column(i), True, 2)
         table.groups.append((f"{kind} @ 50 %: AUROC", len(table.headers) - start))
+    thresholds = []
+    for s in structures:
+        values = {run.value(f"qc_threshold/{s}") for run in runs}
+        values = {v for v in values if math.isfinite(v)}
+        if len(values) == 1:
+            thresholds.append(f"{s} {values.pop():.2f}")
+    poor = f" (poor: soft Dice below {', '.join(thresholds)})" if thresholds else ""
     table.note = (
-        "d-AUC: area between the QC curve and its ideal; AUROC: how well the "
+        f"d-AUC: area between the QC curve and its ideal{poor}; {MISSING}: no image or "
+        "every image poor, nothing to rank; AUROC: how well the "
         "per-image agreement variance or SV separates distorted from clean images "
         "when half of them are distorted (n/a: a single member has no agreement)."
     )
