@@ -25,6 +25,7 @@ import bench_evaluate  # noqa: E402
 import bench_inference  # noqa: E402
 import bench_loader  # noqa: E402
 import bench_training  # noqa: E402
+import bench_volume  # noqa: E402
 
 LATEST_BEGIN, LATEST_END = "<!-- LATEST-RUN:BEGIN -->", "<!-- LATEST-RUN:END -->"
 PREVIOUS_BEGIN, PREVIOUS_END = "<!-- PREVIOUS-RUN:BEGIN -->", "<!-- PREVIOUS-RUN:END -->"
@@ -107,6 +108,7 @@ def plan(quick: bool, threads: int) -> list[tuple[str, str, Callable[[], dict[st
         ),
         ("loader", "loader", lambda: bench_loader.run(quick=quick, threads=threads)),
         ("evaluate", "evaluate", lambda: bench_evaluate.run(quick=quick, threads=threads)),
+        ("volume", "volume", lambda: bench_volume.run(quick=quick, threads=threads)),
     ]
     if C.cuda_name():
         steps += [
@@ -272,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         nargs="+",
         metavar="NAME",
-        help="benchmarks to run: inference, training, loader, evaluate, gpu "
+        help="benchmarks to run: inference, training, loader, evaluate, volume, gpu "
         "(or a key such as inference_128)",
     )
     parser.add_argument("--out", default=str(C.REPO / "BENCHMARKS.md"), help="Markdown file")
