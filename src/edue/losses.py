@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from edue.data.case import random_rater
+from edue.variance import leading_variance
 
 _RMSE_EPS = 1e-8
 
@@ -34,7 +35,7 @@ def head_variance(logits: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[B, K, *sp]``.
     """
-    return torch.sigmoid(logits.float()).var(0, unbiased=True)
+    return leading_variance(torch.sigmoid(logits.float()))
 
 
 def guidance_rmse(head_var: torch.Tensor, expert_var: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from edue.variance import leading_variance
+
 _EPS = 1e-7
 
 
@@ -77,7 +79,7 @@ class Prediction:
         """
         if self.n_members < 2:
             return torch.zeros_like(self.mean)
-        return self._cached("variance", lambda: self.members.var(0, unbiased=True))
+        return self._cached("variance", lambda: leading_variance(self.members))
 
     @property
     def entropy(self) -> torch.Tensor:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from edue.errors import DataError
+from edue.variance import leading_variance
 
 
 @dataclass
@@ -133,7 +134,7 @@ def expert_variance(masks: torch.Tensor) -> torch.Tensor:
     """
     if masks.shape[0] < 2:
         return torch.zeros(masks.shape[1:], dtype=torch.float32)
-    return masks.float().var(0, unbiased=True)
+    return leading_variance(masks.float())
 
 
 def expert_sv(masks: torch.Tensor) -> torch.Tensor:
