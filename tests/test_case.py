@@ -71,3 +71,14 @@ def test_validate_rejects_bad_cases(image, masks, message):
     case = MultiRaterCase(image=image, masks=masks, case_id="bad", structures=("a", "b"))
     with pytest.raises(DataError, match=message):
         case.validate("some/file.png")
+
+
+@pytest.mark.parametrize("dtype", [np.bool_, np.uint8, np.int16, np.float32])
+def test_distinct_values_equals_unique(dtype):
+    from edue.data.case import distinct_values
+
+    rng = np.random.default_rng(0)
+    for values in ([0, 1], [0, 1, 7], [1], [0, 255]):
+        a = rng.choice(values, size=(3, 5, 6)).astype(dtype)
+        np.testing.assert_array_equal(distinct_values(a), np.unique(a))
+        assert distinct_values(a).dtype == a.dtype

@@ -71,3 +71,16 @@ def test_truncated_png_is_a_clear_error(tmp_path):
 def test_missing_dataset_json(tmp_path):
     with pytest.raises(DataError, match="dataset.json not found"):
         FolderSource(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
+def test_decode_labels_matches_isin_for_every_dtype(dtype):
+    rng = np.random.default_rng(3)
+    label_map = rng.choice([0, 1, 2, 3, 200], size=(2, 17, 9)).astype(dtype)
+    labels = {"a": [1, 3, 200], "b": [2], "c": [3, 2]}
+    masks = decode_labels(label_map, labels, ("a", "b", "c"), "x")
+    assert masks.dtype == np.uint8 and masks.shape == (3, 2, 17, 9)
+    for k, name in enumerate(("a", "b", "c")):
+        np.testing.assert_array_equal(masks[k], np.isin(label_map, labels[name]))
+    with pytest.raises(DataError, match=r"values \[200\]"):
+        decode_labels(label_map, {"a": [1, 3], "b": [2]}, ("a", "b"), "x")

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from edue.data.case import MultiRaterCase
+from edue.data.case import MultiRaterCase, distinct_values
 from edue.data.source import CaseSource
 from edue.errors import DataError
 from edue.io import (
@@ -63,14 +63,25 @@ def decode_labels(
         DataError: values outside ``{0} ∪ labels`` (named with the file).
     """
     allowed = {0} | {int(v) for s in structures for v in labels[s]}
-    found = set(np.unique(label_map).tolist())
+    found = set(distinct_values(label_map).tolist())
     if not found <= allowed:
         raise DataError(
             f"mask has values {sorted(found - allowed)[:8]} but dataset.json allows only "
             f"{sorted(allowed)}",
             where,
         )
-    return np.stack([np.isin(label_map, labels[s]) for s in structures]).astype(np.uint8)
+    masks = np.empty((len(structures), *label_map.shape), np.uint8)
+    for k, name in enumerate(structures):
+        values = labels[name]
+        if len(values) == 1:
+            masks[k] = label_map == values[0]
+        elif label_map.dtype == np.uint8:  # a lookup table: one pass, no sorting
+            table = np.zeros(256, np.uint8)
+            table[[v for v in values if 0 <= v < 256]] = 1
+            masks[k] = table[label_map]
+        else:
+            masks[k] = np.isin(label_map, values)
+    return masks
 
 
 class FolderSource(CaseSource):
