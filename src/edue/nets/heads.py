@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edue.nets.unet import conv_nd
+from edue.nets.pointwise import pointwise_conv
 
 
 class MultiHeadNet(nn.Module):
@@ -51,8 +51,7 @@ class MultiHeadNet(nn.Module):
         for name in self.block_names:
             modules[name].register_forward_hook(self._keeper(name))
         widths = self._probe_widths(spatial_dims, in_channels)
-        conv = conv_nd(spatial_dims)
-        self.heads = nn.ModuleList(conv(w, out_channels, 1) for w in widths)
+        self.heads = nn.ModuleList(pointwise_conv(spatial_dims, w, out_channels) for w in widths)
         self.mode = "bilinear" if spatial_dims == 2 else "trilinear"
 
     def _keeper(self, name: str):  # type: ignore[no-untyped-def]

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from edue.nets.pointwise import pointwise_conv
+
 
 def conv_nd(spatial_dims: int) -> type[nn.Module]:
     """``nn.Conv2d`` or ``nn.Conv3d``."""
@@ -131,7 +133,7 @@ class UNet(nn.Module):
             for i in reversed(range(len(self.channels) - 1))
         )
         self.out = (
-            conv_nd(spatial_dims)(self.channels[0], out_channels, 1) if out_channels else None
+            pointwise_conv(spatial_dims, self.channels[0], out_channels) if out_channels else None
         )
 
     @property
