@@ -10,13 +10,8 @@ import tifffile
 from PIL import Image
 
 from edue.data.folder import FolderSource
-from edue.data.riga import (
-    RigaDiscRegionSource,
-    RigaPlusSource,
-    decode_disc_cup,
-    extract_riga,
-    run_riga_extract_command,
-)
+from edue.data.riga import RigaDiscRegionSource, RigaPlusSource, decode_disc_cup
+from edue.data.riga_extract import extract_riga, run_riga_extract_command
 from edue.data.source import open_source
 from edue.data.splits import preset_split
 from edue.errors import ConfigError, DataError

@@ -209,7 +209,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_riga_extract(args: argparse.Namespace) -> int:
-    from edue.data.riga import run_riga_extract_command
+    from edue.data.riga_extract import run_riga_extract_command
 
     return run_riga_extract_command(args.src, args.out)
 

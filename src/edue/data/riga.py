@@ -6,8 +6,8 @@
   ``Rater{n}``. Greyscale masks: 0 background, a rim level (128 or 150), 255 cup.
 * ``riga-plus``: RIGA+ CSVs ``<site>[_BaseN]_<subset>.csv`` with header ``image,mask``;
   rater k's file is the mask path with ``.tif`` → ``-k.tif``; 255 disc rim, 128 cup.
-* the original release has no masks: :func:`extract_riga` recovers them from the
-  annotated copies and writes the project's folder format (``edue data riga-extract``).
+* the original release has no masks: :func:`edue.data.riga_extract.extract_riga`
+  recovers them from the annotated copies (``edue data riga-extract``).
 
 The cup is the level nested inside the disc; ``encoding: auto`` finds it per mask from
 that nesting, ``discregion``/``rigaplus`` force a convention. Disc = any non-zero value.
@@ -19,9 +19,7 @@ the patient id, so no split can put two images of one person on both sides.
 from __future__ import annotations
 
 import csv
-import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -382,188 +380,3 @@ class RigaPlusSource(_RigaCsvSource):
         if missing:
             raise DataError(f"missing rater file {stem}-{missing[0]}{suffix}", folder)
         return {f"rater{k}": found[k] for k in sorted(found)}
-
-
-# --------------------------------------------------------------------------- original release
-_SUFFIX = r"\.(tif|tiff|jpg|jpeg|png|bmp)$"
-_PRIME = re.compile(r"^image(\d+)prime" + _SUFFIX, re.IGNORECASE)
-_COPY = re.compile(r"^image(\d+)-(\d+)" + _SUFFIX, re.IGNORECASE)
-
-
-@dataclass
-class ExtractReport:
-    """What :func:`extract_riga` did: case ids written and ``(file, reason)`` rejections."""
-
-    out: Path
-    extracted: list[str] = field(default_factory=list)
-    rejected: list[tuple[str, str]] = field(default_factory=list)
-
-    def format(self) -> str:
-        """Human-readable summary, one rejected case per line."""
-        lines = [
-            f"extracted {len(self.extracted)} cases to {self.out}",
-            f"rejected {len(self.rejected)} cases",
-        ]
-        lines += [f"  {where}: {reason}" for where, reason in self.rejected]
-        return "\n".join(lines)
-
-
-def find_original_cases(src: Path) -> dict[tuple[Path, int], dict[int, Path]]:
-    """Group ``imageNprime`` (key 0) and ``imageN-k`` (key k) files by folder and N.
-
-    Lossless files win over JPEG when both exist.
-    """
-    groups: dict[tuple[Path, int], dict[int, Path]] = {}
-    for path in sorted(src.rglob("*"), key=lambda p: suffix_of(p) in LOSSY_SUFFIXES):
-        prime, copy = _PRIME.match(path.name), _COPY.match(path.name)
-        if not path.is_file() or not (prime or copy):
-            continue
-        if prime:
-            n, k = int(prime.group(1)), 0
-        elif copy:
-            n, k = int(copy.group(1)), int(copy.group(2))
-        groups.setdefault((path.parent, n), {}).setdefault(k, path)
-    return groups
-
-
-def masks_from_annotation(
-    prime: np.ndarray,
-    copy: np.ndarray,
-    lossy: bool,
-    where: Path,
-    threshold: float = 30,
-    min_component: int = 100,
-) -> np.ndarray:
-    """Recover one rater's disc and cup ``[2, H, W]`` from an annotated copy ``[3, H, W]``.
-
-    The drawn curves are where the copy differs from the clean image by more than
-    ``threshold`` (0–255 scale, max over channels); components smaller than
-    ``min_component`` pixels and curves that enclose nothing are dropped (for JPEG
-    copies the threshold is raised to half the lines' contrast and gaps are closed);
-    exactly two closed curves must remain. Filled, the larger is the disc, the smaller
-    the cup, which must lie inside the disc.
-
-    Raises:
-        DataError: not two closed curves, or the cup outside the disc.
-    """
-    from scipy import ndimage
-
-    diff = np.abs(copy - prime).max(0) * 255
-    drawn = diff > threshold
-    if lossy and drawn.any():
-        # JPEG (chroma subsampling) smears the lines over their neighbours: keep what is
-        # above half the lines' typical contrast, then close small gaps in the curves
-        drawn = diff > max(threshold, 0.5 * float(np.percentile(diff[drawn], 90)))
-        drawn = ndimage.binary_closing(drawn, np.ones((3, 3), bool), iterations=2)
-    labels, n = ndimage.label(drawn, np.ones((3, 3), bool))
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    regions = []
-    for i in np.flatnonzero(sizes >= min_component):
-        if i == 0:
-            continue
-        filled = ndimage.binary_fill_holes(labels == i)
-        if filled.sum() > 1.2 * sizes[i]:  # a closed curve encloses an area
-            regions.append(filled)
-    if len(regions) != 2:
-        raise DataError(f"found {len(regions)} closed curves, expected 2 (disc and cup)", where)
-    disc, cup = sorted(regions, key=lambda r: -int(r.sum()))
-    if (cup & ~disc).sum() > 0.01 * cup.sum():
-        raise DataError("the cup is not inside the disc", where)
-    return np.stack([disc, cup & disc]).astype(np.uint8)
-
-
-def _extract_case(
-    src: Path,
-    key: tuple[Path, int],
-    files: dict[int, Path],
-    size: int | list[int] | None,
-    **options: Any,
-) -> MultiRaterCase:
-    folder, n = key
-    if 0 not in files:
-        raise DataError(f"no image{n}prime file for the annotated copies", folder)
-    raters = sorted(k for k in files if k > 0)
-    if not raters:
-        raise DataError("no annotated copies image{n}-<k>", files[0])
-    prime = read_rgb(files[0])
-    masks = []
-    for k in raters:
-        copy = read_rgb(files[k])
-        if copy.shape != prime.shape:
-            raise DataError(
-                f"size {copy.shape[1:]} differs from the prime image {prime.shape[1:]}", files[k]
-            )
-        lossy = any(suffix_of(files[i]) in LOSSY_SUFFIXES for i in (0, k))
-        masks.append(masks_from_annotation(prime, copy, lossy, files[k], **options))
-    image, stacked = resize_case(prime, np.stack(masks), size)
-    rel = folder.relative_to(src).parts
-    site = site_of("/".join(rel)) or "unknown"
-    return MultiRaterCase(
-        image,
-        stacked,
-        safe_id("-".join((*rel, f"image{n}"))),
-        STRUCTURES,
-        patient_id=site,
-        meta={"site": site, "source": str(files[0])},
-    )
-
-
-def extract_riga(
-    src: str | Path,
-    dst: str | Path,
-    sites: list[str] | None = None,
-    size: int | list[int] | None = None,
-    threshold: float = 30,
-    min_component: int = 100,
-) -> ExtractReport:
-    """Turn the original RIGA release into the project's folder format.
-
-    Args:
-        src: the release (any nesting, letter case and image extensions).
-        dst: output folder (``edue-folder`` format; patient id = site).
-        sites: sites to extract (default all).
-        size: optional resize of the output (``int`` or ``[H, W]``).
-        threshold: curve detection threshold on the 0–255 difference.
-        min_component: smallest curve component kept (pixels).
-
-    Returns:
-        The report; it is also written to ``dst/extract_report.txt``.
-
-    Raises:
-        DataError: no ``imageNprime`` file at all under ``src``.
-    """
-    from edue.data.folder import write_folder_dataset
-    from edue.io import write_json
-
-    src, dst = Path(src), Path(dst)
-    groups = find_original_cases(src) if src.is_dir() else {}
-    if not any(0 in files for files in groups.values()):
-        raise DataError("no RIGA images (imageNprime.tif/.jpg) found", src)
-    chosen, report, entries = select_sites(sites), ExtractReport(dst), []
-    for key, files in sorted(groups.items()):
-        if (site_of(str(key[0].relative_to(src))) or "unknown") not in chosen | {"unknown"}:
-            continue
-        try:
-            case = _extract_case(
-                src, key, files, size, threshold=threshold, min_component=min_component
-            )
-        except DataError as exc:
-            report.rejected.append((exc.path or str(key[0]), exc.reason))
-            continue
-        write_folder_dataset([case], dst, name="riga")
-        entries.append({"id": case.case_id, "patient": case.patient_id})
-        report.extracted.append(case.case_id)
-    if entries:
-        spec = json.loads((dst / "dataset.json").read_text(encoding="utf-8"))
-        spec["cases"] = entries
-        write_json(dst / "dataset.json", spec)
-    dst.mkdir(parents=True, exist_ok=True)
-    (dst / "extract_report.txt").write_text(report.format() + "\n", encoding="utf-8")
-    return report
-
-
-def run_riga_extract_command(src: str, dst: str) -> int:
-    """``edue data riga-extract SRC --out DST``: print the report; 0 if any case was written."""
-    report = extract_riga(src, dst)
-    print(report.format())
-    return 0 if report.extracted else 2
