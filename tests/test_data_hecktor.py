@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edue.data.hecktor import HecktorSource, axial_axis, modality_of, resample_to
+from edue.data.hecktor import HecktorSource, axial_axis, resample_to
+from edue.data.hecktor_layout import modality_of
 from edue.data.source import open_source
 from edue.errors import DataError
 

@@ -30,155 +30,18 @@ the two other axes in voxel order. Structures are ``("GTVp", "GTVn")``.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edue.data.case import MultiRaterCase
+from edue.data.hecktor_layout import PatientFiles, SliceFiles, discover
 from edue.data.source import CaseSource
 from edue.errors import ConfigError, DataError
-from edue.io import IMAGE_2D_SUFFIXES, NIFTI_SUFFIXES, SUPPORTED_SUFFIXES, read_array, suffix_of
+from edue.io import IMAGE_2D_SUFFIXES, read_array, suffix_of
 
 STRUCTURES = ("GTVp", "GTVn")
-OFFICIAL = "labelsTs"
-_MODALITY = re.compile(r"(?<![a-z])(ct|pt|pet)(?:res)?(?![a-z])", re.IGNORECASE)
-
-
-@dataclass
-class _Slice:
-    key: str
-    images: list[Path]
-    labels: dict[str, Path]
-
-
-@dataclass
-class _Patient:
-    pid: str
-    ct: Path | None = None
-    pet: Path | None = None
-    annotators: list[tuple[str, Path]] = field(default_factory=list)  # volume layout
-    slices: list[_Slice] | None = None  # slice layout
-    error: DataError | None = None  # a problem found while listing, raised by load()
-
-
-def modality_of(path: Path) -> str | None:
-    """``"CT"``, ``"PET"`` or ``None`` from a file name (CT / PT / PET, any case)."""
-    found = _MODALITY.findall(path.name[: -len(suffix_of(path)) or None])
-    if not found:
-        return None
-    return "CT" if found[-1].lower() == "ct" else "PET"
-
-
-def _stem(path: Path) -> str:
-    return path.name[: len(path.name) - len(suffix_of(path))]
-
-
-def _data_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and suffix_of(p) in SUPPORTED_SUFFIXES)
-
-
-def _norm_id(text: str) -> str:
-    return text.upper().replace("_", "-")
-
-
-# --------------------------------------------------------------------------- discovery
-def _challenge_patients(root: Path, split: str) -> list[_Patient]:
-    images, labels = root / f"images{split}", root / f"labels{split}"
-    if not labels.is_dir():
-        raise DataError(f"labels{split}/ not found next to images{split}/", root)
-    by_id: dict[str, _Patient] = {}
-    for label in _data_files(labels):
-        pid = _stem(label)
-        by_id[_norm_id(pid)] = _Patient(pid, annotators=[("official", label)])
-    for path in _data_files(images):
-        patient = by_id.get(_norm_id(_MODALITY.sub("", _stem(path)).strip("_- .")))
-        kind = modality_of(path)
-        if patient is not None and kind == "CT":
-            patient.ct = path
-        elif patient is not None and kind == "PET":
-            patient.pet = path
-    if not by_id:
-        raise DataError("no label files", labels)
-    return [by_id[k] for k in sorted(by_id)]
-
-
-def _annotator_folders(folder: Path, include_official: bool) -> list[tuple[str, Path]]:
-    found = []
-    labels = folder / "labels"
-    if labels.is_dir():
-        found += [(d.name, d) for d in sorted(labels.iterdir()) if d.is_dir()]
-    if (folder / OFFICIAL).is_dir():
-        found.append((OFFICIAL, folder / OFFICIAL))
-    if not include_official:
-        found = [(n, d) for n, d in found if n.lower() != OFFICIAL.lower()]
-    if not found:
-        raise DataError("no annotator folders (expected labels/<annotator>/)", folder)
-    return found
-
-
-def _is_volume(path: Path) -> bool:
-    """A NIfTI file with at least three non-singleton axes (a header read only)."""
-    import nibabel as nib
-
-    if suffix_of(path) not in NIFTI_SUFFIXES:
-        return False
-    try:
-        shape = nib.load(str(path)).header.get_data_shape()  # type: ignore[attr-defined]
-    except Exception as exc:
-        raise DataError(f"cannot read NIfTI header ({exc})", path) from None
-    return sum(s > 1 for s in shape) >= 3
-
-
-def _folder_patient(folder: Path, include_official: bool) -> _Patient:
-    files = _data_files(folder / "images")
-    annotators = _annotator_folders(folder, include_official)
-    kinds = [modality_of(p) for p in files]
-    if sorted(map(str, kinds)) == ["CT", "PET"] and all(_is_volume(p) for p in files):
-        patient = _Patient(folder.name, ct=files[kinds.index("CT")], pet=files[kinds.index("PET")])
-        for name, d in annotators:
-            label_files = _data_files(d)
-            if len(label_files) != 1:
-                raise DataError(f"expected one label volume, found {len(label_files)}", d)
-            patient.annotators.append((name, label_files[0]))
-        return patient
-    groups: dict[str, tuple[str, list[Path]]] = {}
-    for p in files:  # slice key = file stem without its modality token
-        key = _MODALITY.sub("", _stem(p)).strip("_- .")
-        groups.setdefault(key.lower(), (key, []))[1].append(p)
-    index = {name: {_stem(p).lower(): p for p in _data_files(d)} for name, d in annotators}
-    slices = []
-    for low in sorted(groups):
-        key, imgs = groups[low]
-        imgs = sorted(imgs, key=lambda p: modality_of(p) != "CT")  # CT first
-        # a missing file is kept as its expected name, so that load() reports it
-        labels = {n: index[n].get(low, d / f"{key}.*") for n, d in annotators}
-        slices.append(_Slice(key, imgs, labels))
-    return _Patient(folder.name, slices=slices)
-
-
-def discover(root: Path, split: str, include_official: bool) -> list[_Patient]:
-    """Find the patients of either layout under ``root``."""
-    if not root.is_dir():
-        raise DataError("HECKTOR folder not found", root)
-    if (root / f"images{split}").is_dir():
-        return _challenge_patients(root, split)
-    if (root / "images").is_dir():
-        return [_folder_patient(root, include_official)]
-    patients = []
-    for d in sorted(root.iterdir()):
-        if (d / "images").is_dir():
-            try:
-                patients.append(_folder_patient(d, include_official))
-            except DataError as exc:  # one bad patient must not hide the others
-                patients.append(_Patient(d.name, error=exc))
-    if not patients:
-        raise DataError(
-            f"neither images{split}/ + labels{split}/ nor <patient>/images/ folders found", root
-        )
-    return patients
 
 
 # --------------------------------------------------------------------------- geometry
@@ -287,7 +150,7 @@ class HecktorSource(CaseSource):
         self.structures = STRUCTURES
         self.spatial_dims = 2 if mode == "2d" else 3
         self._cache: dict[str, tuple] = {}
-        # (patient, None | slice index | _Slice | DataError raised by load)
+        # (patient, None | slice index | SliceFiles | DataError raised by load)
         self._index: list[tuple[int, Any]] = []
         for i, p in enumerate(self.patients):
             if p.error is not None:
@@ -319,7 +182,7 @@ class HecktorSource(CaseSource):
             return pid
         if isinstance(item, DataError):
             return f"{pid}_unreadable"
-        return f"{pid}_{item.key}" if isinstance(item, _Slice) else f"{pid}_z{item:03d}"
+        return f"{pid}_{item.key}" if isinstance(item, SliceFiles) else f"{pid}_z{item:03d}"
 
     def _annotated_slices(self, patient: int) -> list[int]:
         labels, affine, _, _ = self._labels(self.patients[patient])
@@ -329,7 +192,7 @@ class HecktorSource(CaseSource):
         per_slice = np.moveaxis(labels > 0, axis + 1, 0).reshape(labels.shape[axis + 1], -1)
         return [int(z) for z in np.flatnonzero(per_slice.any(1))]
 
-    def _labels(self, p: _Patient) -> tuple[np.ndarray, np.ndarray, tuple, list[str]]:
+    def _labels(self, p: PatientFiles) -> tuple[np.ndarray, np.ndarray, tuple, list[str]]:
         """All annotators' label maps on the first one's grid ``[R, X, Y, Z]``."""
         ref, ref_affine, spacing = _volume(p.annotators[0][1], "label")
         maps = [ref]
@@ -385,7 +248,7 @@ class HecktorSource(CaseSource):
         p = self.patients[patient]
         if isinstance(item, DataError):
             raise item
-        if isinstance(item, _Slice):
+        if isinstance(item, SliceFiles):
             return self._load_slice(patient, item, index)
         image, masks, affine, spacing, values = self._patient_volume(patient)
         meta = {
@@ -420,7 +283,7 @@ class HecktorSource(CaseSource):
             )
         return case.validate(str(self.root / p.pid))
 
-    def _load_slice(self, patient: int, item: _Slice, index: int) -> MultiRaterCase:
+    def _load_slice(self, patient: int, item: SliceFiles, index: int) -> MultiRaterCase:
         image = _read_slice_image(item.images)
         if self.window_slices and image.shape[0] == 2:
             image = np.stack([self._normalise(image[0], "CT"), self._normalise(image[1], "PET")])
