@@ -350,6 +350,16 @@ def add_common_arguments(parser: Any) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the result as JSON")
 
 
+def finish(result: Mapping[str, Any], json_path: str | None) -> int:
+    """End of a script's ``main``: print the result, write its JSON when asked; exit 0.
+
+    Targets are reported, not enforced: a missed target is a finding, not a crash.
+    """
+    print_result(result)
+    write_json(json_path, result)
+    return 0
+
+
 def write_json(path: str | None, result: Mapping[str, Any]) -> None:
     """Write a result as JSON when a path is given."""
     if path:

@@ -249,9 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads,
         members=args.members,
     )
-    C.print_result(result)
-    C.write_json(args.json, result)
-    return 0
+    return C.finish(result, args.json)
 
 
 if __name__ == "__main__":

@@ -439,9 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=args.device,
         memory=not args.no_memory,
     )
-    C.print_result(result)
-    C.write_json(args.json, result)
-    return 0
+    return C.finish(result, args.json)
 
 
 if __name__ == "__main__":

@@ -241,9 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         channels=args.channels,
         threads=args.threads,
     )
-    C.print_result(result)
-    C.write_json(args.json, result)
-    return 0
+    return C.finish(result, args.json)
 
 
 if __name__ == "__main__":

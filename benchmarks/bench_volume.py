@@ -314,9 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads,
         whole=not args.no_whole,
     )
-    C.print_result(result)
-    C.write_json(args.json, result)
-    return 0
+    return C.finish(result, args.json)
 
 
 if __name__ == "__main__":

@@ -86,8 +86,8 @@ def test_compiled_training_matches_eager(tmp_path, method):
     # checks the model compiles without paying for code generation in the test suite
     base = [*TINY_OVERRIDES, "train.epochs=1", "model.norm=group", f"method.name={method}"]
     runs = {}
+    base += ["train.compile_backend=aot_eager"]
     for tag, extra in (("eager", []), ("compiled", ["train.compile=true"])):
-        extra += ["train.compile_backend=aot_eager"]
         trainer = Trainer(load_config(None, [*base, *extra, f"out_dir={tmp_path}/{tag}"]))
         trainer.setup()
         trainer.fit()

@@ -34,6 +34,13 @@ def pointwise_projection(
     return out.reshape(b, k, *x.shape[2:])
 
 
+def _forward(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """The projection; channels-last inputs keep the convolution (as fast there)."""
+    if not x.is_contiguous():
+        return conv._conv_forward(x, conv.weight, conv.bias)
+    return pointwise_projection(x, conv.weight, conv.bias)
+
+
 class PointwiseConv2d(nn.Conv2d):
     """A 1×1 ``nn.Conv2d`` whose forward is :func:`pointwise_projection`.
 
@@ -45,9 +52,7 @@ class PointwiseConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not x.is_contiguous():  # channels-last: the convolution is as fast there
-            return super().forward(x)
-        return pointwise_projection(x, self.weight, self.bias)
+        return _forward(self, x)
 
 
 class PointwiseConv3d(nn.Conv3d):
@@ -61,9 +66,7 @@ class PointwiseConv3d(nn.Conv3d):
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not x.is_contiguous():
-            return super().forward(x)
-        return pointwise_projection(x, self.weight, self.bias)
+        return _forward(self, x)
 
 
 def pointwise_conv(spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
