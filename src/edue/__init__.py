@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from edue._version import __version__
+
+__all__ = ["MultiRaterCase", "Prediction", "__version__", "load"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from edue.engine.infer import Predictor

@@ -118,7 +118,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``edue``."""
-    from edue import __version__
+    from edue._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="edue",

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edue import __version__
+from edue._version import __version__
 from edue.errors import CheckpointError
 from edue.io import atomic_path
 

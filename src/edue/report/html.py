@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edue import __version__
+from edue._version import __version__
 from edue.report.tables import Table, to_html
 
 esc = html.escape
