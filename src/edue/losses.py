@@ -1,6 +1,6 @@
 """Training losses, EDUE's first.
 
-EDUE (see ``EDUE_METHOD.md``)::
+EDUE (see ``docs/method.md``, section "Training loss")::
 
     L = Σ_s w_s · BCE(z_s, t_s)  +  λ · RMSE( var_s σ(z_s),  var_r M_r )
 

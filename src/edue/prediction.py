@@ -5,6 +5,8 @@ members of a Deep Ensemble, the samples of MC dropout, or the single output of a
 U-Net. Everything derived from it (mean probability, variance map, entropy, image-level
 score) is computed here and nowhere else, so metrics and reports never need to know
 which method produced a prediction.
+
+Conventions: docs/method.md, section "Inference".
 """
 
 from __future__ import annotations

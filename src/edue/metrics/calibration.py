@@ -14,6 +14,8 @@ intervals of [0, 1], left-closed ``[b_i, b_{i+1})``, the last one closed ``[b_{n
 For binary targets this is exactly torchmetrics' ``binary_calibration_error`` (which also
 bins the probability of the positive class), except that torchmetrics puts ``p == 1.0``
 into an extra bin of its own while here it joins the last bin.
+
+Conventions: docs/method.md, section "Calibration: NLL, Brier and ECE".
 """
 
 from __future__ import annotations

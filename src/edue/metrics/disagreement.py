@@ -8,6 +8,9 @@
 
 Degenerate inputs never raise and never warn; they give nan (excluded by the nan-aware
 averages), as documented per function.
+
+Conventions: docs/method.md, section
+"Agreement with expert disagreement: image-level correlation and pixel NCC".
 """
 
 from __future__ import annotations

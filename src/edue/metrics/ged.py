@@ -29,6 +29,8 @@ Every convention is an explicit argument:
 :data:`LIDC_PRESET` bundles the common LIDC choice: ``d = 1 − IoU``, IoU(empty, empty) = 1,
 self-pairs included, squared. Use ``ged(samples, raters, **LIDC_PRESET)`` or
 :func:`ged_lidc`.
+
+Conventions: docs/method.md, section "Set metrics: GED and Hungarian-matched IoU".
 """
 
 from __future__ import annotations

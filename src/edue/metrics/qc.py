@@ -23,6 +23,8 @@ the result does not depend on the order of the input.
 When no image is poor, or every image is, any ranking is ideal: the curves are still
 returned but ``d_auc`` is ``nan`` (nothing to rank), so a report shows "n/a" rather
 than a perfect 0 that says nothing about the score.
+
+Conventions: docs/method.md, section "Segmentation quality control: QC curves and d-AUC".
 """
 
 from __future__ import annotations

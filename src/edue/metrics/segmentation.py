@@ -18,6 +18,8 @@ Dice is computed here from pixel counts in one vectorised pass (it is needed at 
 thresholds, for every rater and for every pair of members, where per-pair library calls
 would dominate the cost); MONAI's ``compute_dice`` serves as the independent reference in
 the tests. The 95th-percentile Hausdorff distance is MONAI's.
+
+Conventions: docs/method.md, section "Segmentation: Dice and HD95".
 """
 
 from __future__ import annotations

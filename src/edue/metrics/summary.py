@@ -5,6 +5,8 @@ floats keyed ``"metric/structure"`` (e.g. ``"soft_dice/disc"``).
 :class:`EvaluationAccumulator` keeps those rows (CSV-able) plus streaming calibration
 statistics and aggregates them into dataset-level numbers: means and standard
 deviations, image-level correlations with bootstrap CIs, ECE and quality-control d-AUC.
+
+Conventions: docs/method.md, section "Aggregation over a dataset".
 """
 
 from __future__ import annotations
