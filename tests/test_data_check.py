@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edue.cli import main
 from edue.data.case import MultiRaterCase
-from edue.data.check import SkippingSource, check_dataset, run_check_command
+from edue.data.check import SkippingSource, check_dataset, check_path
 from edue.data.folder import write_folder_dataset
 from edue.data.source import ListSource
 from edue.errors import DataError
@@ -77,13 +78,58 @@ def test_check_catches_unreadable_files_and_skips(tmp_path: Path) -> None:
     assert good.case_ids == ["c1"] and good.load(0).n_raters == 3
 
 
-def test_run_check_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_check_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = tmp_path / "ds"
     write_folder_dataset([_case("c1"), _case("c2")], root)
-    assert run_check_command(str(root), "folder", strict=True, options={}) == 0
+    assert main(["data", "check", str(root), "--format", "folder", "--strict"]) == 0
     out = capsys.readouterr().out
     assert "cases: 2" in out and out.rstrip().endswith("OK")
     (root / "c2" / "image.png").unlink()
-    assert run_check_command(str(root), "folder", strict=False, options={}) == 0
-    assert run_check_command(str(root), "folder", strict=True, options={"format": "x"}) == 2
+    assert main(["data", "check", str(root), "--format", "folder"]) == 0
+    assert main(["data", "check", str(root), "--strict", "--option", "format=x"]) == 2
     assert "no image file" in capsys.readouterr().out
+
+
+def test_check_path_returns_the_report(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    write_folder_dataset([_case("c1"), _case("c2")], root)
+    (root / "c2" / "image.png").unlink()
+    report = check_path(root, "folder", {"format": "x", "root": "elsewhere"})
+    assert report.n_cases == 2 and report.bad_indices == [1]
+    lines = report.lines()
+    assert lines[-1] == "PROBLEMS FOUND" and report.format() == "\n".join(lines)
+    assert lines[-2].startswith(f"  {root / 'c2'}") and "no image file" in lines[-2]
+
+
+def test_skipping_source_without_report_drops_unreadable_cases(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    write_folder_dataset([_case("c1"), _case("c2", cup_outside=True), _case("c3")], root)
+    (root / "c3" / "image.png").unlink()
+    from edue.data.folder import FolderSource
+
+    src = FolderSource(root)
+    with pytest.warns(UserWarning, match="skipping 1 of 3 cases with problems; first: .*c3"):
+        good = SkippingSource(src)
+    # only unreadable cases go: a cup outside its disc is a check problem, not a load failure
+    assert good.case_ids == ["c1", "c2"] and good.skipped == [2]
+    assert len(good.problems) == 1 and "no image file" in good.problems[0]
+    with pytest.raises(DataError, match="no image file"):
+        SkippingSource(src, strict=True)
+
+
+def test_training_subsets_skip_unreadable_cases_the_same_way(tmp_path: Path) -> None:
+    from edue.data.folder import FolderSource
+    from edue.engine.data import PreparedSource
+
+    root = tmp_path / "ds"
+    write_folder_dataset([_case("c1"), _case("c2"), _case("c3")], root)
+    (root / "c2" / "rater_2.png").write_bytes(b"not a png")
+    src = FolderSource(root)
+    subset = PreparedSource(src, [0, 1, 2], size=4, strict=False)
+    with pytest.warns(UserWarning, match="skipping 1 of 3 cases with problems; first: .*c2"):
+        problems = subset.drop_bad()
+    assert len(problems) == 1 and "rater_2.png" in problems[0] and "cannot read" in problems[0]
+    assert subset.indices == [0, 2] and subset.case_ids == ["c1", "c3"]
+    assert subset.load(1).image.shape == (3, 4, 4)
+    with pytest.raises(DataError, match="cannot read"):
+        PreparedSource(src, [0, 1, 2], size=None, strict=True).drop_bad()

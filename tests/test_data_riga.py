@@ -9,9 +9,10 @@ import pytest
 import tifffile
 from PIL import Image
 
+from edue.cli import main
 from edue.data.folder import FolderSource
 from edue.data.riga import RigaDiscRegionSource, RigaPlusSource, decode_disc_cup
-from edue.data.riga_extract import extract_riga, run_riga_extract_command
+from edue.data.riga_extract import extract_riga
 from edue.data.source import open_source
 from edue.data.splits import preset_split
 from edue.errors import ConfigError, DataError
@@ -241,10 +242,28 @@ def test_extract_original_release(tmp_path: Path) -> None:
     assert preset_split("riga-standard", ds.case_ids, ds.patient_ids) == {"train": [0], "test": [1]}
 
 
+def test_extract_names_the_missing_copies(tmp_path: Path) -> None:
+    lone = tmp_path / "src" / "BinRushed"
+    _save(lone / "image6prime.tif", _fundus())
+    report = extract_riga(tmp_path / "src", tmp_path / "out")
+    assert report.extracted == []
+    assert report.rejected == [(str(lone / "image6prime.tif"), "no annotated copies image6-<k>")]
+    assert report.lines() == [
+        f"extracted 0 cases to {tmp_path / 'out'}",
+        "rejected 1 cases",
+        f"  {lone / 'image6prime.tif'}: no annotated copies image6-<k>",
+    ]
+
+
 def test_extract_command_and_empty(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     _original(tmp_path / "src")
-    assert run_riga_extract_command(str(tmp_path / "src"), str(tmp_path / "o")) == 0
+    assert main(["data", "riga-extract", str(tmp_path / "src"), "--out", str(tmp_path / "o")]) == 0
     assert "extracted 2 cases" in capsys.readouterr().out
+    lone = tmp_path / "lone" / "BinRushed"
+    _save(lone / "image6prime.tif", _fundus())  # a clean image without annotated copies
+    assert main(["data", "riga-extract", str(tmp_path / "lone"), "--out", str(tmp_path / "o")]) == 2
+    out = capsys.readouterr().out
+    assert "extracted 0 cases" in out and "rejected 1 cases" in out
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no RIGA images"):
         extract_riga(tmp_path / "empty", tmp_path / "o2")

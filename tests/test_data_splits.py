@@ -56,7 +56,7 @@ def test_split_from_config_mapping() -> None:
     assert_patient_disjoint(scaled, PATIENTS)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(
     patients=st.lists(st.integers(0, 12), min_size=1, max_size=80),
     fractions=st.lists(st.floats(0.0, 1.0), min_size=2, max_size=4).filter(lambda f: sum(f) > 0),
@@ -100,6 +100,23 @@ def test_riga_standard_preset() -> None:
         preset_split("riga-standard", ["a"], ["b"])
     with pytest.raises(ConfigError, match="unknown split preset"):
         preset_split("nope", cases, patients)
+
+
+def test_readers_register_their_own_presets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edue.data import registry
+
+    monkeypatch.setattr(registry, "_SPLIT_PRESETS", dict(registry._SPLIT_PRESETS))
+    assert "riga-standard" in registry.split_preset_names()
+
+    def by_first_letter(cases: list[str], patients: list[str]) -> dict[str, list[int]]:
+        return {"a": [i for i, c in enumerate(cases) if c.startswith("a")]}
+
+    registry.register_split_preset("first-letter", by_first_letter)
+    assert preset_split("first-letter", ["ab", "b", "ac"], ["1", "2", "3"]) == {"a": [0, 2]}
+    registry.register_split_preset("lazy", "edue.data.riga:riga_standard_split")
+    assert preset_split("lazy", ["x"], ["Magrabia"]) == {"train": [], "test": [0]}
+    with pytest.raises(ConfigError, match="known: first-letter, lazy, riga-standard"):
+        preset_split("nope", [], [])
 
 
 def test_save_and_load_split(tmp_path: Path) -> None:

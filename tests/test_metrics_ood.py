@@ -9,16 +9,15 @@ import pytest
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from edue.metrics.ood import (
+from edue.data.distortions import (
     _RGB_TO_YIQ,
     distort,
     distort_dataset,
     gaussian_blur,
     gaussian_noise,
     hue_shift,
-    pairwise_dice_variance,
-    separation_auroc,
 )
+from edue.metrics.ood import pairwise_dice_variance, separation_auroc
 from edue.prediction import Prediction
 
 

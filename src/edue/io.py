@@ -141,12 +141,7 @@ def read_image(path: str | Path, spatial_dims: int | None = None) -> tuple[np.nd
         array = array.astype(np.uint8)
     if not (np.issubdtype(array.dtype, np.number)):
         raise DataError(f"image has non-numeric dtype {array.dtype}", path)
-    scale = 1.0
-    if suffix in IMAGE_2D_SUFFIXES and array.dtype == np.uint8:
-        scale = 255.0
-    elif suffix in IMAGE_2D_SUFFIXES and array.dtype == np.uint16:
-        scale = 65535.0
-    image = array.astype(np.float32) / scale
+    image = float_intensities(array, path)
     if image.ndim == spatial_dims:
         image = image[None]
     elif image.ndim == spatial_dims + 1:
@@ -159,6 +154,24 @@ def read_image(path: str | Path, spatial_dims: int | None = None) -> tuple[np.nd
     if not np.isfinite(image).all():
         raise DataError("image contains NaN or Inf values", path)
     return np.ascontiguousarray(image), meta
+
+
+def float_intensities(array: np.ndarray, path: str | Path) -> np.ndarray:
+    """Image values as float32, 8-bit and 16-bit 2D image files scaled to [0, 1].
+
+    Args:
+        array: the values read from ``path``, any shape.
+        path: the file they came from (its type decides the scaling).
+
+    Returns:
+        float32 array of the same shape: divided by 255 (``uint8``) or 65535
+        (``uint16``) for PNG, JPEG, TIFF and BMP files; NIfTI, ``.npy`` and other
+        dtypes keep their values.
+    """
+    scale = 1.0
+    if suffix_of(path) in IMAGE_2D_SUFFIXES:
+        scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(array.dtype, 1.0)
+    return array.astype(np.float32) / scale
 
 
 def read_label_map(
@@ -209,8 +222,9 @@ _UMASK = _current_umask()
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it into place on success.
 
-    The temporary file is fsynced before the rename and removed if the block fails.
-    The temporary name keeps the final suffix so format detection still works.
+    The temporary file is fsynced before the rename and the folder after it (so a
+    power loss cannot lose the new entry); the temporary file is removed if the block
+    fails. The temporary name keeps the final suffix so format detection still works.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,9 +239,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs are shared
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries to disk (after renames), where the platform allows."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | Path, obj: object) -> None:

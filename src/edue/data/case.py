@@ -120,6 +120,27 @@ def validate_arrays(image: np.ndarray, masks: np.ndarray, n_structures: int, whe
         raise DataError(f"masks must be binary 0/1, found values {values[:10].tolist()}", where)
 
 
+def binary_rater_masks(masks: np.ndarray, where: str) -> tuple[np.ndarray, list[int]]:
+    """Turn raw rater masks ``[R, *sp]`` holding {0, 1} or {0, 255} into uint8 0/1.
+
+    Args:
+        masks: integer or boolean masks ``[R, *sp]`` as stored on disk.
+        where: file or case named in the error message.
+
+    Returns:
+        The binary masks ``[R, *sp]`` and the raw values seen.
+
+    Raises:
+        DataError: other values (naming ``where``).
+    """
+    values = sorted(int(v) for v in np.unique(masks))
+    if set(values) <= {0, 1}:
+        return masks.astype(np.uint8), values
+    if set(values) <= {0, 255}:
+        return (masks > 0).astype(np.uint8), values
+    raise DataError(f"rater masks must hold 0/1 (or 0/255), found values {values[:10]}", where)
+
+
 def distinct_values(array: np.ndarray) -> np.ndarray:
     """Sorted distinct values of an array (``np.unique``, by counting for small integers).
 

@@ -1,15 +1,18 @@
 """Checking a dataset before training: read every case and summarise what was found.
 
-``edue data check ROOT --format NAME [--strict]`` calls :func:`run_check_command`.
+``edue data check ROOT --format NAME [--strict]`` prints :func:`check_path`'s report.
 Problems are listed one per line as ``file: reason``; with ``strict`` any problem is an
-error, otherwise training can skip the bad cases with :class:`SkippingSource`.
+error, otherwise the bad cases can be left out with :class:`SkippingSource` (training
+leaves out the cases that fail to load this way).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,7 +60,11 @@ class CheckReport:
         return not self.problems
 
     def format(self) -> str:
-        """A printable multi-line summary."""
+        """A printable multi-line summary (:meth:`lines` joined)."""
+        return "\n".join(self.lines())
+
+    def lines(self) -> list[str]:
+        """The summary as lines: counts, problems indented, ``OK``/``PROBLEMS FOUND`` last."""
 
         def counts(c: Counter) -> str:
             return ", ".join(f"{k}: {v}" for k, v in sorted(c.items(), key=str)) or "-"
@@ -88,7 +95,7 @@ class CheckReport:
         lines.append(f"problems: {len(self.problems)}")
         lines += [f"  {p}" for p in self.problems]
         lines.append("OK" if self.ok else "PROBLEMS FOUND")
-        return "\n".join(lines)
+        return lines
 
 
 def _rater_names(case: MultiRaterCase) -> list[str]:
@@ -170,34 +177,86 @@ def check_dataset(source: CaseSource, strict: bool = False) -> CheckReport:
     return report
 
 
+def check_path(root: str | Path, fmt: str, options: Mapping[str, Any] | None = None) -> CheckReport:
+    """Open the dataset at ``root`` with reader ``fmt`` and check it (:func:`check_dataset`).
+
+    Args:
+        root: dataset folder or file.
+        fmt: a registered format name.
+        options: reader options; ``format`` and ``root`` keys are ignored (the
+            arguments name them).
+
+    Returns:
+        The report; problems are listed in it, never raised.
+
+    Raises:
+        ConfigError: unknown format or reader option.
+        DataError: the reader cannot open the dataset at all.
+    """
+    options = {k: v for k, v in (options or {}).items() if k not in ("format", "root")}
+    return check_dataset(open_source(fmt, str(root), **options))
+
+
+def unreadable_cases(source: CaseSource, strict: bool = False) -> dict[int, str]:
+    """Load every case of ``source`` once and collect those that fail.
+
+    Args:
+        source: any case source.
+        strict: raise the first failure instead of collecting it.
+
+    Returns:
+        ``{index: "file: reason"}`` of the cases whose loading raised
+        :class:`~edue.errors.DataError`, in index order.
+
+    Raises:
+        DataError: ``strict`` and a case fails to load (that case's error).
+    """
+    bad: dict[int, str] = {}
+    for i in range(len(source)):
+        try:
+            source.load(i)
+        except DataError as exc:
+            if strict:
+                raise
+            bad[i] = str(exc)
+    return bad
+
+
 class SkippingSource(SubsetSource):
-    """A source without the cases a check found bad, warning how many were skipped.
+    """A source without its bad cases, warning how many were left out.
+
+    The bad cases are those of a check report, or, without one, those that fail to
+    load (:func:`unreadable_cases`).
 
     Args:
         source: the source to filter.
-        report: a check of ``source``; run now when ``None``.
+        report: a check of ``source`` (:func:`check_dataset`); when ``None`` every case
+            is loaded once instead.
+        strict: without ``report``, raise the first case that fails to load.
+
+    Attributes:
+        skipped: indices (in ``source``) of the cases left out.
+        problems: ``file: reason`` lines of those cases.
+        report: the check report given, if any.
+
+    Raises:
+        DataError: ``strict`` and a case fails to load.
     """
 
-    def __init__(self, source: CaseSource, report: CheckReport | None = None) -> None:
-        report = report if report is not None else check_dataset(source)
-        bad = set(report.bad_indices)
-        if bad:
+    def __init__(
+        self, source: CaseSource, report: CheckReport | None = None, strict: bool = False
+    ) -> None:
+        if report is not None:
+            skipped, problems = sorted(set(report.bad_indices)), list(report.problems)
+        else:
+            bad = unreadable_cases(source, strict)
+            skipped, problems = list(bad), list(bad.values())
+        if skipped:
             warnings.warn(
-                f"skipping {len(bad)} of {len(source)} cases with problems "
-                "(run `edue data check` for the list)",
+                f"skipping {len(skipped)} of {len(source)} cases with problems; first: "
+                f"{problems[0]} (run `edue data check` for the list)",
                 stacklevel=2,
             )
-        super().__init__(source, [i for i in range(len(source)) if i not in bad])
-        self.report = report
-
-
-def run_check_command(root: str, fmt: str, strict: bool, options: dict[str, Any]) -> int:
-    """``edue data check ROOT --format NAME [--strict]``: print the report.
-
-    Returns:
-        0 when the data is fine or ``strict`` is off; 2 with problems under ``strict``.
-    """
-    options = {k: v for k, v in (options or {}).items() if k not in ("format", "root")}
-    report = check_dataset(open_source(fmt, root, **options))
-    print(report.format())
-    return 2 if strict and not report.ok else 0
+        dropped = set(skipped)
+        super().__init__(source, [i for i in range(len(source)) if i not in dropped])
+        self.skipped, self.problems, self.report = skipped, problems, report

@@ -39,7 +39,7 @@ from edue.data.case import MultiRaterCase
 from edue.data.hecktor_layout import PatientFiles, SliceFiles, discover
 from edue.data.source import CaseSource
 from edue.errors import ConfigError, DataError
-from edue.io import IMAGE_2D_SUFFIXES, read_array, suffix_of
+from edue.io import float_intensities, read_array
 
 STRUCTURES = ("GTVp", "GTVn")
 
@@ -320,8 +320,7 @@ def _read_slice_image(paths: list[Path]) -> np.ndarray:
     for path in paths:
         array, _ = read_array(path)
         array = array.reshape(tuple(s for s in array.shape if s != 1) or array.shape)
-        scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(array.dtype, 1.0)
-        array = array.astype(np.float32) / (scale if suffix_of(path) in IMAGE_2D_SUFFIXES else 1.0)
+        array = float_intensities(array, path)
         if array.ndim == 2:
             channels.append(array[None])
         elif array.ndim == 3 and array.shape[0] <= 4 < array.shape[-1]:

@@ -24,29 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from edue.data.case import MultiRaterCase
+from edue.data.case import MultiRaterCase, binary_rater_masks
 from edue.data.safe_pickle import safe_load
 from edue.data.source import CaseSource
 from edue.errors import DataError
 
 STRUCTURES = ("nodule",)
-
-
-def binary_rater_masks(masks: np.ndarray, where: str) -> tuple[np.ndarray, list[int]]:
-    """Turn raw rater masks ``[R, *sp]`` holding {0, 1} or {0, 255} into uint8 0/1.
-
-    Returns:
-        The binary masks ``[R, *sp]`` and the raw values seen.
-
-    Raises:
-        DataError: other values (naming ``where``).
-    """
-    values = sorted(int(v) for v in np.unique(masks))
-    if set(values) <= {0, 1}:
-        return masks.astype(np.uint8), values
-    if set(values) <= {0, 255}:
-        return (masks > 0).astype(np.uint8), values
-    raise DataError(f"rater masks must hold 0/1 (or 0/255), found values {values[:10]}", where)
 
 
 def _find_file(root: Path, suffixes: tuple[str, ...]) -> Path:

@@ -25,8 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edue.data.case import MultiRaterCase
-from edue.data.lidc import binary_rater_masks
+from edue.data.case import MultiRaterCase, binary_rater_masks
 from edue.data.source import CaseSource
 from edue.errors import DataError
 from edue.io import read_array, read_label_map

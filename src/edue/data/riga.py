@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from edue.data.case import MultiRaterCase
 from edue.data.source import CaseSource
+from edue.data.transforms import resize_case
 from edue.errors import ConfigError, DataError
 from edue.io import read_image, read_label_map, suffix_of
 
@@ -48,6 +50,32 @@ def site_of(text: str) -> str | None:
         if key in low:
             return site
     return None
+
+
+def riga_standard_split(
+    case_ids: Sequence[str], patient_ids: Sequence[str]
+) -> dict[str, list[int]]:
+    """RIGA's usual split (preset ``riga-standard``): train BinRushed + MESSIDOR, test Magrabia.
+
+    The site is read from the patient id, else from the case id.
+
+    Args:
+        case_ids: one id per case.
+        patient_ids: one patient id per case (the site, for the RIGA readers).
+
+    Returns:
+        ``{"train": [case indices], "test": [case indices]}``.
+
+    Raises:
+        DataError: a case whose site cannot be told.
+    """
+    split: dict[str, list[int]] = {"train": [], "test": []}
+    for i, (case, patient) in enumerate(zip(case_ids, patient_ids, strict=True)):
+        site = site_of(str(patient)) or site_of(str(case))
+        if site is None:
+            raise DataError(f"cannot tell the RIGA site of case '{case}' (patient '{patient}')")
+        split["test" if site == "Magrabia" else "train"].append(i)
+    return split
 
 
 def select_sites(sites: list[str] | None) -> set[str]:
@@ -75,28 +103,6 @@ def read_rgb(path: Path) -> np.ndarray:
     elif image.shape[0] != 3:
         raise DataError(f"expected an RGB or grey image, got {image.shape[0]} channels", path)
     return image
-
-
-def resize_case(
-    image: np.ndarray, masks: np.ndarray, size: int | list[int] | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Resize ``image [C, H, W]`` (bilinear) and ``masks [R, K, H, W]`` (nearest) to ``size``."""
-    if size is None:
-        return image, masks
-    import torch
-    import torch.nn.functional as F
-
-    hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    img = F.interpolate(
-        torch.from_numpy(image)[None], size=hw, mode="bilinear", align_corners=False, antialias=True
-    )[0]
-    r, k = masks.shape[:2]
-    m = F.interpolate(
-        torch.from_numpy(masks.reshape(r * k, *masks.shape[2:]))[None].float(),
-        size=hw,
-        mode="nearest-exact",
-    )[0]
-    return img.clamp(0, 1).numpy(), m.to(torch.uint8).numpy().reshape(r, k, *hw)
 
 
 def resolve_path(bases: list[Path], listed: str) -> Path:
@@ -240,10 +246,9 @@ class _RigaCsvSource(CaseSource):
             masks.append(m)
             used.add(conv)
             values.update(np.unique(label).tolist())
-        image, stacked = resize_case(image, np.stack(masks), self.size)
         case = MultiRaterCase(
             image=np.ascontiguousarray(image, dtype=np.float32),
-            masks=stacked,
+            masks=np.stack(masks),
             case_id=case_id,
             structures=STRUCTURES,
             patient_id=site,
@@ -255,7 +260,7 @@ class _RigaCsvSource(CaseSource):
                 "label_values": sorted(int(v) for v in values),
             },
         )
-        return case.validate(str(image_path))
+        return resize_case(case, self.size).validate(str(image_path))
 
 
 class RigaDiscRegionSource(_RigaCsvSource):

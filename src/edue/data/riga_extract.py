@@ -23,11 +23,11 @@ from edue.data.riga import (
     LOSSY_SUFFIXES,
     STRUCTURES,
     read_rgb,
-    resize_case,
     safe_id,
     select_sites,
     site_of,
 )
+from edue.data.transforms import resize_case
 from edue.errors import DataError
 from edue.io import suffix_of
 
@@ -45,13 +45,16 @@ class ExtractReport:
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
     def format(self) -> str:
-        """Human-readable summary, one rejected case per line."""
+        """Human-readable summary (:meth:`lines` joined)."""
+        return "\n".join(self.lines())
+
+    def lines(self) -> list[str]:
+        """The counts, then one indented ``file: reason`` line per rejected case."""
         lines = [
             f"extracted {len(self.extracted)} cases to {self.out}",
             f"rejected {len(self.rejected)} cases",
         ]
-        lines += [f"  {where}: {reason}" for where, reason in self.rejected]
-        return "\n".join(lines)
+        return lines + [f"  {where}: {reason}" for where, reason in self.rejected]
 
 
 def find_original_cases(src: Path) -> dict[tuple[Path, int], dict[int, Path]]:
@@ -130,7 +133,7 @@ def _extract_case(
         raise DataError(f"no image{n}prime file for the annotated copies", folder)
     raters = sorted(k for k in files if k > 0)
     if not raters:
-        raise DataError("no annotated copies image{n}-<k>", files[0])
+        raise DataError(f"no annotated copies image{n}-<k>", files[0])
     prime = read_rgb(files[0])
     masks = []
     for k in raters:
@@ -141,17 +144,17 @@ def _extract_case(
             )
         lossy = any(suffix_of(files[i]) in LOSSY_SUFFIXES for i in (0, k))
         masks.append(masks_from_annotation(prime, copy, lossy, files[k], **options))
-    image, stacked = resize_case(prime, np.stack(masks), size)
     rel = folder.relative_to(src).parts
     site = site_of("/".join(rel)) or "unknown"
-    return MultiRaterCase(
-        image,
-        stacked,
+    case = MultiRaterCase(
+        prime,
+        np.stack(masks),
         safe_id("-".join((*rel, f"image{n}"))),
         STRUCTURES,
         patient_id=site,
         meta={"site": site, "source": str(files[0])},
     )
+    return resize_case(case, size)
 
 
 def extract_riga(
@@ -206,10 +209,3 @@ def extract_riga(
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "extract_report.txt").write_text(report.format() + "\n", encoding="utf-8")
     return report
-
-
-def run_riga_extract_command(src: str, dst: str) -> int:
-    """``edue data riga-extract SRC --out DST``: print the report; 0 if any case was written."""
-    report = extract_riga(src, dst)
-    print(report.format())
-    return 0 if report.extracted else 2

@@ -1,41 +1,21 @@
 """Case sources: anything that can list and load multi-rater cases, chosen by name.
 
 A reader of an on-disk layout is a :class:`CaseSource`: it knows its case and patient
-identifiers cheaply and loads a case on demand. Readers register themselves under a
-format name so a configuration can pick one with ``data.format: NAME``.
+identifiers cheaply and loads a case on demand. Readers are registered under a format
+name (:mod:`edue.data.registry`) so a configuration can pick one with
+``data.format: NAME``.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from edue.data.case import MultiRaterCase
+from edue.data.registry import reader
+from edue.data.registry import reader_names as reader_names
+from edue.data.registry import register_reader as register_reader
 from edue.errors import ConfigError
-
-_READERS: dict[str, str] = {
-    # format name -> "module:callable" returning a CaseSource for (root, **options)
-    "folder": "edue.data.folder:FolderSource",
-    "synthetic": "edue.data.synthetic_source:SyntheticSource",
-    "synthetic3d": "edue.data.synthetic_source:Synthetic3DSource",
-    "riga-discregion": "edue.data.riga:RigaDiscRegionSource",
-    "riga-plus": "edue.data.riga:RigaPlusSource",
-    "hecktor": "edue.data.hecktor:HecktorSource",
-    "lidc-pickle": "edue.data.lidc:LidcPickleSource",
-    "lidc-hdf5": "edue.data.lidc:LidcHdf5Source",
-    "qubiq": "edue.data.qubiq:QubiqSource",
-}
-
-
-def register_reader(name: str, target: str) -> None:
-    """Register a reader ``"module:callable"`` under a format name."""
-    _READERS[name] = target
-
-
-def reader_names() -> list[str]:
-    """Names of the registered formats."""
-    return sorted(_READERS)
 
 
 class CaseSource:
@@ -114,7 +94,7 @@ def open_source(fmt: str, root: str | None = None, **options: Any) -> CaseSource
     """Open a dataset by format name.
 
     Args:
-        fmt: a registered format (see :func:`reader_names`).
+        fmt: a registered format (see :func:`~edue.data.registry.reader_names`).
         root: dataset folder or file (unused by ``synthetic``).
         **options: reader-specific options from the configuration.
 
@@ -122,8 +102,5 @@ def open_source(fmt: str, root: str | None = None, **options: Any) -> CaseSource
         ConfigError: unknown format.
         DataError: the reader found a problem on disk.
     """
-    if fmt not in _READERS:
-        raise ConfigError(f"unknown data format '{fmt}' (known: {', '.join(reader_names())})")
-    module_name, attr = _READERS[fmt].split(":")
-    factory = getattr(importlib.import_module(module_name), attr)
+    factory = reader(fmt)
     return factory(root, **options) if root is not None else factory(**options)  # type: ignore[no-any-return]

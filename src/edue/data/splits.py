@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from edue.data.registry import split_preset
 from edue.errors import ConfigError, DataError
 from edue.io import write_json
 
@@ -134,31 +135,27 @@ def kfold_by_patient(
 
 
 # --------------------------------------------------------------------------- presets
-def _riga_standard(case_ids: Sequence[str], patient_ids: Sequence[str]) -> dict[str, list[int]]:
-    """RIGA's usual split: train BinRushed + MESSIDOR, test Magrabia (by site)."""
-    from edue.data.riga import site_of
-
-    split: dict[str, list[int]] = {"train": [], "test": []}
-    for i, (case, patient) in enumerate(zip(case_ids, patient_ids, strict=True)):
-        site = site_of(str(patient)) or site_of(str(case))
-        if site is None:
-            raise DataError(f"cannot tell the RIGA site of case '{case}' (patient '{patient}')")
-        split["test" if site == "Magrabia" else "train"].append(i)
-    return split
-
-
-PRESETS: dict[str, Callable[[Sequence[str], Sequence[str]], dict[str, list[int]]]] = {
-    "riga-standard": _riga_standard,
-}
-
-
 def preset_split(
     name: str, case_ids: Sequence[str], patient_ids: Sequence[str]
 ) -> dict[str, list[int]]:
-    """A named split (see :data:`PRESETS`) of the given cases."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown split preset '{name}' (known: {', '.join(sorted(PRESETS))})")
-    return PRESETS[name](case_ids, patient_ids)
+    """A named split of the given cases, as declared by a reader.
+
+    Presets are registered with :func:`edue.data.registry.register_split_preset` (RIGA
+    declares ``riga-standard``: train BinRushed + MESSIDOR, test Magrabia).
+
+    Args:
+        name: a registered preset (see :func:`edue.data.registry.split_preset_names`).
+        case_ids: one id per case.
+        patient_ids: one patient id per case.
+
+    Returns:
+        ``{subset: [case indices]}``.
+
+    Raises:
+        ConfigError: unknown preset.
+        DataError: the preset cannot place a case.
+    """
+    return split_preset(name)(case_ids, patient_ids)
 
 
 def assert_patient_disjoint(split: dict[str, list[int]], patient_ids: Sequence[str]) -> None:

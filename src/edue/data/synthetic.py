@@ -30,21 +30,26 @@ depend on ``n_raters``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
-from scipy.special import ndtr, ndtri
+from scipy.special import ndtr
 
+from edue.data._generate import (
+    LOGISTIC_SCALE,
+    Range,
+    check_common,
+    lerp,
+    rater_biases,
+    uniform,
+)
 from edue.data.case import MultiRaterCase
 from edue.errors import ConfigError
 
 STRUCTURES = ("disc", "cup")
 SPLIT_STRIDE = 100_000  # index offset between the train, val and test ranges
-_STYLE_KEY = (0xED0E, 0x57, 0x1E)  # extra entropy words for the seed-level rater styles
 _N_HARMONICS = 4  # jitter harmonics 1..4
 _REF_SIZE = 128.0  # pixel quantities in the config refer to a 128-pixel image
 
-Range = tuple[float, float]
 Grid = tuple[np.ndarray, np.ndarray]  # pixel x (column) and y (row) coordinates, [H, W] each
 
 
@@ -92,15 +97,7 @@ class FundusConfig:
 
     def check(self) -> FundusConfig:
         """Raise :class:`ConfigError` if a value is out of range; return ``self``."""
-        if self.size < 16:
-            raise ConfigError(f"synthetic size must be >= 16, got {self.size}")
-        if self.n_raters < 1:
-            raise ConfigError(f"synthetic n_raters must be >= 1, got {self.n_raters}")
-        lo, hi = self.ambiguity_range
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ConfigError(f"ambiguity_range must lie in [0, 1], got {self.ambiguity_range}")
-        if min(self.jitter_std) <= 0 or min(self.bias_std) < 0:
-            raise ConfigError("jitter_std must be positive and bias_std non-negative")
+        check_common(self, "synthetic")
         if not 0.0 < self.cup_ratio_range[0] <= self.cup_ratio_range[1] < 0.9:
             raise ConfigError(f"cup_ratio_range must lie in (0, 0.9), got {self.cup_ratio_range}")
         return self
@@ -161,40 +158,6 @@ class _Shape:
         return _Shape(
             self.cx, self.cy, self.axis_a * factor, self.axis_b * factor, self.angle, self.wobble
         )
-
-
-def rater_biases(seed: int, n_raters: int) -> np.ndarray:
-    """Persistent signed-distance biases of the rater panel (in units of ``s_b``).
-
-    Normal quantiles spread evenly over the panel, rescaled to unit root mean square
-    and assigned to rater indices by a permutation derived from ``seed`` only.
-
-    Args:
-        seed: generator seed (non-negative).
-        n_raters: panel size ``R``.
-
-    Returns:
-        float64 ``[R]`` biases; positive values draw smaller structures.
-    """
-    return np.array(_rater_biases(seed, n_raters))
-
-
-@lru_cache(maxsize=64)
-def _rater_biases(seed: int, n_raters: int) -> tuple[float, ...]:
-    if n_raters == 1:
-        return (0.0,)
-    q = ndtri((np.arange(n_raters) + 0.5) / n_raters)
-    q = q / np.sqrt(np.mean(q**2))
-    rng = np.random.default_rng([seed, *_STYLE_KEY])
-    return tuple(q[rng.permutation(n_raters)].tolist())
-
-
-def _lerp(r: Range, t: float) -> float:
-    return float(r[0] + (r[1] - r[0]) * t)
-
-
-def _uniform(rng: np.random.Generator, r: Range) -> float:
-    return float(rng.uniform(r[0], r[1]))
 
 
 def _random_shape(
@@ -260,15 +223,15 @@ def _render(
     """
     xx, yy = grid
     n = xx.shape[0]
-    blur = _uniform(rng, cfg.blur_range) * px
+    blur = uniform(rng, cfg.blur_range) * px
     base = np.array([0.78, 0.36, 0.17]) * rng.uniform(0.85, 1.1, size=3)
     disc_col = np.array([0.95, 0.70, 0.45]) * rng.uniform(0.92, 1.05, size=3)
     cup_col = np.array([1.0, 0.96, 0.86])
     loss = 1.0 - cfg.contrast_loss * amb
-    c_disc = _uniform(rng, cfg.disc_contrast_range) * float(loss[0])
-    c_cup = _uniform(rng, cfg.cup_contrast_range) * float(loss[1])
+    c_disc = uniform(rng, cfg.disc_contrast_range) * float(loss[0])
+    c_cup = uniform(rng, cfg.cup_contrast_range) * float(loss[1])
     # edges: logistic steps with the same spread as the raters' offsets
-    width = np.sqrt(spread**2 + blur**2) / 1.702  # sigmoid(1.702 t) ~ Phi(t)
+    width = np.sqrt(spread**2 + blur**2) / LOGISTIC_SCALE  # sigmoid(1.702 t) ~ Phi(t)
     step_d = 0.5 - 0.5 * np.tanh(sd[0] * float(0.5 / width[0]))
     step_c = 0.5 - 0.5 * np.tanh(sd[1] * float(0.5 / width[1]))
     # low-frequency texture: random plane waves cos(fx x + fy y + phase), separable
@@ -277,8 +240,8 @@ def _render(
     ax = np.outer(np.arange(n), freq * np.cos(ang)) + phase  # [W, 6]
     ay = np.outer(np.arange(n), freq * np.sin(ang))  # [H, 6]
     texture = (np.cos(ay) @ np.cos(ax).T - np.sin(ay) @ np.sin(ax).T).astype(np.float32)
-    texture *= _uniform(rng, cfg.texture_range) / 1.7
-    vx, vy = _uniform(rng, (0.3, 0.7)) * n, _uniform(rng, (0.3, 0.7)) * n
+    texture *= uniform(rng, cfg.texture_range) / 1.7
+    vx, vy = uniform(rng, (0.3, 0.7)) * n, uniform(rng, (0.3, 0.7)) * n
     light = (
         rng.uniform(0.85, 1.1)
         + rng.uniform(-0.25, 0.25) * (xx / n - 0.5)
@@ -295,7 +258,7 @@ def _render(
     img = np.stack(channels)
     # white noise: difference of two uniforms (triangular, cheaper than Gaussian), std sigma
     noise = rng.random((2, *img.shape), dtype=np.float32)
-    img += (_uniform(rng, cfg.noise_range) * 6**0.5) * (noise[0] - noise[1])
+    img += (uniform(rng, cfg.noise_range) * 6**0.5) * (noise[0] - noise[1])
     return np.clip(img, 0.0, 1.0, out=img).astype(np.float32, copy=False), blur
 
 
@@ -346,12 +309,12 @@ def generate_case(index: int, seed: int = 0, config: FundusConfig | None = None)
 
     # ---- ambiguity, rater offset scales (pixels) and geometry
     amb = rng.uniform(*cfg.ambiguity_range, size=2)
-    s_b = [_lerp(cfg.bias_std, float(a)) * px for a in amb]
-    s_j = [_lerp(cfg.jitter_std, float(a)) * px for a in amb]
-    disc_r = _uniform(rng, cfg.disc_radius_range) * n
-    cx, cy = _uniform(rng, cfg.center_range) * n, _uniform(rng, cfg.center_range) * n
+    s_b = [lerp(cfg.bias_std, float(a)) * px for a in amb]
+    s_j = [lerp(cfg.jitter_std, float(a)) * px for a in amb]
+    disc_r = uniform(rng, cfg.disc_radius_range) * n
+    cx, cy = uniform(rng, cfg.center_range) * n, uniform(rng, cfg.center_range) * n
     disc = _random_shape(rng, cx, cy, disc_r, cfg)
-    ratio = _uniform(rng, cfg.cup_ratio_range)
+    ratio = uniform(rng, cfg.cup_ratio_range)
     shift, shift_dir = rng.uniform(0, 0.08) * disc_r, rng.uniform(-np.pi, np.pi)
     cup = _random_shape(
         rng, cx + shift * np.cos(shift_dir), cy + shift * np.sin(shift_dir), ratio * disc_r, cfg

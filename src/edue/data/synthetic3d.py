@@ -39,8 +39,15 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.special import ndtr
 
+from edue.data._generate import (
+    LOGISTIC_SCALE,
+    Range,
+    check_common,
+    lerp,
+    rater_biases,
+    uniform,
+)
 from edue.data.case import MultiRaterCase
-from edue.data.synthetic import rater_biases
 from edue.errors import ConfigError
 
 STRUCTURES_3D = ("GTVp", "GTVn")
@@ -49,7 +56,6 @@ _KEY = 0x3D  # extra entropy word: 3D cases never share a stream with 2D ones
 _WAVES = np.array([1.0, 1.8, 2.6, 3.4, 4.2, 5.0])  # |k| of the directional waves
 _WAVE_WEIGHTS = (1.0 / _WAVES) / np.sum(1.0 / _WAVES)  # variance share of each wave
 
-Range = tuple[float, float]
 Spacing = tuple[float, float, float]
 
 
@@ -104,15 +110,7 @@ class Volume3DConfig:
 
     def check(self) -> Volume3DConfig:
         """Raise :class:`ConfigError` if a value is out of range; return ``self``."""
-        if self.size < 16:
-            raise ConfigError(f"synthetic3d size must be >= 16, got {self.size}")
-        if self.n_raters < 1:
-            raise ConfigError(f"synthetic3d n_raters must be >= 1, got {self.n_raters}")
-        lo, hi = self.ambiguity_range
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ConfigError(f"ambiguity_range must lie in [0, 1], got {self.ambiguity_range}")
-        if min(self.jitter_std) <= 0 or min(self.bias_std) < 0:
-            raise ConfigError("jitter_std must be positive and bias_std non-negative")
+        check_common(self, "synthetic3d")
         n_lo, n_hi = self.node_count_range
         if not 0 <= n_lo <= n_hi <= 6:
             raise ConfigError(f"node_count_range must lie in [0, 6], got {self.node_count_range}")
@@ -120,14 +118,6 @@ class Volume3DConfig:
         if not choices or any(len(s) != 3 or min(s) <= 0 for s in choices):
             raise ConfigError("spacing must be three positive values (z, y, x) in mm")
         return self
-
-
-def _lerp(r: Range, t: float) -> float:
-    return float(r[0] + (r[1] - r[0]) * t)
-
-
-def _uniform(rng: np.random.Generator, r: Range) -> float:
-    return float(rng.uniform(r[0], r[1]))
 
 
 def _directions(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -220,7 +210,7 @@ def _geometry(
 ) -> tuple[_Blob, list[_Blob]]:
     """The tumour and the nodes (in mm); ``pad[k]`` is the extra reach of structure ``k``."""
     mid = extent / 2
-    radius = _uniform(rng, cfg.tumour_radius_range) * fov
+    radius = uniform(rng, cfg.tumour_radius_range) * fov
     spread = np.array([0.08 * fov, 0.08 * fov, 0.08 * fov])
     tumour = _random_blob(rng, mid, radius, cfg)
     reach = tumour.max_radius + pad[0]
@@ -231,7 +221,7 @@ def _geometry(
     for _ in range(int(rng.integers(cfg.node_count_range[0], cfg.node_count_range[1] + 1))):
         side = float(rng.choice([-1.0, 1.0]))
         node_centre = mid + np.array([0.0, 0.02 * fov, side * 0.26 * fov])
-        node = _random_blob(rng, node_centre, _uniform(rng, cfg.node_radius_range) * fov, cfg)
+        node = _random_blob(rng, node_centre, uniform(rng, cfg.node_radius_range) * fov, cfg)
         spread = np.array([0.45 * fov, 0.08 * fov, 0.05 * fov])
         reach = node.max_radius + pad[1]
         c = _place(rng, extent, node_centre, spread, reach, placed)
@@ -306,7 +296,7 @@ def _render(
     (z, y, x), fov, unit, mid = grid.coords, float(grid.extent[1]), grid.unit, grid.extent / 2
     # body: an elliptic cylinder narrowing towards both ends, a fat layer, a spine
     taper = 1.0 - 0.3 * ((z - mid[0]) / grid.extent[0]) ** 2
-    ay, ax = _uniform(rng, (0.32, 0.38)) * fov, _uniform(rng, (0.38, 0.45)) * fov
+    ay, ax = uniform(rng, (0.32, 0.38)) * fov, uniform(rng, (0.38, 0.45)) * fov
     rb = np.sqrt(((y - mid[1]) / ay) ** 2 + ((x - mid[2]) / ax) ** 2) / taper
     body = _logistic((1.0 - rb) * ay / unit)
     fat = body * _logistic((rb - 0.88) * ay / unit)
@@ -314,17 +304,17 @@ def _render(
     spine = _logistic((0.11 * fov - spine_r) / unit)
     ct = body * (0.5 + 0.02 * _texture(rng, grid, fov)) - 0.28 * fat + 0.45 * spine
     loss = 1.0 - cfg.contrast_loss * amb
-    ct += _uniform(rng, cfg.ct_contrast_range) * float(loss[0]) * steps[0]
-    ct += _uniform(rng, cfg.ct_contrast_range) * float(loss[1]) * steps[1]
-    ct += _uniform(rng, cfg.ct_noise_range) * rng.standard_normal(ct.shape, dtype=np.float32)
+    ct += uniform(rng, cfg.ct_contrast_range) * float(loss[0]) * steps[0]
+    ct += uniform(rng, cfg.ct_contrast_range) * float(loss[1]) * steps[1]
+    ct += uniform(rng, cfg.ct_noise_range) * rng.standard_normal(ct.shape, dtype=np.float32)
     # PET: low background, high tumour uptake, moderate nodes, blurred, Poisson-like noise
     up = 1.0 - cfg.uptake_loss * amb
     pet = body * (0.05 + 0.015 * _texture(rng, grid, fov))
     heterogeneity = 1.0 + 0.1 * _texture(rng, grid, fov / 2)
-    pet += _uniform(rng, cfg.tumour_uptake_range) * float(up[0]) * steps[0] * heterogeneity
-    pet += _uniform(rng, cfg.node_uptake_range) * float(up[1]) * steps[1]
+    pet += uniform(rng, cfg.tumour_uptake_range) * float(up[0]) * steps[0] * heterogeneity
+    pet += uniform(rng, cfg.node_uptake_range) * float(up[1]) * steps[1]
     pet = gaussian_filter(pet, cfg.pet_blur * unit / grid.spacing, mode="nearest", truncate=3.0)
-    noise = _uniform(rng, cfg.pet_noise_range) * rng.standard_normal(pet.shape, dtype=np.float32)
+    noise = uniform(rng, cfg.pet_noise_range) * rng.standard_normal(pet.shape, dtype=np.float32)
     pet += noise * np.sqrt(np.maximum(pet, 0.0) + 0.01)
     image = np.stack([ct, pet]).astype(np.float32, copy=False)
     return np.clip(image, 0.0, 1.0, out=image)
@@ -395,12 +385,12 @@ def generate_volume(
     choices = [cfg.spacing] if cfg.spacing is not None else list(cfg.spacing_choices)
     grid = _Grid(int(cfg.size), np.array(choices[int(rng.integers(len(choices)))], dtype=float))
     origin = np.round(rng.uniform(-80.0, 80.0, size=3), 1)
-    s_b = [_lerp(cfg.bias_std, float(a)) * grid.unit for a in amb]
-    s_j = [_lerp(cfg.jitter_std, float(a)) * grid.unit for a in amb]
+    s_b = [lerp(cfg.bias_std, float(a)) * grid.unit for a in amb]
+    s_j = [lerp(cfg.jitter_std, float(a)) * grid.unit for a in amb]
     pad = [1.5 * b + 2.5 * s for b, s in zip(s_b, s_j, strict=True)]  # typical rater reach
     tumour, nodes = _geometry(rng, cfg, grid.extent, float(grid.extent[1]), pad)
     blobs = [[tumour], nodes]
-    width = np.hypot(s_b, s_j) / 1.702  # logistic scale with the offsets' std
+    width = np.hypot(s_b, s_j) / LOGISTIC_SCALE  # logistic scale with the offsets' std
     image = _render(rng, grid, _steps(blobs, width, grid), amb, cfg)
     biases = rater_biases(seed, cfg.n_raters)
     masks, prob = _rate(np.random.default_rng(rater_ss), blobs, biases, (s_b, s_j), grid)

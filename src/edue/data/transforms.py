@@ -27,15 +27,30 @@ def resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     )[0]
 
 
-def resize_case(case: MultiRaterCase, size: int | Sequence[int]) -> MultiRaterCase:
-    """Resize a case's image (bilinear) and rater masks (nearest) to ``size``."""
-    spatial = (size,) * case.spatial_dims if isinstance(size, int) else tuple(size)
-    if case.spatial_shape == tuple(spatial):
+def resize_case(case: MultiRaterCase, size: int | Sequence[int] | None) -> MultiRaterCase:
+    """Resize a case to ``size`` (an ``int`` for every spatial axis, or one per axis).
+
+    The image ``[C, *sp]`` and ``rater_probability`` ``[K, *sp]`` are resampled with
+    :func:`resize_image`, the rater masks ``[R, K, *sp]`` with nearest neighbour
+    (pixel centres aligned with the image's). The original spatial shape goes to
+    ``meta['original_shape']``; ``spacing`` no longer applies and is dropped.
+
+    Args:
+        case: the case to resize.
+        size: target spatial shape; ``None`` or the current shape keeps the case.
+
+    Returns:
+        The resized case (``case`` itself when nothing changes).
+    """
+    if size is None:
+        return case
+    spatial = (size,) * case.spatial_dims if isinstance(size, int) else tuple(int(s) for s in size)
+    if case.spatial_shape == spatial:
         return case
     image = resize_image(torch.from_numpy(case.image), spatial).numpy()
     r, k = case.masks.shape[:2]
     masks = torch.from_numpy(case.masks.reshape(r * k, *case.spatial_shape)).float()
-    masks = F.interpolate(masks[None], size=spatial, mode="nearest")[0]
+    masks = F.interpolate(masks[None], size=spatial, mode="nearest-exact")[0]
     prob = None
     if case.rater_probability is not None:
         prob = resize_image(torch.from_numpy(case.rater_probability), spatial).numpy()

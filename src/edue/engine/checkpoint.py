@@ -9,7 +9,6 @@ records the ``edue`` version and a SHA-256 of the weights, checked on load.
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import random
 import re
@@ -145,15 +144,3 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
-
-
-def fsync_dir(path: str | Path) -> None:
-    """Flush a folder's entries to disk (after renames), where the platform allows."""
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -8,11 +8,22 @@ in the manner of MONAI's ``compute_dice`` / ``DiceMetric``. Inputs may be 2D
 Modules: :mod:`~edue.metrics.segmentation` (Dice, HD95), :mod:`~edue.metrics.calibration`
 (NLL, Brier, ECE), :mod:`~edue.metrics.disagreement` (image- and pixel-level correlation
 with expert disagreement), :mod:`~edue.metrics.ged` (GED, Hungarian IoU),
-:mod:`~edue.metrics.qc` (quality-control curves), :mod:`~edue.metrics.ood` (distortions,
-member agreement, AUROC), :mod:`~edue.metrics.cost` (parameters, time) and
-:mod:`~edue.metrics.summary` (:func:`evaluate_case`, :class:`EvaluationAccumulator`).
+:mod:`~edue.metrics.qc` (quality-control curves), :mod:`~edue.metrics.ood` (member
+agreement and AUROC under the distortions of :mod:`edue.data.distortions`),
+:mod:`~edue.metrics.cost` (parameters, time) and :mod:`~edue.metrics.summary`
+(:func:`evaluate_case`, :class:`EvaluationAccumulator`).
+
+Conventions: docs/method.md, section "Metrics".
 """
 
+from edue.data.distortions import (  # the OOD study's input distortions, kept here too
+    DISTORTIONS,
+    distort,
+    distort_dataset,
+    gaussian_blur,
+    gaussian_noise,
+    hue_shift,
+)
 from edue.metrics.calibration import (
     CalibrationAccumulator,
     brier,
@@ -22,16 +33,7 @@ from edue.metrics.calibration import (
 from edue.metrics.cost import count_parameters, time_per_image
 from edue.metrics.disagreement import DisagreementMetric, image_correlation, pixel_ncc
 from edue.metrics.ged import LIDC_PRESET, ged, ged_lidc, hungarian_iou, pairwise_iou
-from edue.metrics.ood import (
-    DISTORTIONS,
-    distort,
-    distort_dataset,
-    gaussian_blur,
-    gaussian_noise,
-    hue_shift,
-    pairwise_dice_variance,
-    separation_auroc,
-)
+from edue.metrics.ood import pairwise_dice_variance, separation_auroc
 from edue.metrics.qc import (
     DEFAULT_POOR_THRESHOLDS,
     FALLBACK_POOR_THRESHOLD,
