@@ -102,12 +102,23 @@ def _add_ensemble(sub: argparse._SubParsersAction) -> None:
     g.set_defaults(func=cmd_ensemble_gather)
 
 
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="configuration tools")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    s = csub.add_parser("show", help="print the resolved configuration, defaults included")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=5")
+    s.add_argument("--config", help="YAML configuration (defaults when omitted)")
+    s.set_defaults(func=cmd_config_show)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole comparison on the embedded dataset")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--dims", type=int, default=2, choices=[2, 3])
     p.add_argument("--quick", action="store_true", help="a tiny run (for tests)")
-    p.add_argument("--methods", nargs="*", help="subset of methods to train")
+    p.add_argument(
+        "--methods", nargs="*", help="subset of the registered methods to train (default: all)"
+    )
     p.add_argument(
         "--ablations",
         action="store_true",
@@ -133,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_compare,
         _add_data,
         _add_ensemble,
+        _add_config,
         _add_demo,
     ):
         add(sub)
@@ -159,23 +171,64 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from edue.config import load_config
+
+    config = load_config(args.config, list(args.overrides))
+    print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from edue.engine.predict_files import predict_files
+    from edue.report.prediction_figures import write_prediction_figure
 
-    return predict_files(
+    result = predict_files(
         args.checkpoint,
         args.inputs,
         args.out,
         device=args.device,
         skip_bad=args.skip_bad,
-        figures=not args.no_figures,
+        figure_writer=None if args.no_figures else write_prediction_figure,
     )
+    for item in result.failed:
+        print(f"edue: skipped {item['input']}: {item['reason']}", file=sys.stderr)
+    print(
+        f"predicted {len(result.done)} image(s), {len(result.failed)} failed; "
+        f"outputs in {result.out_dir}"
+    )
+    for item in result.failed:
+        print(f"  failed: {item['input']}: {item['reason']}")
+    return 1 if result.failed else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from edue.engine.evaluate import evaluate_command
+    from edue.engine.evaluate import evaluate_checkpoint, parse_poor_thresholds
 
-    return evaluate_command(args)
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        args.out,
+        data=args.data,
+        data_format=args.format,
+        split=args.split,
+        all_cases=args.all,
+        ood=args.ood,
+        poor_thresholds=parse_poor_thresholds(args.poor_threshold),
+        device=args.device,
+    )
+    m = result["metrics"]
+    print(
+        f"{result['method']}: {int(m['n_cases'])} cases, "
+        f"{result['seconds_per_image'] * 1000:.1f} ms/image, {result['parameters']:,} parameters"
+    )
+    for s in result["structures"]:
+        print(
+            f"  {s:>8}: soft Dice {m[f'soft_dice/{s}/mean']:.3f}  NLL {m[f'nll/{s}/mean']:.3f}  "
+            f"Spearman(SV) {m[f'image_spearman/{s}']:.3f}  pixel NCC {m[f'pixel_ncc/{s}/mean']:.3f}"
+        )
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -199,19 +252,23 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     import yaml
 
-    from edue.data.check import run_check_command
+    from edue.data.check import check_path
 
     options = {}
     for item in args.option:
         key, _, value = item.partition("=")
         options[key] = yaml.safe_load(value)
-    return run_check_command(args.root, args.format, args.strict, options)
+    report = check_path(args.root, args.format, options)
+    print(report.format())
+    return 2 if args.strict and not report.ok else 0
 
 
 def cmd_riga_extract(args: argparse.Namespace) -> int:
-    from edue.data.riga_extract import run_riga_extract_command
+    from edue.data.riga_extract import extract_riga
 
-    return run_riga_extract_command(args.src, args.out)
+    report = extract_riga(args.src, args.out)
+    print(report.format())
+    return 0 if report.extracted else 2
 
 
 def cmd_ensemble_gather(args: argparse.Namespace) -> int:
@@ -226,7 +283,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from edue.demo import run_demo
 
     return run_demo(
-        args.out, dims=args.dims, quick=args.quick, methods=args.methods, ablations=args.ablations
+        args.out,
+        dims=args.dims,
+        quick=args.quick,
+        methods=args.methods,
+        with_ablations=args.ablations,
     )
 
 
@@ -234,7 +295,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run a subcommand; user errors become one line and exit status 2."""
     from edue.errors import EdueError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides (key=value) may come before or after the options: argparse gives the
+    # positional list only its first run, so the later ones arrive as extras.
+    args, extras = parser.parse_known_args(argv)
+    stray = [e for e in extras if e.startswith("-") or "=" not in e]
+    if stray or (extras and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extras)}")
+    if extras:
+        args.overrides = [*args.overrides, *extras]
+    _log_to_stdout()
     warnings.showwarning = _showwarning
     try:
         return int(args.func(args) or 0)
@@ -244,6 +314,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edue: interrupted (the last checkpoint is kept)", file=sys.stderr)
         return 130
+
+
+def _log_to_stdout() -> None:
+    """Progress lines of the library (``edue.*`` loggers, e.g. one per epoch) on stdout."""
+    import logging
+
+    class StdoutLines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            print(record.getMessage(), file=sys.stdout, flush=True)  # the current stdout
+
+    logger = logging.getLogger("edue")
+    if not any(type(h).__name__ == "StdoutLines" for h in logger.handlers):
+        logger.addHandler(StdoutLines())
+    logger.setLevel(logging.INFO)
 
 
 def _showwarning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]

@@ -1,25 +1,59 @@
-"""Run configuration: dataclasses, YAML in and out, dotted command-line overrides.
+"""Run configuration: typed sections, YAML in and out, dotted command-line overrides.
 
 Every number a run prints is reproducible from its seed and the resolved configuration,
 which training saves as ``config.yaml`` in the run folder.
+
+The sections are pydantic models: every key has a type and, where it matters, a range
+or a set of allowed values, checked when a file or an override is loaded *and* when a
+value is assigned later. pydantic is used (rather than hand-written checks on
+dataclasses, or OmegaConf) because it validates nested models, ``Literal`` choices,
+numeric ranges and unions with precise error locations, which become one
+:class:`~edue.errors.ConfigError` line naming the key, the value and what is allowed.
+Names that depend on what is registered (``method.name``, ``data.format``) are checked
+against the method and reader registries.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edue.errors import ConfigError
 
-METHODS = ("edue", "layer_ensembles", "deep_ensemble", "mc_dropout", "plain")
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+#: a subset's size: a count of cases, or a fraction of them
+SubsetSize = Annotated[int, Field(ge=0)] | Annotated[float, Field(ge=0)]
 
 
-@dataclass
-class DataConfig:
+def _default_split() -> dict[str, SubsetSize]:
+    return {"train": 300, "val": 60, "test": 100}
+
+
+class _Section(BaseModel):
+    """Common behaviour: unknown keys are errors; assignments are checked too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise config_error(exc, root=type(self)) from None
+
+
+class DataConfig(_Section):
     """Where the cases come from and how they are split.
 
     Attributes:
@@ -41,39 +75,57 @@ class DataConfig:
 
     format: str = "synthetic"
     root: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    split: Any = field(default_factory=lambda: {"train": 300, "val": 60, "test": 100})
+    options: dict[str, Any] = Field(default_factory=dict)
+    split: dict[str, SubsetSize] | str = Field(default_factory=_default_split)
     split_file: str | None = None
-    split_seed: int = 0
-    size: int | None = None
-    patch_size: list[int] | None = None
-    patch_pos_ratio: float = 0.67
+    split_seed: NonNegativeInt = 0
+    size: PositiveInt | None = None
+    patch_size: Annotated[list[PositiveInt], Field(min_length=1, max_length=3)] | None = None
+    patch_pos_ratio: Fraction = 0.67
     strict: bool = False
-    num_workers: int = 0
+    num_workers: NonNegativeInt = 0
     augment: bool = False
 
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        from edue.data.source import reader_names
 
-@dataclass
-class ModelConfig:
+        if value not in reader_names():
+            raise ValueError(f"unknown format (one of: {', '.join(reader_names())})")
+        return value
+
+    @field_validator("split")
+    @classmethod
+    def _split_subsets(cls, value: dict[str, float] | str) -> dict[str, float] | str:
+        unknown = sorted(set(value) - {"train", "val", "test"}) if isinstance(value, dict) else []
+        if unknown:
+            raise ValueError(f"unknown subset(s) {unknown} (train, val, test)")
+        return value
+
+
+class ModelConfig(_Section):
     """The U-Net backbone.
 
     Attributes:
-        channels: encoder widths, fine to coarse.
+        channels: encoder widths, fine to coarse (at least two levels).
         norm: ``batch``, ``instance``, ``group`` or ``none``.
     """
 
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
-    norm: str = "batch"
+    channels: Annotated[list[PositiveInt], Field(min_length=2)] = Field(
+        default_factory=lambda: [16, 32, 64, 128]
+    )
+    norm: Literal["batch", "instance", "group", "none"] = "batch"
 
 
-@dataclass
-class MethodConfig:
+class MethodConfig(_Section):
     """The method and its switches (every EDUE ingredient can be turned off for ablations).
 
     Attributes:
-        name: one of ``edue``, ``layer_ensembles``, ``deep_ensemble``, ``mc_dropout``, ``plain``.
-        heads: EDUE head placement: ``decoder`` (after every decoder block), or a list of
-            block names.
+        name: a registered method (``edue method list``-style names: see
+            :func:`edue.methods.method_names`).
+        heads: head placement of multi-head methods: ``decoder`` (after every decoder
+            block), or a list of block names.
         aux_weight: BCE weight of each auxiliary head.
         label_sampling: auxiliary heads learn one randomly drawn rater (else the soft vote).
         guidance: add ``guidance_weight × RMSE(variance across heads, expert variance)``.
@@ -86,20 +138,37 @@ class MethodConfig:
     """
 
     name: str = "edue"
-    heads: Any = "decoder"
-    aux_weight: float = 0.3
+    heads: Literal["decoder"] | Annotated[list[str], Field(min_length=2)] = "decoder"
+    aux_weight: Annotated[float, Field(ge=0.0)] = 0.3
     label_sampling: bool = True
     guidance: bool = True
-    guidance_weight: float = 5.0
-    skip_first: int = 4
-    mc_dropout: float = 0.2
-    mc_samples: int = 10
-    ensemble_size: int = 5
-    member: int | None = None
+    guidance_weight: Annotated[float, Field(ge=0.0)] = 5.0
+    skip_first: NonNegativeInt = 4
+    mc_dropout: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    mc_samples: Annotated[int, Field(ge=2)] = 10
+    ensemble_size: Annotated[int, Field(ge=2)] = 5
+    member: NonNegativeInt | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from edue.methods.registry import method_names
+
+        if value not in method_names():
+            raise ValueError(f"not a registered method (one of: {', '.join(method_names())})")
+        return value
+
+    @model_validator(mode="after")
+    def _member_in_range(self) -> MethodConfig:
+        if self.member is not None and self.member >= self.ensemble_size:
+            raise ValueError(
+                f"member {self.member} is outside the ensemble of "
+                f"{self.ensemble_size} (0 … {self.ensemble_size - 1})"
+            )
+        return self
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     """Optimisation and run settings.
 
     Attributes:
@@ -108,116 +177,165 @@ class TrainConfig:
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         seed: seed of weights, data order, rater sampling and dropout.
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         amp: mixed precision: ``none``, ``auto``, ``bf16`` or ``fp16``.
         channels_last: channels-last memory format (2D).
         compile: ``torch.compile`` the network (training steps; validation too).
         compile_backend: ``torch.compile`` backend: ``inductor`` (generated kernels; a C++
-            compiler on the CPU, Triton on GPUs) or ``aot_eager`` (traced graph, eager
-            kernels: checks that a model compiles, no speed-up).
+            compiler on the CPU, Triton on GPUs), ``aot_eager`` (traced graph, eager
+            kernels: checks that a model compiles, no speed-up) or ``eager``.
         deterministic: deterministic algorithms (bitwise-reproducible resumes).
         threads: CPU threads (0 = torch's default).
         checkpoint_every: also checkpoint every N steps within an epoch (0 = per epoch only).
     """
 
-    epochs: int = 20
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    seed: int = 0
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 16
+    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    seed: NonNegativeInt = 0
     device: str = "auto"
-    amp: str = "none"
+    amp: Literal["none", "auto", "bf16", "fp16"] = "none"
     channels_last: bool = False
     compile: bool = False
-    compile_backend: str = "inductor"
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
     deterministic: bool = False
-    threads: int = 0
-    checkpoint_every: int = 0
+    threads: NonNegativeInt = 0
+    checkpoint_every: NonNegativeInt = 0
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        index = value.removeprefix("cuda:")
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and index.isdigit()):
+            return value
+        raise ValueError("expected auto, cpu, cuda or cuda:N")
 
 
-@dataclass
-class InferConfig:
+class InferConfig(_Section):
     """Prediction settings.
 
     Attributes:
         roi_size: sliding-window size for volumes (``null``: ``data.patch_size``, and a
             single whole-image pass when that is unset too).
-        overlap: overlap of neighbouring windows (fraction of the window).
+        overlap: overlap of neighbouring windows (fraction of the window, below 1).
         sw_batch_size: windows per forward pass.
         blend: ``gaussian`` or ``constant`` blending of overlapping windows.
     """
 
-    roi_size: list[int] | None = None
-    overlap: float = 0.25
-    sw_batch_size: int = 4
-    blend: str = "gaussian"
+    roi_size: Annotated[list[PositiveInt], Field(min_length=1, max_length=3)] | None = None
+    overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.25
+    sw_batch_size: PositiveInt = 4
+    blend: Literal["gaussian", "constant"] = "gaussian"
 
 
-@dataclass
-class Config:
+class Config(_Section):
     """A whole run."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    infer: InferConfig = field(default_factory=InferConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
     out_dir: str = "runs/train"
+
+    @model_validator(mode="after")
+    def _method_accepts(self) -> Config:
+        from edue.methods.registry import get_method
+
+        check = get_method(self.method.name).check
+        if check is not None:
+            check(self)  # raises ValueError saying which keys disagree
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON serialisable)."""
-        return dataclasses.asdict(self)
-
-    def validate(self) -> Config:
-        """Check values a user may get wrong; raise :class:`ConfigError`."""
-        if self.method.name not in METHODS:
-            raise ConfigError(
-                f"method.name '{self.method.name}' unknown (one of {', '.join(METHODS)})"
-            )
-        if self.train.epochs < 1 or self.train.batch_size < 1:
-            raise ConfigError("train.epochs and train.batch_size must be >= 1")
-        if self.train.device not in ("auto", "cpu", "cuda") and not self.train.device.startswith(
-            "cuda:"
-        ):
-            raise ConfigError(f"train.device '{self.train.device}' (auto, cpu or cuda)")
-        if self.train.compile_backend not in ("inductor", "aot_eager", "eager"):
-            raise ConfigError(
-                f"train.compile_backend '{self.train.compile_backend}' "
-                "(inductor, aot_eager or eager)"
-            )
-        if self.train.amp not in ("none", "auto", "bf16", "fp16"):
-            raise ConfigError(f"train.amp '{self.train.amp}' (none, auto, bf16 or fp16)")
-        if self.method.ensemble_size < 1 or self.method.mc_samples < 1:
-            raise ConfigError("method.ensemble_size and method.mc_samples must be >= 1")
-        return self
+        return self.model_dump(mode="python")
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+def _describe(errors: list[Any], root: type[BaseModel]) -> list[str]:
+    """Readable clauses ``key = value: what is allowed``, one per key, from pydantic errors.
+
+    The branches of a union fail separately; when one branch got past the type check
+    (a dict of subset sizes with a negative count), the others' type errors are noise.
+    """
+    grouped: dict[str, list[Any]] = {}
+    sections: dict[str, type[BaseModel]] = {}
+    for error in errors:
+        keys, section = _key_path(root, error["loc"])
+        key = ".".join(keys) or "config"
+        grouped.setdefault(key, []).append(error)
+        sections[key] = section
+    clauses = []
+    for key, group in grouped.items():
+        if any(e["type"] == "extra_forbidden" for e in group):
+            known = ", ".join(sections[key].model_fields)
+            clauses.append(f"{key}: unknown key (known here: {known})")
+            continue
+        value = group[0].get("input")
+        shown = "" if isinstance(value, dict | BaseModel) else f" = {value!r}"
+        messages = list(dict.fromkeys(str(e["msg"]).removeprefix("Value error, ") for e in group))
+        clauses.append(f"{key}{shown}: {' or '.join(messages)}")
+    specific = [
+        c
+        for c, (k, g) in zip(clauses, grouped.items(), strict=True)
+        if not all(e["type"].endswith("_type") for e in g)
+    ]
+    return specific or clauses
+
+
+#: parts of an error location that name a union branch, not a key (as do pydantic's
+#: ``list[...]``, ``literal[...]`` and ``constrained-int``; keys here use underscores)
+_BRANCH_NAMES = {"str", "int", "float", "bool", "none"}
+
+
+def _key_path(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel]]:
+    """The dotted key of an error location (without union-branch tags and list indices),
+    and the section whose key it is."""
+    keys: list[str] = []
+    model: type[BaseModel] | None = root
+    section = root
+    for part in loc:
+        name = str(part)
+        if isinstance(part, int) or "[" in name or name in _BRANCH_NAMES or "-" in name:
+            continue
+        keys.append(str(part))
+        field = model.model_fields.get(str(part)) if model is not None else None
+        if model is not None:
+            section = model
+        annotation = getattr(field, "annotation", None)
+        is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        model = annotation if is_model else None
+    return keys, section
+
+
+def config_error(
+    exc: ValidationError, where: str = "", root: type[BaseModel] | None = None
+) -> ConfigError:
+    """One :class:`ConfigError` line from a pydantic error (every problem, ``;``-joined).
+
+    Args:
+        exc: the validation error.
+        where: prefix (the file the values came from).
+        root: the section the error's locations start at (default: the whole config).
+    """
+    clauses = _describe(exc.errors(), root or Config)
+    prefix = f"{where}: " if where else ""
+    return ConfigError(prefix + "; ".join(clauses))
+
+
+def config_from_dict(values: dict[str, Any], where: str = "") -> Config:
+    """Build and check a :class:`Config` from a nested dict.
+
+    Raises:
+        ConfigError: unknown keys, wrong types, unknown choices or out-of-range values.
+    """
     if not isinstance(values, dict):
-        raise ConfigError(f"'{where}' must be a mapping, got {type(values).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) {unknown} in '{where or 'config'}' (known: {sorted(known)})"
-        )
-    kwargs = {}
-    for name, value in values.items():
-        sub = known[name].type
-        nested = {
-            "InferConfig": InferConfig,
-            "DataConfig": DataConfig,
-            "ModelConfig": ModelConfig,
-            "MethodConfig": MethodConfig,
-            "TrainConfig": TrainConfig,
-        }.get(str(sub))
-        kwargs[name] = _build(nested, value, f"{where}.{name}".strip(".")) if nested else value
-    return cls(**kwargs)
-
-
-def config_from_dict(values: dict[str, Any]) -> Config:
-    """Build and validate a :class:`Config` from a nested dict."""
-    return _build(Config, values or {}, "").validate()  # type: ignore[no-any-return]
+        raise ConfigError(f"{where or 'config'}: must be a mapping, got {type(values).__name__}")
+    try:
+        return Config.model_validate(values)
+    except ValidationError as exc:
+        raise config_error(exc, where) from None
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -250,15 +368,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            raise ConfigError("config file not found", path)
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML ({exc})") from None
-    try:
-        return config_from_dict(apply_overrides(values, overrides or []))
-    except TypeError as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or "cannot be parsed"
+            raise ConfigError(f"invalid YAML{where}: {problem}", path) from None
+    return config_from_dict(apply_overrides(values, overrides or []), str(path or ""))
 
 
 def save_config(config: Config, path: str | Path) -> None:

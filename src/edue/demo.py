@@ -1,8 +1,10 @@
 """``make demo``: train EDUE and its baselines on the embedded dataset, evaluate them all
 on the same test split, and write the comparison report to ``runs/demo/``.
 
-The Deep Ensemble's first member *is* the plain U-Net (same configuration, same seed),
-so the plain baseline costs no extra training; the other members differ only in seed.
+The methods are the registered ones (:mod:`edue.methods.registry`), in their order. An
+ensemble whose first member *is* another method's run (the Deep Ensemble's member 0 is
+the plain U-Net: same configuration, same seed) reuses that run, so the plain baseline
+costs no extra training; the other members differ only in seed.
 """
 
 from __future__ import annotations
@@ -13,14 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from edue.config import Config, config_from_dict, save_config
+from edue.methods.registry import get_method, method_names, method_specs
 
-DEMO_METHODS = ("edue", "layer_ensembles", "mc_dropout", "plain", "deep_ensemble")
 
-#: Ablations of EDUE: run names mapped to the method switches they turn off.
-ABLATIONS: dict[str, dict[str, Any]] = {
-    "edue_no_guidance": {"name": "edue", "guidance": False},
-    "edue_no_sampling": {"name": "edue", "label_sampling": False},
-}
+def ablations() -> dict[str, dict[str, Any]]:
+    """Ablation runs of every registered method: run name -> ``method.*`` values."""
+    return {
+        run: {"name": spec.name, **values}
+        for spec in method_specs()
+        for run, values in spec.ablations.items()
+    }
+
 
 #: The 2D demo: sized to train eight networks and evaluate five methods on two CPU cores
 #: within the demo's time budget.
@@ -32,7 +37,7 @@ DEMO_2D: dict[str, Any] = {
         "split_seed": 0,
     },
     "model": {"channels": [16, 32, 64, 128], "norm": "batch"},
-    "method": {"name": "edue", "ensemble_size": 5, "mc_samples": 10, "skip_first": 3},
+    "method": {"ensemble_size": 5, "mc_samples": 10, "skip_first": 3},
     "train": {"epochs": 12, "batch_size": 16, "lr": 2e-3, "seed": 0, "device": "cpu"},
 }
 
@@ -59,7 +64,7 @@ def demo_config(out: Path, method: str, quick: bool, dims: int = 2) -> Config:
         base = _merge(DEMO_3D, QUICK_3D) if quick else copy.deepcopy(DEMO_3D)
     else:
         base = _merge(DEMO_2D, QUICK_OVERRIDES) if quick else copy.deepcopy(DEMO_2D)
-    base["method"].update(ABLATIONS.get(method, {"name": method}))
+    base["method"].update(ablations().get(method, {"name": method}))
     base["out_dir"] = str(out / method)
     return config_from_dict(base)
 
@@ -73,12 +78,13 @@ def _train_all(out: Path, methods: list[str], quick: bool, dims: int) -> dict[st
     for method in methods:
         started = time.perf_counter()
         config = demo_config(out, method, quick, dims)
-        if method == "deep_ensemble":
-            plain_run = out / "plain"
+        spec = get_method(config.method.name)
+        if spec.trains_members_separately:
+            reused = out / spec.first_member_from if spec.first_member_from else None
             members = []
             for i in range(config.method.ensemble_size):
-                if i == 0 and (plain_run / "best.pt").is_file():
-                    members.append(plain_run)  # member 0 = the plain U-Net (same seed)
+                if i == 0 and reused is not None and (reused / "best.pt").is_file():
+                    members.append(reused)  # member 0 = that run (same configuration, seed)
                     continue
                 members.append(train(member_config(config, i)))
             save_config(config, out / method / "config.yaml")
@@ -94,7 +100,7 @@ def run_demo(
     dims: int = 2,
     quick: bool = False,
     methods: list[str] | None = None,
-    ablations: bool = False,
+    with_ablations: bool = False,
 ) -> int:
     """Train, evaluate and compare; print where the outputs are and how long it took."""
     import torch
@@ -107,10 +113,12 @@ def run_demo(
     started = time.perf_counter()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(out_dir)
-    chosen = list(methods or DEMO_METHODS) + (list(ABLATIONS) if ablations else [])
-    if "deep_ensemble" in chosen and "plain" in chosen:  # plain first: it is member 0
-        chosen.remove("plain")
-        chosen.insert(chosen.index("deep_ensemble"), "plain")
+    chosen = list(methods or method_names()) + (list(ablations()) if with_ablations else [])
+    for spec in method_specs():  # a run reused as an ensemble's member 0 trains first
+        first = spec.first_member_from
+        if spec.name in chosen and first in chosen:
+            chosen.remove(first)  # type: ignore[arg-type]
+            chosen.insert(chosen.index(spec.name), first)  # type: ignore[arg-type]
     checkpoints = _train_all(out, chosen, quick, dims)
     config = demo_config(out, chosen[0], quick, dims)
     source = open_configured_source(config)

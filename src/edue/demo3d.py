@@ -47,7 +47,6 @@ DEMO_3D: dict[str, Any] = {
     },
     "model": {"channels": [8, 16, 32, 64], "norm": "batch"},
     "method": {
-        "name": "edue",
         "guidance_weight": 2.0,  # see the module docstring
         "ensemble_size": 5,
         "mc_samples": 10,

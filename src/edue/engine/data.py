@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 
 from edue.config import Config
 from edue.data.case import CaseDataset, MultiRaterCase
+from edue.data.check import SkippingSource
 from edue.data.source import CaseSource, open_source
 from edue.data.transforms import RandomFlip, resize_case
-from edue.errors import ConfigError, DataError
+from edue.errors import ConfigError
 
 SUBSETS = ("train", "val", "test")
 GENERATED = ("synthetic", "synthetic3d")  # embedded generators: no root, split by counts
@@ -21,7 +21,11 @@ def open_configured_source(config: Config) -> CaseSource:
     """The whole dataset named by ``config.data``."""
     data = config.data
     if data.format in GENERATED:
-        total = int(sum(int(data.split.get(s, 0)) for s in SUBSETS))
+        if not isinstance(data.split, dict):
+            raise ConfigError(
+                f"data.split: generated data needs subset counts, not the preset '{data.split}'"
+            )
+        total = sum(int(data.split.get(s, 0)) for s in SUBSETS)
         options = dict(data.options)
         options.setdefault("n", total)
         options.setdefault("seed", data.split_seed)
@@ -87,38 +91,40 @@ class PreparedSource(CaseSource):
         return case
 
     def drop_bad(self) -> list[str]:
-        """Try every case once; drop the unreadable ones (or raise when strict).
+        """Try every case once; drop the unreadable ones with a warning (or raise when strict).
+
+        The cases are left out as :class:`~edue.data.check.SkippingSource` does.
 
         Returns:
             One ``file: reason`` line per dropped case.
+
+        Raises:
+            DataError: ``strict`` and a case fails to load.
         """
-        good, problems = [], []
-        for i in range(len(self)):
-            try:
-                self.load(i)
-                good.append(self.indices[i])
-            except DataError as exc:
-                if self.strict:
-                    raise
-                problems.append(str(exc))
-        if problems:
-            warnings.warn(
-                f"skipped {len(problems)} bad case(s); first: {problems[0]}", stacklevel=2
-            )
+        kept = SkippingSource(self, strict=self.strict)
+        if kept.skipped:
+            good = [self.indices[i] for i in kept.indices]
             self.__init__(self.source, good, self.size, self.strict)  # type: ignore[misc]
-        return problems
+        return kept.problems
 
 
 def build_datasets(
-    config: Config, source: CaseSource, indices: dict[str, list[int]]
+    config: Config,
+    source: CaseSource,
+    indices: dict[str, list[int]],
+    require_train: bool = True,
 ) -> dict[str, PreparedSource]:
-    """Prepared subsets (bad cases dropped with a warning unless ``data.strict``)."""
+    """Prepared subsets (bad cases dropped with a warning unless ``data.strict``).
+
+    Raises:
+        ConfigError: ``require_train`` and the training subset is empty.
+    """
     subsets = {
         name: PreparedSource(source, idx, config.data.size, config.data.strict)
         for name, idx in indices.items()
         if idx
     }
-    if "train" not in subsets:
+    if require_train and "train" not in subsets:
         raise ConfigError("the training split is empty")
     for subset in subsets.values():
         subset.drop_bad()

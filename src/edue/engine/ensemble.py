@@ -15,6 +15,7 @@ from typing import Any
 from edue.config import Config
 from edue.engine.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from edue.errors import CheckpointError
+from edue.methods.registry import MethodSpec, method_specs
 
 #: configuration sections that must agree between members (the seed and member may differ)
 _SHARED = ("model", "data")
@@ -45,6 +46,14 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _ensemble_method(method: str, where: str | Path) -> MethodSpec:
+    """The registered ensemble whose member is ``method`` (or which is ``method``)."""
+    for spec in method_specs():
+        if spec.trains_members_separately and method in (spec.name, spec.member_method):
+            return spec
+    raise CheckpointError(f"a '{method}' model is no member of any registered ensemble", where)
+
+
 def gather_ensemble(members: Sequence[str | Path], out: str | Path) -> Path:
     """Join member checkpoints into one Deep Ensemble checkpoint.
 
@@ -53,16 +62,21 @@ def gather_ensemble(members: Sequence[str | Path], out: str | Path) -> Path:
         out: destination file.
 
     Raises:
-        CheckpointError: fewer than two members, a member that is not a plain U-Net, or
+        CheckpointError: fewer than two members, a member that is not an ensemble member, or
             members whose configurations differ (other than seed).
     """
     if len(members) < 2:
         raise CheckpointError("an ensemble needs at least two members")
     states = [load_checkpoint(resolve_checkpoint(m)) for m in members]
+    ensemble = _ensemble_method(states[0]["method"], members[0])
     reference = _comparable(states[0]["config"])
     for path, state in zip(members, states, strict=True):
-        if state["method"] not in ("deep_ensemble", "plain"):
-            raise CheckpointError(f"member is a '{state['method']}' model, not a plain U-Net", path)
+        if state["method"] not in (ensemble.name, ensemble.member_method):
+            raise CheckpointError(
+                f"member is a '{state['method']}' model, not a {ensemble.label} member "
+                f"('{ensemble.member_method}')",
+                path,
+            )
         if _comparable(state["config"]) != reference:
             raise CheckpointError("member configuration differs from the first member's", path)
         if state["data"] != states[0]["data"]:
@@ -73,12 +87,12 @@ def gather_ensemble(members: Sequence[str | Path], out: str | Path) -> Path:
         for key, tensor in state["model"].items()
     }
     config = copy.deepcopy(states[0]["config"])
-    config["method"]["name"] = "deep_ensemble"
+    config["method"]["name"] = ensemble.name
     config["method"]["ensemble_size"] = len(states)
     config["method"]["member"] = None
     payload = {
         "model": weights,
-        "method": "deep_ensemble",
+        "method": ensemble.name,
         "config": config,
         "data": states[0]["data"],
         "members": [str(m) for m in members],

@@ -12,20 +12,20 @@ Writes into the output folder:
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from edue.data.case import MultiRaterCase
+from edue.data.distortions import distort_dataset
 from edue.engine.infer import Predictor
 from edue.io import atomic_path, write_json, write_npz
 from edue.metrics import EvaluationAccumulator
-from edue.metrics.ood import distort_dataset, pairwise_dice_variance, separation_auroc
+from edue.metrics.cost import time_per_image
+from edue.metrics.ood import pairwise_dice_variance, separation_auroc
 from edue.metrics.qc import DEFAULT_POOR_THRESHOLDS
 from edue.prediction import Prediction
 
@@ -36,16 +36,13 @@ N_SAMPLES = 4
 
 def measure_inference(predictor: Predictor, image: np.ndarray, repeats: int = 5) -> float:
     """Median seconds of one single-image prediction (after two warm-up passes)."""
-    for _ in range(2):
-        predictor.predict(image)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        predictor.predict(image)
-        if predictor.device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return time_per_image(
+        lambda x: predictor.predict(x),  # type: ignore[arg-type]
+        image,
+        warmup=2,
+        repeats=repeats,
+        n_images=1,
+    )
 
 
 def ood_study(
@@ -130,6 +127,7 @@ def evaluate_predictor(
     metrics: dict[str, Any] = {
         "method": predictor.name,
         "n_members": predictor.method.n_members,
+        "n_passes": predictor.n_passes,
         "parameters": predictor.n_parameters(),
         "seconds_per_image": measure_inference(predictor, cases[0].image),
         "evaluation_seconds": seconds,
@@ -148,48 +146,66 @@ def evaluate_predictor(
     return metrics
 
 
-def evaluate_command(args: argparse.Namespace) -> int:
-    """``edue evaluate CHECKPOINT --out DIR [--data ROOT --format NAME] [--split S]``."""
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    data: str | None = None,
+    data_format: str | None = None,
+    split: str = "test",
+    all_cases: bool = False,
+    ood: bool = False,
+    poor_thresholds: Mapping[str, float] | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on one subset of a dataset; returns ``metrics.json``'s content.
+
+    Args:
+        checkpoint: checkpoint file or run folder.
+        out_dir: evaluation folder to write.
+        data: dataset root (default: the training configuration's).
+        data_format: reader name (default: the training configuration's).
+        split: subset of the run's split (``split.json`` of the run folder when ``data``
+            is not given, else the configured split of ``data``).
+        all_cases: evaluate every case of the dataset (``split`` only names the subset).
+        ood: also run the distortion study.
+        poor_thresholds: quality-control thresholds (structure -> soft Dice).
+        device: ``auto``, ``cpu`` or ``cuda``.
+
+    Raises:
+        ConfigError: the subset is empty or unknown.
+    """
     import copy
 
     from edue.engine.data import build_datasets, open_configured_source, split_indices
+    from edue.errors import ConfigError
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    predictor = Predictor.from_checkpoint(checkpoint, device=device)
     config = copy.deepcopy(predictor.config)
-    if args.data:
-        config.data.root = args.data
+    if data:
+        config.data.root = data
         config.data.split_file = None
-    if args.format:
-        config.data.format = args.format
+    if data_format:
+        config.data.format = data_format
     source = open_configured_source(config)
-    run_split = (
-        Path(args.checkpoint).parent / "split.json"
-        if Path(args.checkpoint).is_file()
-        else Path(args.checkpoint) / "split.json"
-    )
-    if args.all:
-        indices = {"test": list(range(len(source)))}
-    elif not args.data and run_split.is_file():
-        config.data.split_file = str(run_split)
-        indices = split_indices(config, source)
+    run_dir = Path(checkpoint).parent if Path(checkpoint).is_file() else Path(checkpoint)
+    if all_cases:
+        indices = {split: list(range(len(source)))}
     else:
+        if not data and (run_dir / "split.json").is_file():
+            config.data.split_file = str(run_dir / "split.json")
         indices = split_indices(config, source)
-    if args.split not in indices or not indices[args.split]:
-        from edue.errors import ConfigError
-
-        raise ConfigError(f"split '{args.split}' is empty or unknown (have {sorted(indices)})")
-    subset = build_datasets(config, source, {"train": indices[args.split]})["train"]
+    if split not in indices or not indices[split]:
+        raise ConfigError(f"split '{split}' is empty or unknown (have {sorted(indices)})")
+    subset = build_datasets(config, source, {split: indices[split]}, require_train=False)[split]
     cases = [subset.load(i) for i in range(len(subset))]
-    result = evaluate_predictor(
+    return evaluate_predictor(
         predictor,
         cases,
-        args.out,
-        ood=args.ood,
-        extra={"checkpoint": str(args.checkpoint), "split": args.split},
-        poor_thresholds=parse_poor_thresholds(args.poor_threshold),
+        out_dir,
+        ood=ood,
+        extra={"checkpoint": str(checkpoint), "split": split},
+        poor_thresholds=poor_thresholds,
     )
-    _print_summary(result)
-    return 0
 
 
 def parse_poor_thresholds(items: Sequence[str]) -> dict[str, float]:
@@ -213,16 +229,3 @@ def parse_poor_thresholds(items: Sequence[str]) -> dict[str, float]:
             )
         out[name.strip()] = number
     return out
-
-
-def _print_summary(result: dict[str, Any]) -> None:
-    m = result["metrics"]
-    print(
-        f"{result['method']}: {int(m['n_cases'])} cases, "
-        f"{result['seconds_per_image'] * 1000:.1f} ms/image, {result['parameters']:,} parameters"
-    )
-    for s in result["structures"]:
-        print(
-            f"  {s:>8}: soft Dice {m[f'soft_dice/{s}/mean']:.3f}  NLL {m[f'nll/{s}/mean']:.3f}  "
-            f"Spearman(SV) {m[f'image_spearman/{s}']:.3f}  pixel NCC {m[f'pixel_ncc/{s}/mean']:.3f}"
-        )

@@ -15,9 +15,40 @@ from edue.data.source import CaseSource
 from edue.data.transforms import resize_image
 from edue.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from edue.engine.runtime import resolve_device
-from edue.errors import CheckpointError, DataError
-from edue.methods import Method, build_method
+from edue.errors import CheckpointError, ConfigError, DataError
+from edue.methods import Method, build_method, built_method
 from edue.prediction import Prediction
+
+
+def load_weights(
+    method: Method, weights: dict[str, torch.Tensor], path: str | Path, expected: str
+) -> None:
+    """Load a state dict into a freshly built method, or say in one line why not.
+
+    Raises:
+        CheckpointError: missing or unexpected tensors, or tensors of another shape: the
+            message says what the checkpoint holds and what the configuration builds.
+    """
+    own = method.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    reshaped = [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or reshaped:
+        parts = [
+            f"{len(missing)} missing (first: {missing[0]})" if missing else "",
+            f"{len(unexpected)} unexpected (first: {unexpected[0]})" if unexpected else "",
+            f"{len(reshaped)} of another shape (first: {reshaped[0]})" if reshaped else "",
+        ]
+        raise CheckpointError(
+            f"the checkpoint holds {len(weights)} tensors, the configuration builds a "
+            f"'{expected}' model of {len(own)}: " + ", ".join(p for p in parts if p),
+            path,
+        )
+    method.load_state_dict(weights)
 
 
 class Predictor:
@@ -46,6 +77,11 @@ class Predictor:
         """The method's name."""
         return self.method.name
 
+    @property
+    def n_passes(self) -> int:
+        """Forward passes of the network per image (1 for one-pass methods)."""
+        return built_method(self.config).passes(self.config)
+
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Predictor:
         """Load a checkpoint file or run folder (weights only, no code executed).
@@ -65,11 +101,11 @@ class Predictor:
                 int(info["spatial_dims"]),
                 for_training=False,
             )
-            method.load_state_dict(state["model"])
-        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-            raise CheckpointError(
-                f"checkpoint does not match the model it describes ({exc})", path
-            ) from None
+        except ConfigError as exc:
+            raise CheckpointError(f"the configuration it holds is invalid ({exc})", path) from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"incomplete or malformed checkpoint ({exc!r})", path) from None
+        load_weights(method, state["model"], path, built_method(config).name)
         return cls(method, config, info, resolve_device(device))
 
     # ------------------------------------------------------------------ checks

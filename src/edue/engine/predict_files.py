@@ -7,16 +7,17 @@ For each input ``NAME.ext`` the output folder receives
   or ``NAME_probability.nii.gz`` / ``NAME_uncertainty.nii.gz`` (structures in the last
   axis, the input's affine) for NIfTI input;
 * ``NAME.npz`` with the raw arrays (members, mean, variance, uncertainty, entropy, sv);
-* ``NAME_overlay.png`` (image, predicted contours, uncertainty heatmaps) for 2D input,
-  ``NAME_slices.png`` (orthogonal slices through the most uncertain region) for volumes;
+* a picture per image when a figure writer is given (the command line passes
+  :func:`edue.report.prediction_figures.write_prediction_figure`: ``NAME_overlay.png``
+  for 2D input, ``NAME_slices.png`` for volumes);
 
 and ``predictions.json`` lists every image's SV per structure and any failures.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,11 @@ UNCERTAINTY_PNG_MAX = 0.25  # a probability's variance never exceeds 1/4 for S â
 def collect_inputs(inputs: Sequence[str]) -> list[Path]:
     """Expand folders into their supported image files (sorted); keep files as given.
 
+    A file named twice (directly, or also inside a named folder) is predicted once.
+
     Raises:
-        DataError: an input that does not exist, or a folder with no images.
+        DataError: an input that does not exist, a folder with no images, or two
+            different inputs that would write outputs of the same name.
     """
     files: list[Path] = []
     for item in inputs:
@@ -62,7 +66,17 @@ def collect_inputs(inputs: Sequence[str]) -> list[Path]:
             files.append(path)
         else:
             raise DataError("input not found", path)
-    return files
+    unique = list({p.resolve(): p for p in reversed(files)}.values())[::-1]
+    by_stem: dict[str, Path] = {}
+    for path in unique:
+        other = by_stem.setdefault(stem_of(path), path)
+        if other is not path:
+            raise DataError(
+                f"would write its outputs under the same name '{stem_of(path)}' as {other}; "
+                "predict them into different folders or rename one",
+                path,
+            )
+    return unique
 
 
 def stem_of(path: Path) -> str:
@@ -71,15 +85,17 @@ def stem_of(path: Path) -> str:
     return name[: -len(suffix_of(path))] if suffix_of(path) else name
 
 
+#: Draws the picture of one prediction: ``(image, prediction, out_dir, stem, title)``.
+FigureWriter = Callable[[np.ndarray, Prediction, Path, str, str], object]
+
+
 def write_prediction(
     pred: Prediction,
-    image: np.ndarray,
     source: Path,
     out: Path,
     affine: np.ndarray | None,
-    figures: bool,
 ) -> dict[str, Any]:
-    """Write every output of one image; returns its summary entry."""
+    """Write the arrays and maps of one image; returns its summary entry."""
     stem = stem_of(source)
     names = pred.structures or tuple(f"s{k}" for k in range(pred.mean.shape[0]))
     arrays: dict[str, np.ndarray] = pred.to_numpy()
@@ -102,15 +118,22 @@ def write_prediction(
                 out / f"{stem}_uncertainty_{name}.png",
                 to_uint8(arrays["uncertainty"][k], UNCERTAINTY_PNG_MAX),
             )
-    if figures and pred.spatial_dims == 3:
-        from edue.report.volume_figures import orthogonal_slices_figure
-
-        orthogonal_slices_figure(image, pred, out / f"{stem}_slices.png", title=source.name)
-    elif figures:
-        from edue.report.figures import overlay_figure
-
-        overlay_figure(image, pred, out / f"{stem}_overlay.png", title=source.name)
     return {"input": str(source), "sv": {n: float(v) for n, v in zip(names, pred.sv, strict=True)}}
+
+
+@dataclass
+class PredictResult:
+    """What ``predict_files`` did.
+
+    Attributes:
+        out_dir: the output folder.
+        done: one entry per predicted image (``input``, ``sv`` per structure).
+        failed: one entry per skipped input (``input``, ``reason``).
+    """
+
+    out_dir: Path
+    done: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
 
 
 def predict_files(
@@ -119,9 +142,17 @@ def predict_files(
     out_dir: str,
     device: str = "auto",
     skip_bad: bool = False,
-    figures: bool = True,
-) -> int:
-    """Predict every input; returns the exit status (0 all good, 1 some skipped).
+    figure_writer: FigureWriter | None = None,
+) -> PredictResult:
+    """Predict every input and write its outputs and ``predictions.json``.
+
+    Args:
+        checkpoint: checkpoint file or run folder.
+        inputs: image files or folders.
+        out_dir: output folder.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        skip_bad: record unreadable inputs in ``failed`` and go on.
+        figure_writer: draws a picture per image (``None``: no pictures).
 
     Raises:
         DataError / CheckpointError: the first bad input (unless ``skip_bad``) or a bad
@@ -129,10 +160,8 @@ def predict_files(
     """
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
     files = collect_inputs(inputs)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    done: list[dict[str, Any]] = []
-    failed: list[dict[str, str]] = []
+    result = PredictResult(Path(out_dir))
+    result.out_dir.mkdir(parents=True, exist_ok=True)
     for path in files:
         try:
             # NIfTI tells its own dimensionality; 2D formats follow the model
@@ -140,21 +169,19 @@ def predict_files(
             image, meta = read_image(path, dims)
             predictor.check_image(image, str(path))
             pred = predictor.predict(image, case_id=stem_of(path))
-            done.append(write_prediction(pred, image, path, out, meta.affine, figures))
+            result.done.append(write_prediction(pred, path, result.out_dir, meta.affine))
+            if figure_writer is not None:
+                figure_writer(image, pred, result.out_dir, stem_of(path), path.name)
         except DataError as exc:
             if not skip_bad:
                 raise
-            failed.append({"input": str(path), "reason": exc.reason})
-            print(f"edue: skipped {path}: {exc.reason}", file=sys.stderr)
+            result.failed.append({"input": str(path), "reason": exc.reason})
     summary = {
         "checkpoint": str(checkpoint),
         "method": predictor.name,
         "structures": list(predictor.structures),
-        "predictions": done,
-        "failed": failed,
+        "predictions": result.done,
+        "failed": result.failed,
     }
-    write_json(out / "predictions.json", summary)
-    print(f"predicted {len(done)} image(s), {len(failed)} failed; outputs in {out}")
-    for item in failed:
-        print(f"  failed: {item['input']}: {item['reason']}")
-    return 1 if failed else 0
+    write_json(result.out_dir / "predictions.json", summary)
+    return result

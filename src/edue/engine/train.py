@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import math
 import signal
 import time
@@ -35,7 +36,22 @@ from edue.engine.data import (
 from edue.engine.runtime import Runtime, setup_runtime, teardown_runtime
 from edue.errors import TrainingDiverged
 from edue.io import write_json
-from edue.methods import Method, build_method
+from edue.methods import Method, build_method, get_method
+
+log = logging.getLogger("edue.train")
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """One line per epoch (as ``log.jsonl`` records it): losses, validation, seconds."""
+    figures = [
+        f"{key.removeprefix('train/').removeprefix('val/')}"
+        f"{' (val)' if key.startswith('val/') else ''} {value:.4g}"
+        for key, value in record.items()
+        if key.startswith(("train/", "val/")) and isinstance(value, float)
+    ]
+    return (
+        f"epoch {record['epoch']}/{epochs}: " + ", ".join(figures) + f" ({record['seconds']:.1f} s)"
+    )
 
 
 class EpochSampler(Sampler[int]):
@@ -268,6 +284,7 @@ class Trainer:
         }
         with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+        log.info(epoch_line(record, self.config.train.epochs))
         val_loss = val_stats.get("val/loss", train_stats.get("train/loss", math.inf))
         improved = val_loss < self.best_val
         if improved:
@@ -364,26 +381,27 @@ def train(config: Config, resume: str | Path | None = None) -> Path:
 
 
 def train_method(config: Config) -> Path:
-    """Train whatever the configuration names; a whole Deep Ensemble member by member.
+    """Train whatever the configuration names; a whole ensemble member by member.
 
-    With ``method.name=deep_ensemble`` and no ``method.member``, the members train one
-    after another in ``out_dir/member_i`` and are gathered into ``out_dir/ensemble.pt``.
+    For a method whose members train separately (Deep Ensembles) and no
+    ``method.member``, the members train one after another in ``out_dir/member_i`` and
+    are gathered into ``out_dir/ensemble.pt``.
 
     Returns:
         The run folder.
     """
     m = config.method
-    if m.name == "deep_ensemble" and m.member is None:
-        from edue.engine.ensemble import gather_ensemble, member_config
+    if not get_method(m.name).trains_members_separately:
+        return train(config)
+    from edue.engine.ensemble import gather_ensemble, member_config, member_seed
 
+    if m.member is None:
         runs = [train(member_config(config, i)) for i in range(m.ensemble_size)]
         out = Path(config.out_dir)
         gather_ensemble(runs, out / "ensemble.pt")
         save_config(config, out / "config.yaml")
         return out
-    if m.name == "deep_ensemble":  # one member as its own job, in the folder the user chose
-        from edue.engine.ensemble import member_seed
-
-        config = copy.deepcopy(config)
-        config.train.seed = member_seed(config.train.seed, int(m.member))  # type: ignore[arg-type]
+    # one member as its own job, in the folder the user chose
+    config = copy.deepcopy(config)
+    config.train.seed = member_seed(config.train.seed, m.member)
     return train(config)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from edue.data.case import collate_cases, expert_sv
+from edue.data.case import case_to_sample, collate_cases, expert_sv
 from edue.engine.data import PreparedSource
 from edue.engine.runtime import Runtime
 from edue.methods import Method
@@ -39,8 +39,6 @@ def validation_metrics(
     true_sv = torch.zeros(n, k, dtype=torch.float64)
     for start in range(0, len(mine), batch_size):
         idx = mine[start : start + batch_size]
-        from edue.data.case import case_to_sample
-
         batch = collate_cases([case_to_sample(subset.load(i)) for i in idx])
         batch = {
             key: v.to(runtime.device) if isinstance(v, torch.Tensor) else v
@@ -50,7 +48,7 @@ def validation_metrics(
             logits = method(batch["image"]).float()
         loss, _ = method.loss(logits, batch, generator)
         loss_sum += float(loss) * len(idx)
-        members = method.predict_members(batch["image"]).float().cpu()
+        members = method.members_after_forward(batch["image"], logits).float().cpu()
         for j, case_index in enumerate(idx):
             pred = Prediction(members[:, j])
             dice_sum += soft_dice(pred.mean, batch["soft_vote"][j].cpu()).double()

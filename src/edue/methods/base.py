@@ -43,7 +43,17 @@ class Method(nn.Module):
     @torch.no_grad()
     def predict_members(self, x: torch.Tensor) -> torch.Tensor:
         """Member probabilities ``[S, B, K, *spatial]`` (the module must be in eval mode)."""
-        return torch.sigmoid(self.forward(x).float())
+        return self.members_from_logits(self.forward(x))
+
+    def members_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Member probabilities ``[S, B, K, *spatial]`` from a forward's logits."""
+        return torch.sigmoid(logits.float())
+
+    @torch.no_grad()
+    def members_after_forward(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Member probabilities of ``x`` whose forward already gave ``logits`` ``[S_all, B,
+        K, *spatial]``: no second pass unless the method samples (MC dropout)."""
+        return self.members_from_logits(logits)
 
     @property
     def n_members(self) -> int:

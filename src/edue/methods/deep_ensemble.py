@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from edue.methods.base import Method
+from edue.methods.plain import SPEC as PLAIN
+from edue.methods.registry import BuildRequest, MethodSpec, register_method
 from edue.nets.unet import UNet
 
 
@@ -33,3 +35,24 @@ class DeepEnsemble(Method):
     @property
     def n_members(self) -> int:
         return len(self.network)  # type: ignore[arg-type]
+
+
+def _build(request: BuildRequest) -> DeepEnsemble:
+    size = request.config.method.ensemble_size
+    return DeepEnsemble([request.unet() for _ in range(size)])
+
+
+SPEC = register_method(
+    MethodSpec(
+        name="deep_ensemble",
+        label="Deep Ensemble",
+        build=_build,
+        members=lambda c: c.method.ensemble_size,
+        one_pass=False,
+        summary="M plain U-Nets trained with different seeds; variance across members",
+        role="ensemble_reference",
+        member_method=PLAIN.name,
+        first_member_from=PLAIN.name,
+        order=40,
+    )
+)

@@ -4,12 +4,16 @@ disagreement guidance; prediction and uncertainty in one forward pass."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edue.losses import edue_loss
 from edue.methods.base import Method
+from edue.methods.registry import BuildRequest, MethodSpec, register_method
 from edue.nets.heads import MultiHeadNet
 from edue.nets.unet import UNet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edue.config import Config
 
 
 class EDUE(Method):
@@ -52,3 +56,38 @@ class EDUE(Method):
     @property
     def n_members(self) -> int:
         return len(self.network.heads)  # type: ignore[arg-type]
+
+
+def _build(request: BuildRequest) -> EDUE:
+    m = request.config.method
+    return EDUE(
+        request.unet(0),
+        request.out_channels,
+        m.heads,
+        m.aux_weight,
+        m.label_sampling,
+        m.guidance,
+        m.guidance_weight,
+    )
+
+
+def _members(config: Config) -> int:
+    heads = config.method.heads
+    return len(config.model.channels) - 1 if heads == "decoder" else len(heads)
+
+
+SPEC = register_method(
+    MethodSpec(
+        name="edue",
+        label="EDUE",
+        build=_build,
+        members=_members,
+        summary="heads on the decoder blocks, rater sampling and disagreement guidance",
+        role="subject",
+        ablations={
+            "edue_no_guidance": {"guidance": False},
+            "edue_no_sampling": {"label_sampling": False},
+        },
+        order=0,
+    )
+)

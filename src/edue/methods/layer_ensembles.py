@@ -4,12 +4,18 @@ skipping the first ``T``."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from edue.losses import summed_heads_bce
 from edue.methods.base import Method
+from edue.methods.registry import BuildRequest, MethodSpec, register_method
 from edue.nets.heads import MultiHeadNet
 from edue.nets.unet import UNet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edue.config import Config
 
 
 class LayerEnsembles(Method):
@@ -37,9 +43,8 @@ class LayerEnsembles(Method):
     def loss(self, logits, batch, generator=None):  # type: ignore[no-untyped-def,override]
         return summed_heads_bce(logits, batch)
 
-    @torch.no_grad()
-    def predict_members(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.forward(x)[self.skip_first :].float())
+    def members_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits[self.skip_first :].float())
 
     @torch.no_grad()
     def predict_all_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,3 +54,34 @@ class LayerEnsembles(Method):
     @property
     def n_members(self) -> int:
         return len(self.network.heads) - self.skip_first  # type: ignore[arg-type]
+
+
+def _build(request: BuildRequest) -> LayerEnsembles:
+    return LayerEnsembles(request.unet(0), request.out_channels, request.config.method.skip_first)
+
+
+def _check(config: Config) -> None:
+    blocks = 2 * len(config.model.channels) - 1
+    if config.method.skip_first > blocks - 2:
+        raise ValueError(
+            f"method.skip_first {config.method.skip_first} must leave at least 2 of the "
+            f"{blocks} heads of a {len(config.model.channels)}-level U-Net"
+        )
+
+
+def _members(config: Config) -> int:
+    depth = len(config.model.channels)
+    return 2 * depth - 1 - config.method.skip_first  # encoder + decoder blocks, less T
+
+
+SPEC = register_method(
+    MethodSpec(
+        name="layer_ensembles",
+        label="Layer Ensembles",
+        build=_build,
+        members=_members,
+        check=_check,
+        summary="heads on every encoder and decoder block; mean of the heads after the first T",
+        order=10,
+    )
+)

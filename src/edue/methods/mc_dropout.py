@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from edue.methods.plain import PlainUNet
+from edue.methods.registry import BuildRequest, MethodSpec, register_method
 from edue.nets.unet import UNet
 
 
@@ -48,6 +49,28 @@ class MCDropout(PlainUNet):
             m.train(state)
         return torch.stack(samples)
 
+    @torch.no_grad()
+    def members_after_forward(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return self.predict_members(x)  # the samples need passes of their own
+
     @property
     def n_members(self) -> int:
         return self.samples
+
+
+def _build(request: BuildRequest) -> MCDropout:
+    m = request.config.method
+    return MCDropout(request.unet(dropout=m.mc_dropout), m.mc_samples, request.config.train.seed)
+
+
+SPEC = register_method(
+    MethodSpec(
+        name="mc_dropout",
+        label="MC dropout",
+        build=_build,
+        members=lambda c: c.method.mc_samples,
+        one_pass=False,
+        summary="a U-Net with dropout sampled N times at prediction",
+        order=20,
+    )
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from edue.losses import bce
 from edue.methods.base import Method
+from edue.methods.registry import BuildRequest, MethodSpec, register_method
 from edue.nets.unet import UNet
 
 
@@ -22,3 +23,19 @@ class PlainUNet(Method):
     def loss(self, logits, batch, generator=None):  # type: ignore[no-untyped-def,override]
         value = bce(logits[0], batch["soft_vote"])
         return value, {"bce": float(value.detach())}
+
+
+def _build(request: BuildRequest) -> PlainUNet:
+    return PlainUNet(request.unet())
+
+
+SPEC = register_method(
+    MethodSpec(
+        name="plain",
+        label="U-Net",
+        build=_build,
+        summary="one U-Net trained on the soft vote; uncertainty p (1 - p)",
+        role="one_pass_reference",
+        order=30,
+    )
+)

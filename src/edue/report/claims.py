@@ -1,6 +1,7 @@
 """The paper's headline claims, checked against the evaluated numbers.
 
-Against the Deep Ensemble (targets of the reproduction, see ``EDUE_METHOD.md``):
+Against the Deep Ensemble (targets of the reproduction, see ``docs/method.md``, section
+"Claims checked by edue compare"):
 
 * image-level Spearman of EDUE ≥ 1.3 × the Deep Ensemble's, for every structure (when
   the ensemble's correlation is ≤ 0 the ratio is undefined and EDUE passes when its own
@@ -21,7 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from edue.report.runs import RunResult, find_method
+from edue.methods.registry import method_with_role
+from edue.report.runs import RunResult, find_method, find_role
 
 #: Targets of the comparison with the Deep Ensemble.
 TARGETS: dict[str, float] = {
@@ -228,7 +230,7 @@ def _average_gain(claims: Sequence[Claim], prefix: str) -> float:
     return sum(gains) / len(gains) if gains else math.nan
 
 
-def _group(edue: RunResult, ref: RunResult, claims: list[Claim]) -> dict[str, Any]:
+def _group(edue: RunResult, ref: RunResult, claims: list[Claim], targeted: bool) -> dict[str, Any]:
     checked = [c for c in claims if c.passed is not None]
     n_passed = sum(bool(c.passed) for c in checked)
     return {
@@ -239,49 +241,57 @@ def _group(edue: RunResult, ref: RunResult, claims: list[Claim]) -> dict[str, An
         "all_passed": bool(checked) and all(c.passed for c in checked),
         "summary": (
             f"{edue.label} vs {ref.label}: {n_passed} of {len(checked)} targets met"
-            if ref.method == "deep_ensemble"
+            if targeted
             else f"{edue.label} vs {ref.label}: {edue.label} better on {n_passed} of "
             f"{len(checked)} comparisons"
         ),
     }
 
 
+#: The compared references: report role, claim builder, whether it has targets.
+_REFERENCES: tuple[tuple[str, Callable[..., list[Claim]], bool], ...] = (
+    ("ensemble_reference", claims_vs_deep_ensemble, True),
+    ("one_pass_reference", claims_vs_plain, False),
+)
+
+
 def compute_claims(runs: Sequence[RunResult], structures: Sequence[str]) -> dict[str, Any]:
     """Every claim of the report, as a JSON-ready dict (nan kept; see :func:`json_ready`).
 
-    Keys: ``edue`` (label, folder) or ``None``; ``targets``; ``vs_deep_ensemble`` and
-    ``vs_plain`` (reference, claims, passed, checked, all_passed, summary) or ``None``;
-    ``average_gain_vs_deep_ensemble_percent`` (image Spearman, pixel NCC); ``skipped``
-    (why a group is missing); ``headline`` (the summary sentences).
+    The methods are found by their role in the method registry: the subject of the
+    claims (EDUE), the ensemble reference (the Deep Ensemble, with targets) and the
+    one-pass reference (the plain U-Net, no targets).
+
+    Keys: ``edue`` (label, folder) or ``None``; ``targets``; ``vs_<reference method>``
+    for each reference (reference, claims, passed, checked, all_passed, summary) or
+    ``None``; ``average_gain_vs_<ensemble reference>_percent`` (image Spearman, pixel
+    NCC); ``skipped`` (why a group is missing); ``headline`` (the summary sentences).
     """
-    out: dict[str, Any] = {
-        "edue": None,
-        "targets": dict(TARGETS),
-        "vs_deep_ensemble": None,
-        "vs_plain": None,
-        "average_gain_vs_deep_ensemble_percent": None,
-        "skipped": [],
-        "headline": [],
-    }
-    edue = find_method(runs, "edue")
+    out: dict[str, Any] = {"edue": None, "targets": dict(TARGETS)}
+    references = [(method_with_role(role), build, t) for role, build, t in _REFERENCES]
+    for spec, _, targeted in references:
+        if spec is not None:
+            out[f"vs_{spec.name}"] = None
+            if targeted:
+                out[f"average_gain_vs_{spec.name}_percent"] = None
+    out.update({"skipped": [], "headline": []})
+    edue = find_role(runs, "subject")
     if edue is None:
         out["skipped"].append("no EDUE run among the compared folders: no claims to check")
         return out
     out["edue"] = {"label": edue.label, "folder": str(edue.folder)}
     shared = [s for s in structures if s in edue.structures]
-    for key, method, build in (
-        ("vs_deep_ensemble", "deep_ensemble", claims_vs_deep_ensemble),
-        ("vs_plain", "plain", claims_vs_plain),
-    ):
-        ref = find_method(runs, method)
-        if ref is None:
-            out["skipped"].append(f"no {method} run: the claims against it are skipped")
+    for spec, build, targeted in references:
+        ref = find_method(runs, spec.name) if spec else None
+        if spec is None or ref is None:
+            name = spec.name if spec else "reference"
+            out["skipped"].append(f"no {name} run: the claims against it are skipped")
             continue
         claims = build(edue, ref, [s for s in shared if s in ref.structures])
-        out[key] = _group(edue, ref, claims)
-        out["headline"].append(out[key]["summary"])
-        if method == "deep_ensemble":
-            out["average_gain_vs_deep_ensemble_percent"] = {
+        out[f"vs_{spec.name}"] = _group(edue, ref, claims, targeted)
+        out["headline"].append(out[f"vs_{spec.name}"]["summary"])
+        if targeted:
+            out[f"average_gain_vs_{spec.name}_percent"] = {
                 "image_spearman": _average_gain(claims, "spearman_ratio/"),
                 "pixel_ncc": _average_gain(claims, "pixel_ncc_difference/"),
             }

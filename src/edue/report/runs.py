@@ -20,17 +20,7 @@ from typing import Any
 import numpy as np
 
 from edue.errors import EdueError
-
-#: Readable names of the methods shipped with ``edue`` (used when a run has no own label).
-METHOD_NAMES: dict[str, str] = {
-    "edue": "EDUE",
-    "deep_ensemble": "Deep Ensemble",
-    "layer_ensembles": "Layer Ensembles",
-    "mc_dropout": "MC dropout",
-    "plain": "U-Net",
-}
-#: Methods that run the network once per member at inference (the others run it once).
-MULTI_PASS_METHODS = frozenset({"deep_ensemble", "mc_dropout"})
+from edue.methods.registry import get_method, method_label, method_names, method_with_role
 
 
 @dataclass
@@ -94,7 +84,8 @@ class RunResult:
         """Forward passes per image: ``n_passes`` when recorded, else from the method."""
         if "n_passes" in self.info:
             return int(self.info["n_passes"])
-        return self.n_members if self.method in MULTI_PASS_METHODS else 1
+        one_pass = self.method not in method_names() or get_method(self.method).one_pass
+        return 1 if one_pass else self.n_members
 
     @property
     def seconds_per_image(self) -> float:
@@ -202,7 +193,7 @@ def load_run(folder: str | Path) -> RunResult:
     method = str(info.get("method") or info.get("label"))
     label = info.get("label")
     if not isinstance(label, str) or not label or label == method:
-        label = METHOD_NAMES.get(method, method)
+        label = method_label(method)
     metrics = {str(k): _as_float(v) for k, v in info["metrics"].items()}
     run = RunResult(
         folder=folder,
@@ -240,6 +231,13 @@ def all_structures(runs: Sequence[RunResult]) -> tuple[str, ...]:
 def find_method(runs: Sequence[RunResult], method: str) -> RunResult | None:
     """The first run of ``method``, if any."""
     return next((run for run in runs if run.method == method), None)
+
+
+def find_role(runs: Sequence[RunResult], role: str) -> RunResult | None:
+    """The first run of the registered method playing ``role`` (``subject``,
+    ``ensemble_reference``, ``one_pass_reference``), if any."""
+    spec = method_with_role(role)
+    return find_method(runs, spec.name) if spec else None
 
 
 def ood_key(kind: str, fraction: float) -> str:

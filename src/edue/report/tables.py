@@ -15,10 +15,11 @@ import csv
 import html
 import io
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from edue.report.runs import RunResult, all_structures, find_method, ood_auroc, ood_kinds
+from edue.report.runs import RunResult, all_structures, find_role, ood_auroc, ood_kinds
 
 MISSING = "—"
 
@@ -166,7 +167,7 @@ def cost_numbers(runs: Sequence[RunResult]) -> list[dict[str, float]]:
         r.seconds_per_image for r in runs if r.passes == 1 and math.isfinite(r.seconds_per_image)
     ]
     fastest = min(one_pass) if one_pass else math.nan
-    edue = find_method(runs, "edue")
+    edue = find_role(runs, "subject")
     edue_time = edue.seconds_per_image if edue else math.nan
     out = []
     for run in runs:
@@ -359,6 +360,12 @@ def to_latex(table: Table) -> str:
     return "\n".join([*lines, r"\end{table}", ""])
 
 
+def _keep_brackets(text: str) -> str:
+    """Non-breaking spaces inside ``[…]``, so that a wrapped header breaks before ``[95% CI]``
+    rather than inside it."""
+    return re.sub(r"\[[^\]]*\]", lambda m: m.group(0).replace(" ", "&nbsp;"), text)
+
+
 def to_html(table: Table) -> str:
     """An HTML ``<table>`` (grouped header row when present; best values in ``<strong>``)."""
     esc = html.escape
@@ -372,7 +379,9 @@ def to_html(table: Table) -> str:
             + "</tr>"
         )
     head.append(
-        "<tr><th>method</th>" + "".join(f"<th>{esc(h)}</th>" for h in table.headers) + "</tr>"
+        "<tr><th>method</th>"
+        + "".join(f"<th>{_keep_brackets(esc(h))}</th>" for h in table.headers)
+        + "</tr>"
     )
     body = []
     for label, cells in table.rows:
