@@ -3,25 +3,33 @@
 The comparison figures take evaluated runs (:class:`~edue.report.runs.RunResult`) and
 draw every method in one colour throughout (:func:`method_colours`): quality-control
 curves (the paper's Figure 2), agreement box plots under distortion (Figure 3),
-reliability diagrams and model-vs-expert SV scatter plots. Matplotlib runs headless
-(Agg); every figure is written atomically.
+reliability diagrams and model-vs-expert SV scatter plots. Every figure is written
+atomically.
+
+Figures are plain :class:`matplotlib.figure.Figure` objects drawn on their own Agg
+canvas: nothing here imports ``pyplot`` or calls ``matplotlib.use``, so importing edue
+never changes the plotting backend a user (or a notebook) chose, no figure is registered
+in pyplot's global figure list, and figures may be drawn from several threads at once
+(one figure per thread).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Colormap
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from edue.data.case import MultiRaterCase, expert_variance  # noqa: E402
-from edue.io import atomic_path  # noqa: E402
-from edue.prediction import Prediction  # noqa: E402
-from edue.report.runs import RunResult  # noqa: E402
+from edue.data.case import MultiRaterCase, expert_variance
+from edue.io import atomic_path
+from edue.prediction import Prediction
+from edue.report.runs import RunResult
 
 STRUCTURE_COLOURS = ("#00e5ff", "#ffd000", "#ff4d6d", "#7cff6b", "#c77dff")
 RATER_CMAP = "tab10"
@@ -41,12 +49,33 @@ def _middle(array: np.ndarray, spatial_dims: int) -> np.ndarray:
     return array[..., array.shape[-3] // 2, :, :] if spatial_dims == 3 else array
 
 
-def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110, tight: bool = True) -> Path:
+def new_figure(width: float, height: float) -> Figure:
+    """A standalone figure of ``width`` × ``height`` inches on its own Agg canvas.
+
+    Unlike ``pyplot.figure`` it touches no global state: the figure is not registered
+    with pyplot, the backend is left alone, and it is freed like any other object.
+    """
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas: layout and PNG output
+    return fig
+
+
+def _colormap(name: str) -> Colormap:
+    """A registered colormap by name (without going through pyplot)."""
+    return matplotlib.colormaps[name]
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110, tight: bool = True) -> Path:
     """Save and close a figure atomically (PNG); ``tight`` crops to the drawn content
-    (costs a second layout pass)."""
+    (costs a second layout pass).
+
+    A figure made by :func:`new_figure` needs no closing; one that a caller made with
+    ``pyplot`` is closed in pyplot's figure list as before.
+    """
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight" if tight else None, format="png")
-    plt.close(fig)
+    if getattr(fig.canvas, "manager", None) is not None and "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close(fig)
     return Path(path)
 
 
@@ -64,7 +93,8 @@ def overlay_figure(
     mean = _middle(prediction.mean.numpy(), d)
     unc = _middle(prediction.uncertainty.numpy(), d)
     names = prediction.structures or tuple(f"s{k}" for k in range(mean.shape[0]))
-    fig, axes = plt.subplots(1, 1 + len(names), figsize=(3.2 * (1 + len(names)), 3.4))
+    fig = new_figure(3.2 * (1 + len(names)), 3.4)
+    axes = fig.subplots(1, 1 + len(names), squeeze=False)[0]
     base = display_image(image)
     axes[0].imshow(base, cmap="gray")
     for k, name in enumerate(names):
@@ -87,7 +117,7 @@ def overlay_figure(
     return save_figure(fig, path)
 
 
-def _corner_text(ax: plt.Axes, text: str, top: bool = False) -> None:
+def _corner_text(ax: Axes, text: str, top: bool = False) -> None:
     ax.text(
         0.03,
         0.97 if top else 0.03,
@@ -102,7 +132,7 @@ def _corner_text(ax: plt.Axes, text: str, top: bool = False) -> None:
 
 
 def _sample_row(
-    axes: Sequence[plt.Axes],
+    axes: Sequence[Axes],
     case: MultiRaterCase,
     predictions: Mapping[str, Prediction],
     structure: int,
@@ -118,7 +148,7 @@ def _sample_row(
     ev_full = expert_variance(torch.from_numpy(case.masks)).numpy()[structure]
     ev, masks = _middle(ev_full, d), _middle(case.masks[:, structure], d)
     axes[0].imshow(display_image(case.image), cmap="gray")
-    cmap = plt.get_cmap(RATER_CMAP)
+    cmap = _colormap(RATER_CMAP)
     for r in range(masks.shape[0]):
         if masks[r].any() and not masks[r].all():
             axes[0].contour(masks[r], levels=[0.5], colors=[cmap(r % 10)], linewidths=0.8)
@@ -158,7 +188,8 @@ def sample_panel(
     predicted mask. Volumes show their middle slice.
     """
     n = 2 + 2 * len(predictions)
-    fig, axes = plt.subplots(1, n, figsize=(1.9 * n, 2.2), squeeze=False)
+    fig = new_figure(1.9 * n, 2.2)
+    axes = fig.subplots(1, n, squeeze=False)
     _sample_row(axes[0], case, predictions, structure)
     return save_figure(fig, path)
 
@@ -181,9 +212,8 @@ def sample_grid(
         raise ValueError("sample_grid needs at least one case")
     n = 2 + 2 * max(len(preds) for _, preds, _ in rows)
     size, head = 1.7, 0.4
-    fig, axes = plt.subplots(
-        len(rows), n, figsize=(size * n, size * len(rows) + head), squeeze=False
-    )
+    fig = new_figure(size * n, size * len(rows) + head)
+    axes = fig.subplots(len(rows), n, squeeze=False)
     for i, (ax_row, (case, preds, k)) in enumerate(zip(axes, rows, strict=True)):
         _sample_row(ax_row, case, preds, k, titles=i == 0)
         for ax in ax_row[2 + 2 * len(preds) :]:
@@ -212,16 +242,17 @@ OOD_GROUPS = (
 
 def method_colours(runs: Sequence[RunResult]) -> dict[str, tuple[float, ...]]:
     """One colour per run label, in run order."""
-    cmap = plt.get_cmap(METHOD_CMAP)
+    cmap = _colormap(METHOD_CMAP)
     return {run.label: cmap(i % 10) for i, run in enumerate(runs)}
 
 
-def _grid(rows: int, cols: int, width: float, height: float) -> tuple[plt.Figure, np.ndarray]:
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+def _grid(rows: int, cols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
+    fig = new_figure(width * cols, height * rows)
+    axes = fig.subplots(rows, cols, squeeze=False)
     return fig, axes
 
 
-def _no_data(ax: plt.Axes, text: str = "no data") -> None:
+def _no_data(ax: Axes, text: str = "no data") -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
@@ -320,7 +351,7 @@ def ood_boxplot_figure(
     return save_figure(fig, path, tight=False)
 
 
-def _ood_panel(ax: plt.Axes, run: RunResult, kind: str, score: str, legend: bool) -> None:
+def _ood_panel(ax: Axes, run: RunResult, kind: str, score: str, legend: bool) -> None:
     """Boxes per structure and distortion group of one method and distortion kind."""
     results = (run.ood or {}).get("results", {})
     width = 0.8 / max(len(run.structures), 1)

@@ -20,22 +20,34 @@ from edue.report.tables import Table, to_html
 
 esc = html.escape
 
+#: The page's style sheet. Wide content never widens the page: every table sits in a
+#: ``.scroll`` wrapper that scrolls sideways when the table is wider than the text column
+#: (its header cells wrap first, its method column stays in view while scrolling), images
+#: shrink to the column width and long words (paths) in prose break.
 CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;color:#222;
- max-width:1250px;margin:2em auto;padding:0 1.2em;line-height:1.5;font-size:15px}
+ max-width:1250px;margin:2em auto;padding:0 1.2em;line-height:1.5;font-size:15px;
+ overflow-wrap:break-word}
 h1{font-size:1.7em;margin-bottom:.1em}h2{border-bottom:2px solid #dde;padding-bottom:.2em;
  margin-top:2em}h3{margin-bottom:.3em}.sub{color:#667;margin-top:0}
 .guide{background:#f4f6fb;border-left:4px solid #8da0cb;padding:.5em 1em;margin:.6em 0 1em;
  font-size:.92em}
-table{border-collapse:collapse;font-size:.86em;margin:.4em 0}
+.scroll{overflow-x:auto;max-width:100%;margin:.4em 0}
+table{border-collapse:separate;border-spacing:0;width:auto;font-size:.86em;margin:0}
 th,td{padding:.35em .7em;border-bottom:1px solid #e3e3ea;text-align:right;white-space:nowrap}
-th:first-child{text-align:left}thead th{background:#e9ecf5}th.group{text-align:center}
+thead th{background:#e9ecf5;white-space:normal;vertical-align:bottom;min-width:3em}
+th:first-child{text-align:left}th.group{text-align:center;vertical-align:middle}
 tbody tr:nth-child(even){background:#f7f8fc}td strong{color:#0b4f9c}
-.scroll{overflow-x:auto}.note{font-size:.85em;color:#556;margin-top:.2em}
+.scroll tr>:first-child{position:sticky;left:0;z-index:1;background:#fff;
+ box-shadow:inset -1px 0 0 #e3e3ea}
+.scroll thead tr>:first-child{background:#e9ecf5}
+.scroll tbody tr:nth-child(even)>:first-child{background:#f7f8fc}
+table.text th,table.text td{text-align:left}
+.note{font-size:.85em;color:#556;margin-top:.2em}
 ul.claims{list-style:none;padding-left:0}ul.claims li{padding:.25em .5em;margin:.15em 0;
  border-radius:4px}li.pass{background:#ebf7ee}li.fail{background:#fcecec}li.unknown{background:#f3f3f3}
 .mark{font-weight:bold;display:inline-block;width:1.4em}li.pass .mark{color:#1b7f3b}
-li.fail .mark{color:#b3261e}figure{margin:1em 0 2em}figure img{max-width:100%;
+li.fail .mark{color:#b3261e}figure{margin:1em 0 2em}figure img{max-width:100%;height:auto;
  border:1px solid #e3e3ea}figcaption{font-size:.9em;color:#445}
 .skip{color:#8a5a00;background:#fff7e6;padding:.4em .8em;border-radius:4px}
 code{background:#f0f0f4;padding:0 .25em;border-radius:3px;font-size:.92em}
@@ -206,7 +218,7 @@ def _provenance_html(rows: Sequence[dict[str, str]], generated: str) -> str:
     )
     return (
         f"<h2>Provenance</h2><p>Report made {esc(generated)} from these evaluation "
-        f'folders:</p><div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        f'folders:</p><div class="scroll"><table class="text"><thead><tr>{head}</tr></thead>'
         f"<tbody>{body}</tbody></table></div>"
     )
 

@@ -1,18 +1,18 @@
-"""Figures for volumes: orthogonal slices through the most uncertain region."""
+"""Figures for volumes: orthogonal slices through the most uncertain region.
+
+Like :mod:`edue.report.figures`, this draws on standalone figures (no ``pyplot``, no
+backend switch), so it is safe to import in a notebook and to call from several threads.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from scipy.ndimage import uniform_filter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy.ndimage import uniform_filter  # noqa: E402
-
-from edue.prediction import Prediction  # noqa: E402
-from edue.report.figures import STRUCTURE_COLOURS, save_figure  # noqa: E402
+from edue.prediction import Prediction
+from edue.report.figures import STRUCTURE_COLOURS, new_figure, save_figure
 
 
 def most_uncertain_voxel(uncertainty: np.ndarray, window: int = 5) -> tuple[int, int, int]:
@@ -50,7 +50,8 @@ def orthogonal_slices_figure(
     base = _normalise(image[0])
     total = uncertainty.sum(0)
     vmax = max(float(total.max()), 1e-6)
-    fig, axes = plt.subplots(2, 3, figsize=(10, 6.6))
+    fig = new_figure(10, 6.6)
+    axes = fig.subplots(2, 3)
     names = prediction.structures or tuple(f"s{k}" for k in range(mean.shape[0]))
     for col, axis in enumerate(range(3)):
         take: list[slice | int] = [slice(None)] * 3
