@@ -239,6 +239,7 @@ def _group(edue: RunResult, ref: RunResult, claims: list[Claim], targeted: bool)
         "passed": n_passed,
         "checked": len(checked),
         "all_passed": bool(checked) and all(c.passed for c in checked),
+        "targeted": targeted,
         "summary": (
             f"{edue.label} vs {ref.label}: {n_passed} of {len(checked)} targets met"
             if targeted

@@ -156,14 +156,10 @@ def _guide(key: str) -> str:
 
 def _claims_html(claims: dict[str, Any]) -> str:
     parts = ["<h2>Claims</h2>", _guide("claims")]
-    titles = {
-        "vs_deep_ensemble": "against the Deep Ensemble (targets)",
-        "vs_plain": "against the plain U-Net (no targets)",
-    }
-    for key, title in titles.items():
-        group = claims.get(key)
-        if not group:
-            continue
+    groups = [g for k, g in claims.items() if k.startswith("vs_") and isinstance(g, dict)]
+    for group in groups:
+        reference = group["reference"]["label"]
+        title = f"against the {reference} ({'targets' if group['targeted'] else 'no targets'})"
         items = []
         for c in group["claims"]:
             kind = {"✓": "pass", "✗": "fail"}.get(c["mark"], "unknown")
@@ -176,11 +172,15 @@ def _claims_html(claims: dict[str, Any]) -> str:
             f"{group['checked']}</h3>",
             f'<ul class="claims">{"".join(items)}</ul>',
         ]
-    gain = claims.get("average_gain_vs_deep_ensemble_percent")
-    if gain:
+    gains = [
+        (claims[f"vs_{key[len('average_gain_vs_') : -len('_percent')]}"], gain)
+        for key, gain in claims.items()
+        if key.startswith("average_gain_vs_") and gain
+    ]
+    for group, gain in gains:
         parts.append(
-            "<p>Average relative gain over the Deep Ensemble (the paper reports +55 % "
-            "image-level and +23 % pixel-level): "
+            f"<p>Average relative gain over the {esc(group['reference']['label'])} (the paper "
+            "reports +55 % image-level and +23 % pixel-level over Deep Ensembles): "
             + ", ".join(f"{GAIN_NAMES.get(k, k)} {_pct(v)}" for k, v in gain.items())
             + ".</p>"
         )
