@@ -6,6 +6,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -57,12 +58,14 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     teardown_runtime(trainer.runtime)
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_match_each_other_and_single_process(tmp_path: Path) -> None:
     mp.start_processes(
         _worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn"
     )
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0 and rank0.keys() == rank1.keys()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "ranks diverged"
     assert (tmp_path / "run" / "last.pt").is_file()  # written by rank 0 only
     log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
@@ -74,5 +77,6 @@ def test_two_gloo_ranks_match_each_other_and_single_process(tmp_path: Path) -> N
     single.setup()
     single.fit()
     reference = single.method.state_dict()
+    assert reference.keys() == rank0.keys()
     worst = max(float((rank0[k].float() - reference[k].float()).abs().max()) for k in rank0)
     assert worst < TOLERANCE, f"DDP and single-process weights differ by {worst}"

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -47,17 +48,34 @@ def test_edue_loss_matches_formula_without_sampling():
 
 
 def test_guidance_switch_removes_term():
-    logits = torch.randn(3, 1, 1, 4, 4)
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 1, 1, 4, 4, generator=g)
+    expert_var = torch.rand(1, 1, 4, 4, generator=g) * 0.25
     batch = _batch(
-        torch.rand(1, 1, 4, 4),
-        torch.rand(1, 1, 4, 4),
+        torch.rand(1, 1, 4, 4, generator=g),
+        expert_var,
         torch.ones(1, 2, 1, 4, 4),
         torch.ones(1, 2, dtype=torch.bool),
     )
-    with_g, _ = edue_loss(logits, batch, label_sampling=False, guidance=True)
-    without, parts = edue_loss(logits, batch, label_sampling=False, guidance=False)
+    weight = 2.5
+    with_g, parts_g = edue_loss(
+        logits, batch, label_sampling=False, guidance=True, guidance_weight=weight
+    )
+    without, parts = edue_loss(
+        logits, batch, label_sampling=False, guidance=False, guidance_weight=weight
+    )
     assert "guidance" not in parts
-    assert with_g.item() > without.item()
+    assert set(parts_g) == {"bce_final", "bce_aux", "guidance"}
+    # by hand: unbiased variance across the 3 heads, then the RMSE against the experts
+    p = torch.sigmoid(logits.double())
+    head_var = ((p - p.mean(0)) ** 2).sum(0) / (p.shape[0] - 1)
+    rmse = math.sqrt(((head_var - expert_var.double()) ** 2).mean().item())
+    assert rmse > 0.05  # the term is not negligible: dropping it must show
+    assert with_g.item() - without.item() == pytest.approx(weight * rmse, abs=1e-5)
+    assert parts_g["guidance"] == pytest.approx(rmse, abs=1e-6)
+    # without guidance the loss is exactly the BCE terms
+    assert without.item() == pytest.approx(parts["bce_final"] + 0.3 * parts["bce_aux"], abs=1e-6)
+    assert parts["bce_final"] == parts_g["bce_final"] and parts["bce_aux"] == parts_g["bce_aux"]
 
 
 def test_label_sampling_draws_different_raters_across_iterations():
@@ -77,7 +95,14 @@ def test_label_sampling_draws_different_raters_across_iterations():
         round(edue_loss(logits, batch, generator=g, guidance=False)[1]["bce_aux"], 4)
         for _ in range(30)
     }
-    assert len(values) == 2  # both raters were drawn
+    # both raters were drawn, and the aux BCE is exactly that of one rater's mask
+    expected = {
+        round(
+            F.binary_cross_entropy_with_logits(logits[0], torch.full_like(logits[0], t)).item(), 4
+        )
+        for t in (0.0, 1.0)
+    }
+    assert values == expected
 
 
 def test_gradient_finite_when_variances_match():
@@ -94,8 +119,9 @@ def test_gradient_finite_when_variances_match():
 
 
 def test_layer_ensembles_loss_sums_heads():
-    logits = torch.randn(4, 1, 1, 3, 3)
-    soft = torch.rand(1, 1, 3, 3)
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(4, 1, 1, 3, 3, generator=g)
+    soft = torch.rand(1, 1, 3, 3, generator=g)
     total, _ = summed_heads_bce(logits, {"soft_vote": soft})
     expected = sum(F.binary_cross_entropy_with_logits(h, soft) for h in logits)
     assert abs(total.item() - expected.item()) < 1e-5

@@ -99,6 +99,6 @@ def test_accumulator_streams_like_one_big_update() -> None:
     assert streamed.n_pixels.tolist() == [320, 320]
     assert set(streamed.aggregate()) == {"ece/a", "ece/b"}
     with pytest.raises(ValueError, match="structures"):
-        streamed.update(torch.rand(3, 8, 8), torch.rand(3, 8, 8))
+        streamed.update(torch.rand(3, 8, 8, generator=gen), torch.rand(3, 8, 8, generator=gen))
     with pytest.raises(RuntimeError):
         CalibrationAccumulator().ece()

@@ -134,7 +134,7 @@ def test_disagreement_metric_accumulates_and_aggregates() -> None:
 
 def test_disagreement_metric_uses_given_scores() -> None:
     metric = DisagreementMetric()
-    maps = torch.rand(1, 4, 4)
+    maps = torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(0))
     for score in (1.0, 2.0, 3.0, 4.0):
         metric.update(maps, maps, model_sv=torch.tensor([score]), expert_sv=torch.tensor([-score]))
     summary = metric.aggregate(n_boot=0)

@@ -118,7 +118,7 @@ def test_two_dimensional_samples_and_dataset(sample: dict) -> None:
     masks = torch.zeros((2, 1, 30, 30))
     masks[0, 0, 10:20, 10:20] = 1
     flat = {
-        "image": torch.rand(3, 30, 30),
+        "image": torch.rand(3, 30, 30, generator=torch.Generator().manual_seed(0)),
         "masks": masks,
         "soft_vote": soft_vote(masks),
         "expert_variance": expert_variance(masks),

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from edue.prediction import Prediction, bernoulli_entropy
@@ -27,9 +28,5 @@ def test_entropy_is_max_at_half():
 
 
 def test_rejects_wrong_rank():
-    try:
+    with pytest.raises(ValueError, match=r"\[S, K"):
         Prediction(torch.zeros(4, 4))
-    except ValueError as exc:
-        assert "[S, K" in str(exc)
-    else:  # pragma: no cover
-        raise AssertionError("expected ValueError")
