@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,13 @@ def make_case(
             if k:
                 masks[r, k] &= masks[r, k - 1]
     return MultiRaterCase(image=image, masks=masks, case_id=case_id, structures=structures)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Disk caches of prepared cases go to a temp folder (children inherit it), never to
+    the user's cache folder."""
+    os.environ["EDUE_CACHE_DIR"] = str(tmp_path_factory.mktemp("edue-cache"))
 
 
 @pytest.fixture

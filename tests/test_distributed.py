@@ -45,11 +45,22 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank),
     )
+    from edue.engine.data import PreparedSource
     from edue.engine.runtime import teardown_runtime
     from edue.engine.train import Trainer
 
-    trainer = Trainer(load_config(None, [*DDP_OVERRIDES, f"out_dir={out}/run"]))
+    decoded: list[str] = []
+    original = PreparedSource.decode
+
+    def counting(self, index):  # type: ignore[no-untyped-def]
+        decoded.append(self.case_ids[index])
+        return original(self, index)
+
+    PreparedSource.decode = counting  # type: ignore[method-assign]
+    cache = ["data.cache=disk", f"data.cache_dir={out}/cache"]
+    trainer = Trainer(load_config(None, [*DDP_OVERRIDES, *cache, f"out_dir={out}/run"]))
     trainer.setup()
+    Path(f"{out}/decoded{rank}.txt").write_text("\n".join(decoded))
     trainer.fit()
     torch.save(
         {k: v.detach().clone() for k, v in trainer.method.state_dict().items()},
@@ -67,6 +78,11 @@ def test_two_gloo_ranks_match_each_other_and_single_process(tmp_path: Path) -> N
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert rank0 and rank0.keys() == rank1.keys()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "ranks diverged"
+    # one shared cache: every case was decoded by one rank only, the other read it
+    decoded = [(tmp_path / f"decoded{r}.txt").read_text().split() for r in (0, 1)]
+    assert sorted(decoded[0] + decoded[1]) == sorted(set(decoded[0] + decoded[1]))
+    assert len(decoded[0] + decoded[1]) == 22  # 16 train + 6 val cases, once each
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 1
     assert (tmp_path / "run" / "last.pt").is_file()  # written by rank 0 only
     log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
     assert len(log) == 2  # one line per epoch, not one per rank

@@ -26,6 +26,7 @@ RESUME_OVERRIDES = [
     "train.threads=1",
     "train.checkpoint_every=1",
     "data.augment=true",  # seeded flips: their generator must resume too
+    "data.cache=disk",  # prepared cases read back from memory-mapped files
 ]
 
 

@@ -64,3 +64,40 @@ def test_2d_checkpoint_refuses_a_volume(tiny_run, tmp_path, capsys):
     assert main(["predict", str(tiny_run), str(path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "vol.nii.gz" in err and "2D image" in err
+
+
+def test_several_patches_per_loaded_volume():
+    from edue.engine.data import PreparedSource, collate_groups
+    from edue.engine.train import Trainer
+
+    config = load_config(
+        None, [*VOLUME_OVERRIDES, "data.patches_per_volume=3", "train.batch_size=6"]
+    )
+    trainer = Trainer(config)
+    trainer.setup()
+    loads: list[int] = []
+    original = PreparedSource.load
+
+    def counting(self, index):  # type: ignore[no-untyped-def]
+        loads.append(index)
+        return original(self, index)
+
+    PreparedSource.load = counting  # type: ignore[method-assign]
+    try:
+        groups = [trainer.train_dataset[i] for i in range(2)]
+    finally:
+        PreparedSource.load = original  # type: ignore[method-assign]
+    assert loads == [0, 1]  # each volume read once for its three patches
+    batch = collate_groups(groups)
+    assert batch["image"].shape == (6, 2, 16, 16, 16)
+    assert batch["case_id"] == [trainer.subsets["train"].case_ids[i] for i in (0, 0, 0, 1, 1, 1)]
+    assert not all(
+        np.array_equal(batch["image"][0].numpy(), batch["image"][k].numpy()) for k in (1, 2)
+    )  # three different patches of the same volume
+
+
+def test_patches_per_volume_must_divide_the_batch():
+    from edue.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.batch_size 2 must be a multiple of data.p"):
+        load_config(None, [*VOLUME_OVERRIDES, "data.patches_per_volume=3"])

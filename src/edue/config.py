@@ -69,8 +69,17 @@ class DataConfig(_Section):
             also the default sliding window at prediction.
         patch_pos_ratio: share of patches centred on a structure (the rest are random).
         strict: stop at the first bad case instead of skipping it with a warning.
-        num_workers: data-loader worker processes.
+        num_workers: data-loader worker processes (persistent across epochs).
         augment: random flips during training.
+        cache: the prepared-case cache (decoded, label-decoded, resampled, resized once):
+            ``auto`` (in memory when it fits ``cache_memory_mb``, else on disk),
+            ``memory``, ``disk`` or ``off``.
+        cache_dir: folder of disk caches (``null``: ``$EDUE_CACHE_DIR``, else
+            ``$XDG_CACHE_HOME/edue``, else ``~/.cache/edue``); reused by later runs.
+        cache_memory_mb: the most ``auto`` keeps in memory.
+        patches_per_volume: patches drawn from each loaded case per epoch (patch
+            training): the loader's cost per patch falls with it; ``train.batch_size``
+            counts patches and must be a multiple of it.
     """
 
     format: str = "synthetic"
@@ -85,6 +94,10 @@ class DataConfig(_Section):
     strict: bool = False
     num_workers: NonNegativeInt = 0
     augment: bool = False
+    cache: Literal["auto", "memory", "disk", "off"] = "auto"
+    cache_dir: str | None = None
+    cache_memory_mb: NonNegativeInt = 4096
+    patches_per_volume: PositiveInt = 1
 
     @field_validator("format")
     @classmethod
@@ -94,6 +107,11 @@ class DataConfig(_Section):
         if value not in reader_names():
             raise ValueError(f"unknown format (one of: {', '.join(reader_names())})")
         return value
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
 
     @field_validator("split")
     @classmethod
@@ -238,6 +256,18 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
     out_dir: str = "runs/train"
+
+    @model_validator(mode="after")
+    def _patches_fit_the_batch(self) -> Config:
+        n = self.data.patches_per_volume
+        if n > 1 and not self.data.patch_size:
+            raise ValueError("data.patches_per_volume > 1 needs data.patch_size")
+        if self.train.batch_size % n:
+            raise ValueError(
+                f"train.batch_size {self.train.batch_size} must be a multiple of "
+                f"data.patches_per_volume {n}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _method_accepts(self) -> Config:

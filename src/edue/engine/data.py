@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from edue.config import Config
-from edue.data.case import CaseDataset, MultiRaterCase
+from edue.data.cache import Entry, Store, case_nbytes, describe, open_store
+from edue.data.case import CaseDataset, MultiRaterCase, collate_cases
 from edue.data.check import SkippingSource
 from edue.data.source import CaseSource, open_source
 from edue.data.transforms import RandomFlip, resize_case
-from edue.errors import ConfigError
+from edue.errors import ConfigError, DataError
 
 SUBSETS = ("train", "val", "test")
 GENERATED = ("synthetic", "synthetic3d")  # embedded generators: no root, split by counts
@@ -66,29 +69,72 @@ def split_record(source: CaseSource, indices: dict[str, list[int]]) -> dict[str,
 
 
 class PreparedSource(CaseSource):
-    """A subset of a source with resizing applied and bad cases skipped (or raised).
+    """A subset of a source, resized, read through the prepared-case cache, with bad
+    cases skipped (or raised).
 
     Args:
         source: the dataset.
         indices: cases of this subset.
         size: resize 2D cases to ``size × size`` (``None`` keeps them).
         strict: re-raise the first bad case instead of skipping it.
+        store: the prepared-case store (:mod:`edue.data.cache`); ``None`` decodes every
+            load.
     """
 
     def __init__(
-        self, source: CaseSource, indices: list[int], size: int | None, strict: bool
+        self,
+        source: CaseSource,
+        indices: list[int],
+        size: int | None,
+        strict: bool,
+        store: Store | None = None,
     ) -> None:
-        self.source, self.size, self.strict = source, size, strict
+        self.source, self.size, self.strict, self.store = source, size, strict, store
         self.indices = list(indices)
         self.case_ids = [source.case_ids[i] for i in self.indices]
         self.patient_ids = [source.patient_ids[i] for i in self.indices]
         self.structures, self.spatial_dims = source.structures, source.spatial_dims
 
-    def load(self, index: int) -> MultiRaterCase:
+    def decode(self, index: int) -> MultiRaterCase:
+        """Read and resize case ``index`` from the source (no cache)."""
         case = self.source.load(self.indices[index])
         if self.size and case.spatial_dims == 2:
             case = resize_case(case, self.size)
         return case
+
+    def load(self, index: int) -> MultiRaterCase:
+        if self.store is None:
+            return self.decode(index)
+        entry = self.store.get(self.case_ids[index]) or self._prepare(index)
+        if entry.case is None:
+            raise DataError(str(entry.error))
+        return entry.case
+
+    def _prepare(self, index: int) -> Entry:
+        """Decode one case into the store (a refused case is stored with its reason)."""
+        assert self.store is not None
+        try:
+            entry = Entry(self.decode(index))
+        except DataError as exc:
+            if self.strict:
+                raise
+            entry = Entry(None, str(exc))
+        self.store.put(self.case_ids[index], entry)
+        if self.store.kind == "disk" and entry.case is not None:
+            return self.store.get(self.case_ids[index]) or entry  # memory-mapped arrays
+        return entry
+
+    def prepare(self, description: str = "preparing cases") -> None:
+        """Put every case of the subset into the store (one process builds, the others
+        wait for it and read), with a progress bar on a terminal."""
+        if self.store is None:
+            return
+        from tqdm.auto import tqdm
+
+        with self.store.building():
+            missing = [i for i in range(len(self)) if self.store.get(self.case_ids[i]) is None]
+            for index in tqdm(missing, desc=description, leave=False, disable=None):
+                self._prepare(index)
 
     def drop_bad(self) -> list[str]:
         """Try every case once; drop the unreadable ones with a warning (or raise when strict).
@@ -101,11 +147,43 @@ class PreparedSource(CaseSource):
         Raises:
             DataError: ``strict`` and a case fails to load.
         """
+        self.prepare()
         kept = SkippingSource(self, strict=self.strict)
         if kept.skipped:
             good = [self.indices[i] for i in kept.indices]
-            self.__init__(self.source, good, self.size, self.strict)  # type: ignore[misc]
+            self.__init__(self.source, good, self.size, self.strict, self.store)  # type: ignore[misc]
         return kept.problems
+
+
+def open_case_store(
+    config: Config, source: CaseSource, indices: dict[str, list[int]]
+) -> Store | None:
+    """The prepared-case store of ``config.data`` (``data.cache``) for these subsets.
+
+    ``auto`` keeps the cases in memory when their estimated size (the first case's
+    times the number of cases) fits ``data.cache_memory_mb``, else on disk under
+    ``data.cache_dir``.
+    """
+    data = config.data
+    if data.cache == "off":
+        return None
+    total = sum(len(idx) for idx in indices.values())
+    first = next((idx[0] for idx in indices.values() if idx), None)
+    estimate = 0
+    if data.cache == "auto" and first is not None:
+        with contextlib.suppress(DataError):  # a bad first case: judged when it is read
+            estimate = case_nbytes(PreparedSource(source, [first], data.size, False).decode(0))
+    generated = data.format in GENERATED
+    description = describe(
+        data.format,
+        data.root,
+        data.options,
+        size=data.size,
+        generated=[data.split, data.split_seed] if generated else None,
+    )
+    return open_store(
+        data.cache, description, estimate * total, data.cache_memory_mb * 2**20, data.cache_dir
+    )
 
 
 def build_datasets(
@@ -114,19 +192,22 @@ def build_datasets(
     indices: dict[str, list[int]],
     require_train: bool = True,
 ) -> dict[str, PreparedSource]:
-    """Prepared subsets (bad cases dropped with a warning unless ``data.strict``).
+    """Prepared subsets sharing one prepared-case store (``data.cache``); bad cases are
+    dropped with a warning unless ``data.strict``.
 
     Raises:
         ConfigError: ``require_train`` and the training subset is empty.
     """
+    store = open_case_store(config, source, indices)
     subsets = {
-        name: PreparedSource(source, idx, config.data.size, config.data.strict)
+        name: PreparedSource(source, idx, config.data.size, config.data.strict, store)
         for name, idx in indices.items()
         if idx
     }
     if require_train and "train" not in subsets:
         raise ConfigError("the training split is empty")
-    for subset in subsets.values():
+    for name, subset in subsets.items():
+        subset.prepare(f"preparing {name} cases")
         subset.drop_bad()
     return subsets
 
@@ -137,15 +218,27 @@ class SampleTransforms:
     Each transform draws from its own ``generator``; saving and restoring their states
     makes a resumed run crop and flip exactly as an uninterrupted one (with
     ``num_workers = 0``; worker processes hold their own copies).
+
+    Args:
+        transforms: callables on a sample dict, each with a ``generator``.
+        repeats: with ``repeats > 1`` a call returns that many samples, each from its
+            own pass of the transforms over the same loaded sample (several patches per
+            loaded volume; :func:`collate_groups` flattens them into one batch).
     """
 
-    def __init__(self, transforms: list[Any]) -> None:
+    def __init__(self, transforms: list[Any], repeats: int = 1) -> None:
         self.transforms = transforms
+        self.repeats = repeats
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+    def _once(self, sample: dict[str, Any]) -> dict[str, Any]:
         for transform in self.transforms:
             sample = transform(sample)
         return sample
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
+        if self.repeats == 1:
+            return self._once(sample)
+        return [self._once(sample) for _ in range(self.repeats)]
 
     def get_state(self) -> list[torch.Tensor]:
         """Generator states of every transform."""
@@ -170,7 +263,15 @@ def training_transforms(config: Config, spatial_dims: int) -> SampleTransforms:
         )
     if config.data.augment:
         transforms.append(RandomFlip(spatial_dims, config.train.seed + 1))
-    return SampleTransforms(transforms)
+    repeats = config.data.patches_per_volume if config.data.patch_size else 1
+    return SampleTransforms(transforms, repeats)
+
+
+def collate_groups(items: Sequence[dict[str, Any] | list[dict[str, Any]]]) -> dict[str, Any]:
+    """:func:`~edue.data.case.collate_cases` over samples, or over groups of samples
+    drawn from one case each (several patches per loaded volume), flattened in order."""
+    flat = [s for item in items for s in (item if isinstance(item, list) else [item])]
+    return collate_cases(flat)
 
 
 def training_dataset(config: Config, subset: PreparedSource) -> CaseDataset:

@@ -23,11 +23,11 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from edue.config import Config, save_config
-from edue.data.case import collate_cases
 from edue.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from edue.engine.data import (
     PreparedSource,
     build_datasets,
+    collate_groups,
     open_configured_source,
     split_indices,
     split_record,
@@ -180,15 +180,19 @@ class Trainer:
                 split_record(self.subsets["train"].source, self.indices),
             )
         dataset = self.train_dataset
-        per_rank_batch = max(1, cfg.train.batch_size // rt.world_size)
+        repeats = getattr(dataset.transform, "repeats", 1)  # patches per loaded case
+        per_rank_batch = max(1, cfg.train.batch_size // rt.world_size // repeats)
+        workers = cfg.data.num_workers
         loader = DataLoader(
             dataset,
             batch_size=per_rank_batch,
             sampler=self.sampler,
-            collate_fn=collate_cases,
-            num_workers=cfg.data.num_workers,
+            collate_fn=collate_groups,
+            num_workers=workers,
             pin_memory=rt.device.type == "cuda",
             drop_last=False,
+            persistent_workers=workers > 0,  # no re-fork (and re-opened cache) per epoch
+            prefetch_factor=4 if workers > 0 else None,
             # its own generator: iterating must not draw from the global RNG (resumes)
             generator=torch.Generator().manual_seed(cfg.train.seed),
         )

@@ -1,0 +1,174 @@
+"""The prepared-case cache: keyed by files and options, never trusts a damaged entry,
+and changes nothing a run computes."""
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edue.config import load_config
+from edue.data.cache import DiskStore, MemoryStore, describe, store_key
+from edue.data.folder import write_folder_dataset
+from edue.data.synthetic import FundusConfig, generate_cases
+from edue.engine.data import PreparedSource, build_datasets, open_configured_source, split_indices
+from edue.engine.train import Trainer
+
+SPLIT = "data.split={train: 6, val: 2, test: 2}"
+
+
+@pytest.fixture
+def folder_dataset(tmp_path: Path) -> Path:
+    cases = generate_cases(10, seed=3, config=FundusConfig(size=32, n_raters=3))
+    return write_folder_dataset(cases, tmp_path / "data", name="cache-test")
+
+
+def _config(root: Path, cache_dir: Path, *extra: str):
+    return load_config(
+        None,
+        [
+            "data.format=folder",
+            f"data.root={root}",
+            SPLIT,
+            "data.cache=disk",
+            f"data.cache_dir={cache_dir}",
+            "model.channels=[4, 8]",
+            "train.epochs=1",
+            "train.batch_size=3",
+            "train.device=cpu",
+            *extra,
+        ],
+    )
+
+
+def _subsets(config):
+    source = open_configured_source(config)
+    return build_datasets(config, source, split_indices(config, source))
+
+
+def _count_decodes(monkeypatch) -> list[str]:
+    decoded: list[str] = []
+    original = PreparedSource.decode
+
+    def counting(self, index):
+        decoded.append(self.case_ids[index])
+        return original(self, index)
+
+    monkeypatch.setattr(PreparedSource, "decode", counting)
+    return decoded
+
+
+def _stores(cache_dir: Path) -> list[Path]:
+    return sorted(p for p in cache_dir.iterdir() if p.is_dir())
+
+
+def test_a_later_run_reads_the_prepared_cases(folder_dataset, tmp_path, monkeypatch):
+    decoded = _count_decodes(monkeypatch)
+    first = _subsets(_config(folder_dataset, tmp_path / "cache"))
+    assert sorted(decoded) == sorted(
+        cid for s in first.values() for cid in s.case_ids
+    )  # each case decoded exactly once (not again by the check of bad cases)
+    decoded.clear()
+    again = _subsets(_config(folder_dataset, tmp_path / "cache"))
+    assert decoded == []
+    case, reference = again["train"].load(0), first["train"].decode(0)
+    assert isinstance(case.image, np.memmap)
+    np.testing.assert_array_equal(case.image, reference.image)
+    np.testing.assert_array_equal(case.masks, reference.masks)
+    assert (case.case_id, case.structures) == (reference.case_id, reference.structures)
+    assert len(_stores(tmp_path / "cache")) == 1
+
+
+def test_a_changed_file_or_option_gives_another_store(folder_dataset, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    _subsets(_config(folder_dataset, cache))
+    _subsets(_config(folder_dataset, cache, "data.size=24"))  # another preprocessing
+    assert len(_stores(cache)) == 2
+    image = next(folder_dataset.rglob("image.png"))
+    later = time.time() + 5
+    os.utime(image, (later, later))  # same bytes, new modification time
+    decoded = _count_decodes(monkeypatch)
+    _subsets(_config(folder_dataset, cache))
+    assert len(_stores(cache)) == 3 and len(decoded) == 10
+
+
+def test_description_names_what_the_cases_depend_on(folder_dataset):
+    one = describe("folder", str(folder_dataset), {}, size=None)
+    assert one["files"] and all(len(f) == 3 for f in one["files"])
+    assert store_key(one) == store_key(describe("folder", str(folder_dataset), {}, size=None))
+    assert store_key(one) != store_key(describe("folder", str(folder_dataset), {"a": 1}))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_a_damaged_entry_is_rebuilt_with_a_warning(folder_dataset, tmp_path, damage):
+    config = _config(folder_dataset, tmp_path / "cache")
+    subset = _subsets(config)["train"]
+    expected = subset.decode(0)
+    (store,) = _stores(tmp_path / "cache")
+    stem = DiskStore(store, {})._stem(subset.case_ids[0])
+    target = store / f"{stem}.masks.npy"
+    data = bytearray(target.read_bytes())
+    if damage == "flip":
+        data[-1] ^= 1
+        target.write_bytes(bytes(data))
+    elif damage == "truncate":
+        target.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        target.unlink()
+    with pytest.warns(UserWarning, match="cache entry of .* is damaged .*rebuilding it"):
+        fresh = _subsets(config)["train"]  # as a new process would read the store
+    case = fresh.load(0)
+    np.testing.assert_array_equal(case.masks, expected.masks)
+    assert DiskStore(store, {}).get(subset.case_ids[0]) is not None  # repaired on disk
+
+
+def test_a_refused_case_is_remembered(folder_dataset, tmp_path, monkeypatch):
+    broken = sorted(p for p in folder_dataset.iterdir() if p.is_dir())[0]
+    (next(broken.glob("image.*"))).write_bytes(b"not an image")
+    config = _config(folder_dataset, tmp_path / "cache")
+    with pytest.warns(UserWarning, match="skipping 1 of"):
+        first = _subsets(config)
+    decoded = _count_decodes(monkeypatch)
+    with pytest.warns(UserWarning, match="skipping 1 of"):
+        again = _subsets(config)
+    assert decoded == []
+    assert [s.case_ids for s in again.values()] == [s.case_ids for s in first.values()]
+
+
+def test_auto_keeps_small_data_in_memory_and_large_on_disk(folder_dataset, tmp_path):
+    small = _subsets(_config(folder_dataset, tmp_path / "c", "data.cache=auto"))
+    assert isinstance(small["train"].store, MemoryStore)
+    large = _subsets(
+        _config(folder_dataset, tmp_path / "c", "data.cache=auto", "data.cache_memory_mb=0")
+    )
+    assert isinstance(large["train"].store, DiskStore)
+    off = _subsets(_config(folder_dataset, tmp_path / "c", "data.cache=off"))
+    assert off["train"].store is None
+
+
+def _trained_weights(config) -> dict[str, torch.Tensor]:
+    trainer = Trainer(config)
+    trainer.setup()
+    trainer.fit()
+    return trainer.method.state_dict()
+
+
+@pytest.mark.slow
+def test_cached_and_uncached_training_give_identical_weights(folder_dataset, tmp_path):
+    weights = {
+        mode: _trained_weights(
+            _config(
+                folder_dataset,
+                tmp_path / "cache",
+                f"data.cache={mode}",
+                "data.augment=true",
+                f"out_dir={tmp_path / mode}",
+            )
+        )
+        for mode in ("off", "memory", "disk")
+    }
+    for mode in ("memory", "disk"):
+        assert weights[mode].keys() == weights["off"].keys()
+        assert all(torch.equal(weights[mode][k], weights["off"][k]) for k in weights["off"])
