@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,6 +14,7 @@ import tifffile
 from PIL import Image
 
 from edue.cli import main
+from edue.data import riga
 from edue.data.folder import FolderSource
 from edue.data.riga import RigaDiscRegionSource, RigaPlusSource, decode_disc_cup
 from edue.data.riga_extract import extract_riga
@@ -267,3 +272,259 @@ def test_extract_command_and_empty(tmp_path: Path, capsys: pytest.CaptureFixture
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no RIGA images"):
         extract_riga(tmp_path / "empty", tmp_path / "o2")
+
+
+# --------------------------------------------------------------------------- cup/rim decision
+def _reference_decode(
+    label: np.ndarray, encoding: str, default: str, where: Path
+) -> tuple[np.ndarray, str]:
+    """The decision as first written: a binary dilation of the background per level."""
+    from scipy.ndimage import binary_dilation
+
+    if where.suffix.lower() in (".jpg", ".jpeg"):
+        middle, high = (label >= 64) & (label < 200), label >= 200
+    else:
+        middle, high = (label > 0) & (label < 255), label == 255
+    used = encoding
+    if encoding == "auto":
+        background = ~(middle | high)
+        near = binary_dilation(background)
+        touch_mid, touch_high = int((middle & near).sum()), int((high & near).sum())
+        if middle.any() and high.any() and touch_mid != touch_high:
+            used = "discregion" if touch_high < touch_mid else "rigaplus"
+        else:
+            used = default
+    cup = high if used == "discregion" else middle
+    return np.stack([middle | high, cup]).astype(np.uint8), used
+
+
+def _blob(
+    shape: tuple[int, int],
+    centre: tuple[float, float],
+    radii: tuple[float, float],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """A filled ellipse with a wobbly outline (a few random low harmonics)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    dy, dx = (yy - centre[0]) / radii[0], (xx - centre[1]) / radii[1]
+    angle = np.arctan2(dy, dx)
+    outline = np.ones(shape)
+    for k in (2, 3, 5):
+        outline += rng.uniform(0, 0.06) * np.cos(k * angle + rng.uniform(0, 2 * np.pi))
+    return np.asarray(np.hypot(dy, dx) <= outline)
+
+
+def _realistic_map(rng: np.random.Generator, rim: int, cup: int) -> np.ndarray:
+    """A rater's disc/cup map: nested wobbly ellipses, off-centre, maybe cut by the border."""
+    h, w = int(rng.integers(24, 140)), int(rng.integers(24, 140))
+    kind = rng.choice(["centred", "off-centre", "border", "cup-at-rim", "speckled"])
+    ry, rx = rng.uniform(0.2, 0.45) * h, rng.uniform(0.2, 0.45) * w
+    cy, cx = h / 2 + rng.normal(0, 1), w / 2 + rng.normal(0, 1)
+    if kind == "off-centre":
+        cy, cx = cy + rng.uniform(-0.2, 0.2) * h, cx + rng.uniform(-0.2, 0.2) * w
+    elif kind == "border":  # the disc runs off one or two sides of the picture
+        cy = rng.choice([rng.uniform(-0.1, 0.15), rng.uniform(0.85, 1.1), cy / h]) * h
+        cx = rng.choice([rng.uniform(-0.1, 0.15), rng.uniform(0.85, 1.1)]) * w
+    disc = _blob((h, w), (cy, cx), (ry, rx), rng)
+    scale = rng.uniform(0.3, 0.7) if kind != "cup-at-rim" else rng.uniform(0.8, 1.05)
+    shift = rng.normal(0, 0.1, 2) * (ry, rx)
+    cup_region = _blob((h, w), (cy + shift[0], cx + shift[1]), (ry * scale, rx * scale), rng)
+    if rng.random() < 0.7:
+        cup_region &= disc  # most raters keep the cup inside their disc
+    lab = np.zeros((h, w), np.uint8)
+    lab[disc] = rim
+    lab[cup_region] = cup
+    if kind == "speckled":  # isolated pixels of any level, as hand-drawn masks have
+        n = int(rng.integers(1, 30))
+        lab[rng.integers(0, h, n), rng.integers(0, w, n)] = rng.choice([0, rim, cup], n)
+    return lab
+
+
+@pytest.mark.parametrize(("rim", "cup"), [(128, 255), (150, 255), (255, 128), (255, 150)])
+def test_decision_equals_the_dilation_reference(tmp_path: Path, rim: int, cup: int) -> None:
+    rng = np.random.default_rng(rim * 1000 + cup)
+    where, lossy = tmp_path / "m.png", tmp_path / "m.jpg"
+    seen = set()
+    for _ in range(150):
+        lab = _realistic_map(rng, rim, cup)
+        jpeg = np.clip(lab + rng.normal(0, 12, lab.shape), 0, 255).astype(np.uint8)
+        for label, path in ((lab, where), (jpeg, lossy)):
+            for encoding in ("auto", "discregion", "rigaplus"):
+                for default in ("discregion", "rigaplus"):
+                    masks, used = decode_disc_cup(label, encoding, default, path)
+                    ref_masks, ref_used = _reference_decode(label, encoding, default, path)
+                    assert used == ref_used
+                    np.testing.assert_array_equal(masks, ref_masks)
+                    if encoding == "auto" and path is where:
+                        seen.add(used if used != default else "default")
+    assert {"discregion", "rigaplus"} <= seen  # the maps exercise both outcomes
+
+
+def test_decision_edge_maps(tmp_path: Path) -> None:
+    where = tmp_path / "m.tif"
+    maps = [np.zeros((5, 4), np.uint8), np.full((5, 4), 255, np.uint8), np.full((1, 7), 128)]
+    maps.append(np.array([[0, 128, 255, 255, 128, 0]], np.uint8))  # a single row
+    maps.append(np.array([[255, 255], [128, 0]], np.uint8))
+    full = np.full((9, 9), 128, np.uint8)
+    full[3:6, 3:6] = 255  # the disc fills the picture: the border is not background
+    maps += [full, np.where(full == 255, 128, 255).astype(np.uint8)]
+    both = _label_map(128, 255)
+    both[:, :3] = 255  # a second 255 region along the left border
+    maps += [both, np.where(both == 255, 128, np.where(both == 128, 255, 0))]
+    for label in maps:
+        for default in ("discregion", "rigaplus"):
+            masks, used = decode_disc_cup(label, "auto", default, where)
+            ref_masks, ref_used = _reference_decode(label, "auto", default, where)
+            assert used == ref_used
+            np.testing.assert_array_equal(masks, ref_masks)
+    two = _label_map(128, 255).astype(np.uint16)
+    two[0, 0] = 300  # a second level besides 128, as always
+    with pytest.raises(DataError, match=re.escape("unexpected label values [0, 128, 255, 300]")):
+        decode_disc_cup(two, "auto", "discregion", where)
+
+
+def _bump(path: Path, seconds: int) -> None:
+    """Move a file's modification time, so a rewrite is seen whatever the clock's grain."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seconds * 1_000_000_000))
+
+
+def test_discregion_decides_each_mask_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _discregion(tmp_path)
+    calls = {"nesting": 0, "resolve": 0}
+    nesting, resolve = riga._nesting, riga.resolve_path
+
+    def counted_nesting(*args: Any) -> str:
+        calls["nesting"] += 1
+        return nesting(*args)
+
+    def counted_resolve(*args: Any) -> Path:
+        calls["resolve"] += 1
+        return resolve(*args)
+
+    monkeypatch.setattr(riga, "_nesting", counted_nesting)
+    monkeypatch.setattr(riga, "resolve_path", counted_resolve)
+    src = RigaDiscRegionSource(tmp_path)
+    first = src.load(0)
+    assert calls == {"nesting": 6, "resolve": 7}  # six raters, one image
+    again = src.load(0)
+    assert calls == {"nesting": 6, "resolve": 7}
+    np.testing.assert_array_equal(again.masks, first.masks)
+    assert again.meta == first.meta
+    # a rewritten file (here in the RIGA+ convention) is decided again
+    rater1 = tmp_path / "DiscRegion" / "BinRushed" / "image1-Rater1.png"
+    Image.fromarray(_label_map(255, 128)).save(rater1)
+    _bump(rater1, 5)
+    changed = src.load(0)
+    assert calls["nesting"] == 7
+    assert changed.meta["encoding"] == ["discregion", "rigaplus"]
+    np.testing.assert_array_equal(changed.masks[0], first.masks[0])  # cup still the cup
+    np.testing.assert_array_equal(changed.masks[1:], first.masks[1:])
+    # a file gone since it was found is reported as before
+    rater1.unlink()
+    with pytest.raises(DataError, match="not found") as err:
+        src.load(0)
+    assert "image1-Rater1.png" in str(err.value)
+    # a forced convention never asks the nesting
+    forced = RigaDiscRegionSource(tmp_path, encoding="rigaplus")
+    forced.load(1)
+    forced.load(1)
+    assert calls["nesting"] == 7
+
+
+def test_discregion_label_values_and_odd_maps(tmp_path: Path) -> None:
+    _discregion(tmp_path)
+    folder = tmp_path / "DiscRegion" / "BinRushed"
+    odd = {  # stored maps of other types; each must decode as the reference does
+        "image1-Rater1.png": _label_map(150, 0),  # a single level
+        "image1-Rater2.png": np.zeros((H, W), np.uint8),
+        "image1-Rater3.png": _label_map(255, 128, shift=3),
+    }
+    for name, lab in odd.items():
+        Image.fromarray(lab).save(folder / name)
+    # image 2 as TIFFs (raters' names follow the FinalLabel's): 16-bit, signed, 8-bit
+    for r in range(1, 7):
+        tifffile.imwrite(
+            folder / f"image2-Rater{r}.tif", np.asarray(Image.open(folder / f"image2-Rater{r}.png"))
+        )
+    wide = _label_map(128, 255).astype(np.uint16)  # a level outside [0, 255] is neither
+    tifffile.imwrite(folder / "image2-Rater1.tif", np.where(wide == 128, 300, wide))
+    tifffile.imwrite(folder / "image2-Rater2.tif", _label_map(150, 255).astype(np.int16))
+    csv_path = tmp_path / "Glaucoma_multirater_BinRushed.csv"
+    text = csv_path.read_bytes().decode("gbk")
+    text = text.replace("image2-FinalLabel.png", "image2-FinalLabel.tif")
+    csv_path.write_bytes(text.encode("gbk"))
+    src = RigaDiscRegionSource(tmp_path, sites=["BinRushed"])
+    for index in (0, 1, 0, 1):
+        case = src.load(index)
+        files = src.rater_files(index)
+        values: set[int] = set()
+        for r, path in enumerate(files.values()):
+            label = tifffile.imread(path) if path.suffix == ".tif" else np.asarray(Image.open(path))
+            ref, _ = _reference_decode(label, "auto", "discregion", path)
+            np.testing.assert_array_equal(case.masks[r], ref)
+            values.update(np.unique(label).tolist())
+        assert case.meta["label_values"] == sorted(values)
+    assert src.load(0).meta["encoding"] == ["discregion", "rigaplus"]
+    assert src.load(1).meta["label_values"] == [0, 128, 150, 255, 300]
+
+
+def _listed_rater_files(folder: Path, stem: str, suffix: str) -> dict[int, Path]:
+    """The rater files of a RIGA+ mask by a full look through the folder."""
+    pattern = re.compile(rf"^{re.escape(stem)}-(\d+){re.escape(suffix)}$", re.IGNORECASE)
+    return {int(m.group(1)): p for p in folder.iterdir() if (m := pattern.match(p.name))}
+
+
+def test_riga_plus_lists_each_folder_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _riga_plus(tmp_path)
+    masks = tmp_path / "BinRushed" / "masks"
+    src = RigaPlusSource(tmp_path)
+    listings: list[Path] = []
+    iterdir = Path.iterdir
+
+    def counted(self: Path) -> Iterator[Path]:
+        listings.append(self)
+        return iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", counted)
+    first = [src.load(i) for i in range(3)]
+    assert sorted(listings) == sorted([masks, tmp_path / "Magrabia" / "masks"])
+    again = [src.load(i) for i in range(3)]
+    assert len(listings) == 2
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a.masks, b.masks)
+        assert a.meta == b.meta
+    # a new rater file is seen, whatever letter case it is written in
+    tifffile.imwrite(masks / "IMAGE1-4.TIF", _label_map(255, 128, shift=4))
+    _bump(masks, 5)
+    assert src.load(0).n_raters == 4
+    # a rater file gone without the folder's stamp changing is still missed
+    monkeypatch.setattr(riga, "_file_stamp", lambda path: (0, 0, 0, 0))
+    src.load(1)
+    (masks / "image2-2.tif").unlink()
+    with pytest.raises(DataError, match="missing rater file image2-2.tif"):
+        src.load(1)
+
+
+def test_riga_plus_rater_names_match_the_full_look(tmp_path: Path) -> None:
+    folder = tmp_path / "BinRushed" / "masks"
+    folder.mkdir(parents=True)
+    (tmp_path / "BinRushed" / "images").mkdir()
+    names = ["a-1.tif", "A-2.TIF", "a-1-1.tif", "a-1-2.Tif", "a-x.tif", "a-3.png", "b.1-1.tif"]
+    names += ["b.1-2.tif", "c-01.tif", "c-2.tif", "d-1", "d-2", "a.tif", "e--1.tif", "e-1.tif"]
+    for name in names:
+        (folder / name).write_bytes(b"")
+    stems = ["a", "a-1", "b.1", "c", "d", "e-", "e"]
+    rows = ["image,mask"]
+    for stem in stems:
+        suffix = "" if stem == "d" else ".tif"
+        rows.append(f"BinRushed/images/{stem}{suffix},BinRushed/masks/{stem}{suffix}")
+    (tmp_path / "BinRushed_train.csv").write_text("\n".join(rows) + "\n")
+    src = RigaPlusSource(tmp_path)
+    for index, stem in enumerate(stems):
+        suffix = "" if stem == "d" else ".tif"
+        expected = _listed_rater_files(folder, stem, suffix)
+        found = src.rater_files(index)
+        assert found == {f"rater{k}": expected[k] for k in sorted(expected)}

@@ -143,25 +143,112 @@ def _find_ci(base: Path, parts: list[str]) -> Path | None:
 
 
 # --------------------------------------------------------------------------- decoding
-def _levels(label: np.ndarray, lossy: bool, where: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Split a disc/cup label map into its intermediate and its 255 regions."""
+def _split_levels(label: np.ndarray, lossy: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The intermediate and the 255 regions of a disc/cup label map (no checks)."""
     if lossy:  # JPEG: quantise to 0 / intermediate / 255
         return (label >= 64) & (label < 200), label >= 200
-    values = set(np.unique(label).tolist())
-    middle = values - {0, 255}
-    if len(middle) > 1:
-        raise DataError(
-            f"unexpected label values {sorted(values)[:10]} (expected 0, one "
-            "rim/cup level such as 128 or 150, and 255)",
-            where,
-        )
     return (label > 0) & (label < 255), label == 255
 
 
-def _touches_background(region: np.ndarray, background: np.ndarray) -> int:
-    from scipy.ndimage import binary_dilation
+def _few_values(label: np.ndarray, middle: np.ndarray, high: np.ndarray) -> list[int] | None:
+    """The sorted distinct values of a map holding only 0, one middle level and 255.
 
-    return int((region & binary_dilation(background)).sum())
+    Counting the three regions is much cheaper than ``np.unique``; ``None`` when the
+    map holds anything else (several middle levels, values outside [0, 255]).
+    """
+    n_zero = int(np.count_nonzero(label == 0))
+    n_middle, n_high = int(np.count_nonzero(middle)), int(np.count_nonzero(high))
+    if n_zero + n_middle + n_high != label.size:
+        return None
+    values = [0] if n_zero else []
+    if n_middle:
+        level = label.flat[int(np.argmax(middle))]
+        if np.count_nonzero(label == level) != n_middle:
+            return None
+        values.append(int(level))
+    return values + [255] if n_high else values
+
+
+def _levels(
+    label: np.ndarray, lossy: bool, where: Path
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Split a disc/cup label map into its intermediate and its 255 regions.
+
+    Args:
+        label: the rater's label map.
+        lossy: the file is a JPEG (values are quantised instead of checked).
+        where: file named in errors.
+
+    Returns:
+        The intermediate region, the 255 region and the sorted distinct values.
+
+    Raises:
+        DataError: more than one intermediate value in a lossless map.
+    """
+    middle, high = _split_levels(label, lossy)
+    values = None if lossy else _few_values(label, middle, high)
+    if values is None:
+        values = np.unique(label).tolist()
+    if not lossy and len(set(values) - {0, 255}) > 1:
+        raise DataError(
+            f"unexpected label values {values[:10]} (expected 0, one "
+            "rim/cup level such as 128 or 150, and 255)",
+            where,
+        )
+    return middle, high, values
+
+
+def _background_contacts(middle: np.ndarray, high: np.ndarray) -> tuple[int, int]:
+    """Pixels of each level with a face neighbour in the background.
+
+    Pixels outside the map are not background, so a level cut by the border is not
+    in contact there. One shifted comparison per axis: O(pixels), no morphology.
+
+    Args:
+        middle: the intermediate level (bool, any number of axes).
+        high: the 255 level, disjoint from ``middle``.
+
+    Returns:
+        ``(contacts of middle, contacts of high)``.
+    """
+    background = ~(middle | high)
+    near = np.zeros_like(background)
+    for axis in range(background.ndim):
+        lo = [slice(None)] * background.ndim
+        hi = [slice(None)] * background.ndim
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        near[tuple(hi)] |= background[tuple(lo)]
+        near[tuple(lo)] |= background[tuple(hi)]
+    return int(np.count_nonzero(middle & near)), int(np.count_nonzero(high & near))
+
+
+def _nesting(middle: np.ndarray, high: np.ndarray, default: str) -> str:
+    """The convention whose cup is the level nested inside the other.
+
+    The cup is the level with fewer pixels in contact with the background (the rim
+    surrounds it); ``default`` when only one level is present or the counts tie.
+    """
+    if not (middle.any() and high.any()):
+        return default
+    touch_middle, touch_high = _background_contacts(middle, high)
+    if touch_middle == touch_high:
+        return default
+    return "discregion" if touch_high < touch_middle else "rigaplus"
+
+
+def _decode(
+    label: np.ndarray, encoding: str, default: str, where: Path
+) -> tuple[np.ndarray, str, list[int]]:
+    """:func:`decode_disc_cup`, also returning the map's sorted distinct values."""
+    middle, high, values = _levels(label, suffix_of(where) in LOSSY_SUFFIXES, where)
+    used = _nesting(middle, high, default) if encoding == "auto" else encoding
+    return _stack(middle, high, used), used, values
+
+
+def _stack(middle: np.ndarray, high: np.ndarray, used: str) -> np.ndarray:
+    """Masks ``[2, H, W]`` (disc, cup) under convention ``used``."""
+    cup = high if used == "discregion" else middle
+    return np.stack([middle | high, cup]).astype(np.uint8)
 
 
 def decode_disc_cup(
@@ -178,24 +265,36 @@ def decode_disc_cup(
 
     Returns:
         The masks and the convention used.
+
+    Raises:
+        DataError: more than one intermediate value in a lossless map.
     """
-    middle, high = _levels(label, suffix_of(where) in LOSSY_SUFFIXES, where)
-    used = encoding
-    if encoding == "auto":
-        background = ~(middle | high)
-        touch_mid = _touches_background(middle, background)
-        touch_high = _touches_background(high, background)
-        if middle.any() and high.any() and touch_mid != touch_high:
-            used = "discregion" if touch_high < touch_mid else "rigaplus"
-        else:
-            used = default
-    cup = high if used == "discregion" else middle
-    return np.stack([middle | high, cup]).astype(np.uint8), used
+    masks, used, _ = _decode(label, encoding, default, where)
+    return masks, used
+
+
+_Stamp = tuple[int, int, int, int]
+_Entry = tuple[str, Path]  # a folder entry: (name, path)
+
+
+def _file_stamp(path: Path) -> _Stamp | None:
+    """What changes when a file is rewritten (size, times, inode); ``None`` if unreadable."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
 # --------------------------------------------------------------------------- readers
 class _RigaCsvSource(CaseSource):
-    """Shared loading of the CSV-described RIGA shapes (one entry per image)."""
+    """Shared loading of the CSV-described RIGA shapes (one entry per image).
+
+    What does not change between loads is worked out once per source: the files a
+    listed path resolves to (looked up again when one disappears) and, per mask file,
+    the convention and the label values (decided again when the file's size, times or
+    inode change).
+    """
 
     default_encoding = "discregion"
     spatial_dims = 2
@@ -212,6 +311,10 @@ class _RigaCsvSource(CaseSource):
         self.structures = STRUCTURES
         # entries: (case id, site, image as listed, {rater name: mask as listed}, csv)
         self.entries: list[tuple[str, str, str, dict[str, str], Path]] = []
+        # (csv folder, path as listed) -> the file or folder it resolved to
+        self._resolved: dict[tuple[Path, str], Path] = {}
+        # mask file -> (file stamp, encoding, default, convention used, label values)
+        self._decoded: dict[Path, tuple[_Stamp, str, str, str, list[int]]] = {}
 
     def _finish(self) -> None:
         if not self.entries:
@@ -221,31 +324,58 @@ class _RigaCsvSource(CaseSource):
         self.case_ids = [e[0] for e in self.entries]
         self.patient_ids = [e[1] for e in self.entries]
 
+    def _resolve(self, csv_path: Path, listed: str) -> Path:
+        """:func:`resolve_path` from the CSV's folder then the root, once per listed path."""
+        key = (csv_path.parent, listed)
+        found = self._resolved.get(key)
+        if found is None or not found.exists():
+            found = resolve_path([csv_path.parent, self.root], listed)
+            self._resolved[key] = found
+        return found
+
     def rater_files(self, index: int) -> dict[str, Path]:
         """The resolved rater mask files of case ``index``."""
         _, _, _, raters, csv_path = self.entries[index]
         if not raters:
             raise DataError("no rater rows for this image", csv_path)
-        return {n: resolve_path([csv_path.parent, self.root], m) for n, m in raters.items()}
+        return {n: self._resolve(csv_path, m) for n, m in raters.items()}
+
+    def _read_mask(
+        self, path: Path, shape: tuple[int, ...], image_path: Path
+    ) -> tuple[np.ndarray, str, list[int]]:
+        """Read and decode one rater's mask: masks ``[2, H, W]``, convention, label values."""
+        stamp = _file_stamp(path)  # before reading: a file rewritten meanwhile is redone
+        label, _ = read_label_map(path, spatial_dims=2)
+        if label.shape != shape:
+            raise DataError(
+                f"mask size {label.shape} differs from image size {shape} ({image_path.name})",
+                path,
+            )
+        known = self._decoded.get(path)
+        if (
+            known is not None
+            and stamp is not None
+            and known[:3] == (stamp, self.encoding, self.default_encoding)
+        ):
+            used, values = known[3], known[4]
+            lossy = suffix_of(path) in LOSSY_SUFFIXES
+            return _stack(*_split_levels(label, lossy), used), used, values
+        masks, used, values = _decode(label, self.encoding, self.default_encoding, path)
+        if stamp is not None:
+            self._decoded[path] = (stamp, self.encoding, self.default_encoding, used, values)
+        return masks, used, values
 
     def load(self, index: int) -> MultiRaterCase:
         case_id, site, image_name, _, csv_path = self.entries[index]
-        image_path = resolve_path([csv_path.parent, self.root], image_name)
+        image_path = self._resolve(csv_path, image_name)
         image = read_rgb(image_path)
         masks, used, values = [], set(), set()
         files = self.rater_files(index)
         for path in files.values():
-            label, _ = read_label_map(path, spatial_dims=2)
-            if label.shape != image.shape[1:]:
-                raise DataError(
-                    f"mask size {label.shape} differs from image size "
-                    f"{image.shape[1:]} ({image_path.name})",
-                    path,
-                )
-            m, conv = decode_disc_cup(label, self.encoding, self.default_encoding, path)
+            m, conv, seen = self._read_mask(path, image.shape[1:], image_path)
             masks.append(m)
             used.add(conv)
-            values.update(np.unique(label).tolist())
+            values.update(seen)
         case = MultiRaterCase(
             image=np.ascontiguousarray(image, dtype=np.float32),
             masks=np.stack(masks),
@@ -343,6 +473,10 @@ class RigaPlusSource(_RigaCsvSource):
         **_: Any,
     ) -> None:
         super().__init__(root, sites, encoding, size)
+        # mask folder -> (its stamp, its entries, the entries by lower-case stem and suffix)
+        self._listings: dict[
+            Path, tuple[_Stamp, list[_Entry], dict[tuple[str, str], list[_Entry]]]
+        ] = {}
         wanted = {s.lower() for s in (subsets or ["train", "test"])}
         pattern = re.compile(r"^(\w+?)_(train|test|unlabeled)\.csv$", re.IGNORECASE)
         csvs = sorted(p for p in self.root.rglob("*.csv") if pattern.match(p.name))
@@ -376,12 +510,50 @@ class RigaPlusSource(_RigaCsvSource):
         _, _, _, raters, csv_path = self.entries[index]
         listed = PurePosixPath(raters["mask"].replace("\\", "/"))
         stem, suffix = listed.stem, listed.suffix
-        folder = resolve_path([csv_path.parent, self.root], str(listed.parent))
+        folder = self._resolve(csv_path, str(listed.parent))
         pattern = re.compile(rf"^{re.escape(stem)}-(\d+){re.escape(suffix)}$", re.IGNORECASE)
-        found = {int(m.group(1)): p for p in folder.iterdir() if (m := pattern.match(p.name))}
+        found = {
+            int(m.group(1)): p
+            for name, p in self._rater_candidates(folder, stem, suffix)
+            if (m := pattern.match(name))
+        }
         if not found:
             raise DataError(f"no rater masks {stem}-<k>{suffix}", folder)
         missing = sorted(set(range(1, max(found) + 1)) - set(found))
         if missing:
             raise DataError(f"missing rater file {stem}-{missing[0]}{suffix}", folder)
         return {f"rater{k}": found[k] for k in sorted(found)}
+
+    def _rater_candidates(self, folder: Path, stem: str, suffix: str) -> list[_Entry]:
+        """The ``(name, path)`` entries of ``folder`` that may be ``<stem>-<k><suffix>``.
+
+        The folder is listed once per source and indexed by lower-case stem (less the
+        ``-k``) and suffix; it is listed again when its stamp changes or a file it held
+        has gone. Callers match the candidates exactly; when the index has none, every
+        entry is a candidate, in listing order.
+
+        Args:
+            folder: the resolved mask folder.
+            stem: the listed mask's stem.
+            suffix: the listed mask's suffix.
+
+        Returns:
+            Candidate entries in the order the folder listed them.
+        """
+        stamp = _file_stamp(folder)
+        cached = self._listings.get(folder)
+        key = (stem.lower(), suffix.lower())
+        if cached is not None and stamp is not None and cached[0] == stamp:
+            hits = cached[2].get(key)
+            if hits is None or all(path.exists() for _, path in hits):
+                return cached[1] if hits is None else hits
+        entries = [(p.name, p) for p in folder.iterdir()]
+        index: dict[tuple[str, str], list[_Entry]] = {}
+        for name, path in entries:
+            listed = PurePosixPath(name)
+            index.setdefault(
+                (listed.stem.rpartition("-")[0].lower(), listed.suffix.lower()), []
+            ).append((name, path))
+        if stamp is not None:
+            self._listings[folder] = (stamp, entries, index)
+        return index.get(key, entries)
