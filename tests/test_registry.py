@@ -60,7 +60,15 @@ def toy_method():
 
 
 def test_builtin_methods_in_their_order():
-    assert method_names() == ("edue", "layer_ensembles", "mc_dropout", "plain", "deep_ensemble")
+    assert method_names() == (
+        "edue",
+        "layer_ensembles",
+        "mc_dropout",
+        "plain",
+        "deep_supervision",
+        "deep_supervision_heads",
+        "deep_ensemble",
+    )
     config = load_config(None, ["method.ensemble_size=3", "method.mc_samples=4"])
     table = {s.name: (s.members(config), s.passes(config)) for s in method_specs()}
     assert table == {
@@ -68,19 +76,31 @@ def test_builtin_methods_in_their_order():
         "layer_ensembles": (3, 1),  # 7 blocks less the first 4
         "mc_dropout": (4, 4),
         "plain": (1, 1),
+        "deep_supervision": (1, 1),
+        "deep_supervision_heads": (3, 1),
         "deep_ensemble": (3, 3),
     }
 
 
-@pytest.mark.parametrize("name", ["plain", "deep_ensemble", "mc_dropout", "layer_ensembles"])
-def test_each_method_name_is_written_in_one_module(name):
+@pytest.mark.parametrize(
+    "name, module",
+    [
+        ("plain", "plain"),
+        ("deep_ensemble", "deep_ensemble"),
+        ("mc_dropout", "mc_dropout"),
+        ("layer_ensembles", "layer_ensembles"),
+        ("deep_supervision", "deep_supervision"),
+        ("deep_supervision_heads", "deep_supervision"),
+    ],
+)
+def test_each_method_name_is_written_in_one_module(name, module):
     # "edue" is also the package's own name (logger, program, config default), so only
     # the other methods can be checked this way.
     quoted = re.compile(rf"[\"']{name}[\"']")
     holders = sorted(
         str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if quoted.search(p.read_text())
     )
-    assert holders == [f"methods/{name}.py"]
+    assert holders == [f"methods/{module}.py"]
 
 
 def test_members_built_and_declared_agree():

@@ -136,18 +136,36 @@ class ModelConfig(_Section):
     norm: Literal["batch", "instance", "group", "none"] = "batch"
 
 
+#: The published configuration (Abutalip et al. 2024): ``method.preset: paper``.
+PAPER_PRESET: dict[str, Any] = {
+    "heads": "decoder",
+    "aux_weight": 0.3,
+    "label_sampling": True,
+    "guidance": True,
+    "guidance_weight": 5.0,
+    "guidance_norm": "none",
+    "guidance_detach_final": False,
+}
+
+
 class MethodConfig(_Section):
     """The method and its switches (every EDUE ingredient can be turned off for ablations).
 
     Attributes:
         name: a registered method (``edue method list``-style names: see
             :func:`edue.methods.method_names`).
+        preset: ``paper`` restores the published configuration where a key is not set
+            explicitly (heads on the decoder, guidance_norm ``none``, λ = 5, the final
+            head guided too); ``null`` keeps the defaults below.
         heads: head placement of multi-head methods: ``decoder`` (after every decoder
-            block), or a list of block names.
+            block), ``encoder+decoder`` (every block), or a list of block names.
         aux_weight: BCE weight of each auxiliary head.
         label_sampling: auxiliary heads learn one randomly drawn rater (else the soft vote).
         guidance: add ``guidance_weight × RMSE(variance across heads, expert variance)``.
         guidance_weight: lambda.
+        guidance_norm: ``none`` (the published RMSE) or ``expert_rms`` (the RMSE divided
+            by the experts' RMS variance over the batch: one λ for 2D and 3D).
+        guidance_detach_final: keep the guidance's gradient out of the final head.
         skip_first: Layer Ensembles: heads skipped at prediction (the first T).
         mc_dropout: dropout probability of MC dropout.
         mc_samples: MC dropout samples at prediction.
@@ -156,16 +174,28 @@ class MethodConfig(_Section):
     """
 
     name: str = "edue"
-    heads: Literal["decoder"] | Annotated[list[str], Field(min_length=2)] = "decoder"
+    preset: Literal["paper"] | None = None
+    heads: Literal["decoder", "encoder+decoder"] | Annotated[list[str], Field(min_length=2)] = (
+        "decoder"
+    )
     aux_weight: Annotated[float, Field(ge=0.0)] = 0.3
     label_sampling: bool = True
     guidance: bool = True
     guidance_weight: Annotated[float, Field(ge=0.0)] = 5.0
+    guidance_norm: Literal["none", "expert_rms"] = "none"
+    guidance_detach_final: bool = False
     skip_first: NonNegativeInt = 4
     mc_dropout: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
     mc_samples: Annotated[int, Field(ge=2)] = 10
     ensemble_size: Annotated[int, Field(ge=2)] = 5
     member: NonNegativeInt | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("preset") == "paper":
+            return {**PAPER_PRESET, **values}
+        return values
 
     @field_validator("name")
     @classmethod
@@ -190,7 +220,9 @@ class TrainConfig(_Section):
     """Optimisation and run settings.
 
     Attributes:
-        epochs: passes over the training split.
+        epochs: passes over the training split (the most, with ``patience``).
+        patience: stop early after this many epochs without a lower validation loss
+            (``0``: always train ``epochs``); ``best.pt`` holds the best epoch.
         batch_size: images per step (global batch under DDP).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
@@ -208,6 +240,7 @@ class TrainConfig(_Section):
     """
 
     epochs: PositiveInt = 20
+    patience: NonNegativeInt = 0
     batch_size: PositiveInt = 16
     lr: Annotated[float, Field(gt=0.0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edue.config import Config, config_from_dict, save_config
-from edue.methods.registry import get_method, method_names, method_specs
+from edue.config import Config, config_from_dict
+from edue.methods.registry import method_names, method_specs
 
 
 def ablations() -> dict[str, dict[str, Any]]:
@@ -70,27 +70,15 @@ def demo_config(out: Path, method: str, quick: bool, dims: int = 2) -> Config:
 
 
 def _train_all(out: Path, methods: list[str], quick: bool, dims: int) -> dict[str, Path]:
-    """Train every method; returns the checkpoint of each."""
-    from edue.engine.ensemble import gather_ensemble, member_config
-    from edue.engine.train import train
+    """Train every method (reusing identical work); returns the checkpoint of each."""
+    from edue.engine.jobs import train_compared
 
     checkpoints: dict[str, Path] = {}
     for method in methods:
         started = time.perf_counter()
         config = demo_config(out, method, quick, dims)
-        spec = get_method(config.method.name)
-        if spec.trains_members_separately:
-            reused = out / spec.first_member_from if spec.first_member_from else None
-            members = []
-            for i in range(config.method.ensemble_size):
-                if i == 0 and reused is not None and (reused / "best.pt").is_file():
-                    members.append(reused)  # member 0 = that run (same configuration, seed)
-                    continue
-                members.append(train(member_config(config, i)))
-            save_config(config, out / method / "config.yaml")
-            checkpoints[method] = gather_ensemble(members, out / method / "ensemble.pt")
-        else:
-            checkpoints[method] = train(config) / "best.pt"
+        trained = {run: c for run, c in checkpoints.items() if run not in ablations()}
+        checkpoints[method] = train_compared(config, trained)
         print(f"[demo] trained {method} in {time.perf_counter() - started:.0f} s", flush=True)
     return checkpoints
 
@@ -113,12 +101,10 @@ def run_demo(
     started = time.perf_counter()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(out_dir)
-    chosen = list(methods or method_names()) + (list(ablations()) if with_ablations else [])
-    for spec in method_specs():  # a run reused as an ensemble's member 0 trains first
-        first = spec.first_member_from
-        if spec.name in chosen and first in chosen:
-            chosen.remove(first)  # type: ignore[arg-type]
-            chosen.insert(chosen.index(spec.name), first)  # type: ignore[arg-type]
+    from edue.engine.jobs import training_order
+
+    chosen = training_order(list(methods or method_names()))
+    chosen += list(ablations()) if with_ablations else []
     checkpoints = _train_all(out, chosen, quick, dims)
     config = demo_config(out, chosen[0], quick, dims)
     source = open_configured_source(config)

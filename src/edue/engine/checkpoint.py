@@ -89,6 +89,21 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return Path(path)
 
 
+def renamed_checkpoint(source: str | Path, out: str | Path, method: str) -> Path:
+    """Copy a checkpoint under another registered method's name (one trained with exactly
+    the same network, loss and seed, that reads its outputs differently).
+
+    Returns:
+        The checkpoint written.
+    """
+    state = load_checkpoint(source)
+    state["method"] = method
+    state["config"]["method"]["name"] = method
+    for key in ("format", "edue_version", "weights_sha256"):
+        state.pop(key, None)
+    return save_checkpoint(out, state)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """Accept a checkpoint file or a run folder (its ``best.pt``, else ``last.pt``)."""
     path = Path(path)

@@ -108,6 +108,8 @@ class Trainer:
         self.step_in_epoch = 0  # batches done in the current epoch
         self.global_step = 0
         self.best_val = math.inf
+        self.best_epoch = 0  # the epoch of best_val (early stopping counts from it)
+        self.finished = False  # reached train.epochs or stopped early
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ setup
@@ -163,6 +165,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
         self.global_step, self.best_val = int(state["global_step"]), float(state["best_val"])
+        self.best_epoch = int(state.get("best_epoch", self.epoch))
+        self.finished = bool(state.get("finished", False))
         set_rng_state(state["rng"])
         self.rater_generator.set_state(state["rater_generator"])
         if self.train_dataset.transform is not None and state.get("transforms"):
@@ -198,7 +202,7 @@ class Trainer:
         )
         previous = self._install_signal_handlers()
         try:
-            while self.epoch < cfg.train.epochs:
+            while self.epoch < cfg.train.epochs and not self.finished:
                 started = time.perf_counter()
                 self.sampler.set_epoch(self.epoch, self.step_in_epoch * per_rank_batch)
                 train_stats = self._train_epoch(loader)
@@ -277,6 +281,7 @@ class Trainer:
     def _end_epoch(
         self, train_stats: dict[str, float], val_stats: dict[str, float], seconds: float
     ) -> None:
+        improved = self._track(val_stats.get("val/loss", train_stats.get("train/loss", math.inf)))
         if not self.runtime.is_main:
             return
         record = {
@@ -289,13 +294,26 @@ class Trainer:
         with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         log.info(epoch_line(record, self.config.train.epochs))
-        val_loss = val_stats.get("val/loss", train_stats.get("train/loss", math.inf))
-        improved = val_loss < self.best_val
-        if improved:
-            self.best_val = val_loss
+        if self.finished and self.epoch < self.config.train.epochs:
+            log.info(
+                f"early stop after epoch {self.epoch}: no lower validation loss for "
+                f"{self.config.train.patience} epochs (best: epoch {self.best_epoch})"
+            )
         self.save("last.pt")
         if improved:
             self.save("best.pt")
+
+    def _track(self, val_loss: float) -> bool:
+        """Note the best epoch and decide whether training is finished (every rank
+        decides alike: the validation loss is agreed across ranks). Returns whether the
+        epoch improved on the best validation loss."""
+        improved = val_loss < self.best_val
+        if improved:
+            self.best_val, self.best_epoch = val_loss, self.epoch
+        patience = self.config.train.patience
+        out_of_patience = bool(patience) and self.epoch - self.best_epoch >= patience
+        self.finished = self.epoch >= self.config.train.epochs or out_of_patience
+        return improved
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
@@ -311,6 +329,8 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+            "finished": self.finished,
             "rng": rng_state(),
             "rater_generator": self.rater_generator.get_state(),
             "transforms": self.train_dataset.transform.get_state()  # type: ignore[attr-defined]
@@ -382,6 +402,21 @@ def train(config: Config, resume: str | Path | None = None) -> Path:
         return trainer.fit()
     finally:
         teardown_runtime(trainer.runtime)
+
+
+def train_or_resume(config: Config) -> Path:
+    """Train as configured into ``config.out_dir``; a finished run there is kept as it is,
+    an interrupted one continues where it stopped (``last.pt``).
+
+    Returns:
+        The run folder.
+    """
+    last = Path(config.out_dir) / "last.pt"
+    if not last.is_file():
+        return train(config)
+    if load_checkpoint(last).get("finished"):
+        return Path(config.out_dir)
+    return train(config, resume=last)
 
 
 def train_method(config: Config) -> Path:

@@ -6,9 +6,17 @@ importing this package registers the built-in ones.
 
 from __future__ import annotations
 
-from edue.methods import deep_ensemble, edue, layer_ensembles, mc_dropout, plain  # noqa: F401
+from edue.methods import (  # noqa: F401  (each registers itself)
+    deep_ensemble,
+    deep_supervision,
+    edue,
+    layer_ensembles,
+    mc_dropout,
+    plain,
+)
 from edue.methods.base import Method
 from edue.methods.deep_ensemble import DeepEnsemble
+from edue.methods.deep_supervision import DeepSupervision
 from edue.methods.edue import EDUE
 from edue.methods.layer_ensembles import LayerEnsembles
 from edue.methods.mc_dropout import MCDropout
@@ -23,6 +31,7 @@ from edue.methods.registry import (
     method_names,
     method_specs,
     method_with_role,
+    methods_with_role,
     register_method,
     unregister_method,
 )
@@ -31,6 +40,7 @@ __all__ = [
     "EDUE",
     "BuildRequest",
     "DeepEnsemble",
+    "DeepSupervision",
     "LayerEnsembles",
     "MCDropout",
     "Method",
@@ -43,6 +53,7 @@ __all__ = [
     "method_names",
     "method_specs",
     "method_with_role",
+    "methods_with_role",
     "register_method",
     "unregister_method",
 ]

@@ -13,7 +13,28 @@ from edue.nets.heads import MultiHeadNet
 from edue.nets.unet import UNet
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edue.config import Config
+    from edue.config import Config, MethodConfig
+
+
+def head_blocks(backbone: UNet, heads: str | Sequence[str]) -> list[str]:
+    """Block names of a head placement (``decoder``, ``encoder+decoder`` or a list)."""
+    if heads == "decoder":
+        return backbone.decoder_names
+    if heads == "encoder+decoder":
+        return backbone.block_names
+    return list(heads)
+
+
+def loss_options(m: MethodConfig) -> dict[str, Any]:
+    """The :func:`~edue.losses.edue_loss` switches of a method configuration."""
+    return {
+        "aux_weight": m.aux_weight,
+        "label_sampling": m.label_sampling,
+        "guidance": m.guidance,
+        "guidance_weight": m.guidance_weight,
+        "guidance_norm": m.guidance_norm,
+        "guidance_detach_final": m.guidance_detach_final,
+    }
 
 
 class EDUE(Method):
@@ -22,9 +43,12 @@ class EDUE(Method):
     Args:
         backbone: a feature-only U-Net (``out_channels=0``).
         out_channels: structures ``K``.
-        heads: ``"decoder"`` (every decoder block) or explicit block names; the last
-            named block gives the final head.
-        aux_weight, label_sampling, guidance, guidance_weight: see :func:`edue_loss`.
+        heads: ``"decoder"`` (every decoder block), ``"encoder+decoder"`` (every block,
+            as the authors' code can), or explicit block names; the last named block
+            gives the final head.
+        loss_options: keyword arguments of :func:`~edue.losses.edue_loss`
+            (``aux_weight``, ``label_sampling``, ``guidance``, ``guidance_weight``,
+            ``guidance_norm``, ``guidance_detach_final``).
     """
 
     name = "edue"
@@ -34,21 +58,18 @@ class EDUE(Method):
         backbone: UNet,
         out_channels: int,
         heads: str | Sequence[str] = "decoder",
-        aux_weight: float = 0.3,
-        label_sampling: bool = True,
-        guidance: bool = True,
-        guidance_weight: float = 5.0,
+        **loss_options: Any,
     ) -> None:
-        names = backbone.decoder_names if heads == "decoder" else list(heads)
         super().__init__(
-            MultiHeadNet(backbone, names, out_channels, backbone.spatial_dims, backbone.in_channels)
+            MultiHeadNet(
+                backbone,
+                head_blocks(backbone, heads),
+                out_channels,
+                backbone.spatial_dims,
+                backbone.in_channels,
+            )
         )
-        self.loss_options: dict[str, Any] = {
-            "aux_weight": aux_weight,
-            "label_sampling": label_sampling,
-            "guidance": guidance,
-            "guidance_weight": guidance_weight,
-        }
+        self.loss_options: dict[str, Any] = loss_options
 
     def loss(self, logits, batch, generator=None):  # type: ignore[no-untyped-def,override]
         return edue_loss(logits, batch, generator=generator, **self.loss_options)
@@ -60,20 +81,17 @@ class EDUE(Method):
 
 def _build(request: BuildRequest) -> EDUE:
     m = request.config.method
-    return EDUE(
-        request.unet(0),
-        request.out_channels,
-        m.heads,
-        m.aux_weight,
-        m.label_sampling,
-        m.guidance,
-        m.guidance_weight,
-    )
+    return EDUE(request.unet(0), request.out_channels, m.heads, **loss_options(m))
 
 
-def _members(config: Config) -> int:
-    heads = config.method.heads
-    return len(config.model.channels) - 1 if heads == "decoder" else len(heads)
+def head_count(config: Config) -> int:
+    """Heads of the configured placement on the configured U-Net."""
+    heads, depth = config.method.heads, len(config.model.channels)
+    if heads == "decoder":
+        return depth - 1
+    if heads == "encoder+decoder":
+        return 2 * depth - 1
+    return len(heads)
 
 
 SPEC = register_method(
@@ -81,7 +99,7 @@ SPEC = register_method(
         name="edue",
         label="EDUE",
         build=_build,
-        members=_members,
+        members=head_count,
         summary="heads on the decoder blocks, rater sampling and disagreement guidance",
         role="subject",
         ablations={

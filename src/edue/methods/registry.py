@@ -82,6 +82,9 @@ class MethodSpec:
             and a member's checkpoint loads as that method); ``None`` otherwise.
         first_member_from: a method whose run is, with the same seed and configuration,
             exactly member 0 (the demo reuses it instead of training it twice).
+        trained_as: a method whose training is exactly this one's (same network, loss
+            and seed) and which differs only in how it reads its outputs at prediction;
+            its checkpoint serves both (see :func:`edue.engine.checkpoint.renamed_checkpoint`).
         ablations: named variants for the demo's ablation study: run name → the
             ``method.*`` values that differ from the defaults.
         order: position in listings (tables, the demo); ties keep registration order.
@@ -98,6 +101,7 @@ class MethodSpec:
     role: str = ""
     member_method: str | None = None
     first_member_from: str | None = None
+    trained_as: str | None = None
     ablations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     order: int = 100
     check: Callable[[Config], None] | None = None
@@ -171,7 +175,12 @@ def method_label(name: str) -> str:
 
 def method_with_role(role: str) -> MethodSpec | None:
     """The first registered method playing ``role`` in the report, if any."""
-    return next((s for s in method_specs() if s.role == role), None)
+    return next(iter(methods_with_role(role)), None)
+
+
+def methods_with_role(role: str) -> tuple[MethodSpec, ...]:
+    """Every registered method playing ``role`` in the report, in order."""
+    return tuple(s for s in method_specs() if s.role == role)
 
 
 def build_method(

@@ -263,3 +263,72 @@ def correlation_entries(corr: dict[str, object], name: str) -> dict[str, float]:
         out[f"image_{kind}/{name}/ci_low"] = float(low)
         out[f"image_{kind}/{name}/ci_high"] = float(high)
     return out
+
+
+def partial_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
+    """Spearman correlation of ``x`` and ``y`` controlling for ``z`` (all ``[N]``).
+
+    The partial correlation of the ranks: ``(r_xy − r_xz r_yz) / √((1 − r_xz²)(1 − r_yz²))``
+    with ``r`` Spearman's rho — what is left of the association of two scores once both
+    are explained by a third (e.g. model SV and expert SV beyond the structure's size).
+    Cases with a non-finite value are left out; nan with fewer than 4 cases or when a
+    variable is constant or fully explained by ``z``.
+    """
+    a, b, c = (as_array_1d(v) for v in (x, y, z))
+    keep = np.isfinite(a) & np.isfinite(b) & np.isfinite(c)
+    a, b, c = a[keep], b[keep], c[keep]
+    if a.size < 4 or min(np.ptp(a), np.ptp(b), np.ptp(c)) == 0:
+        return _NAN
+    ra, rb, rc = (rankdata(v) for v in (a, b, c))
+    r_ab, r_ac, r_bc = (float(np.corrcoef(u, v)[0, 1]) for u, v in ((ra, rb), (ra, rc), (rb, rc)))
+    denominator = (1 - r_ac**2) * (1 - r_bc**2)
+    if denominator <= 1e-12:
+        return _NAN
+    return float((r_ab - r_ac * r_bc) / np.sqrt(denominator))
+
+
+def boundary_length(mask: torch.Tensor) -> torch.Tensor:
+    """Boundary size of binary masks: pixels (voxels) of the structure with a
+    4-neighbour (6 in 3D) outside it; the image border counts as outside.
+
+    Args:
+        mask: ``[K, *spatial]`` bool.
+
+    Returns:
+        ``[K]`` float64 counts.
+    """
+    m = mask.bool()
+    inside = m.clone()
+    for axis in range(1, m.ndim):
+        n = m.shape[axis]
+        before, after = torch.zeros_like(m), torch.zeros_like(m)  # outside the image: 0
+        if n > 1:
+            before.narrow(axis, 1, n - 1).copy_(m.narrow(axis, 0, n - 1))
+            after.narrow(axis, 0, n - 1).copy_(m.narrow(axis, 1, n - 1))
+        inside &= before & after  # interior: both neighbours along this axis inside
+    return (m & ~inside).flatten(1).sum(1).double()
+
+
+def size_controlled_correlations(
+    model_sv: np.ndarray, expert_sv: np.ndarray, area: np.ndarray, boundary: np.ndarray
+) -> dict[str, float]:
+    """Image-level agreement beyond the structure's size (all ``[N]``).
+
+    Returns:
+        ``partial_spearman``: Spearman of model and expert SV controlling for ``area``;
+        ``spearman_per_boundary``: Spearman of ``model_sv / boundary`` and
+        ``expert_sv / boundary`` over the cases with a non-empty boundary.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_m = np.where(boundary > 0, model_sv / boundary, np.nan)
+        per_e = np.where(boundary > 0, expert_sv / boundary, np.nan)
+    keep = np.isfinite(per_m) & np.isfinite(per_e)
+    rho = (
+        float(spearmanr(per_m[keep], per_e[keep]).statistic)
+        if keep.sum() >= 3 and np.ptp(per_m[keep]) > 0 and np.ptp(per_e[keep]) > 0
+        else _NAN
+    )
+    return {
+        "partial_spearman": partial_spearman(model_sv, expert_sv, area),
+        "spearman_per_boundary": rho,
+    }

@@ -21,7 +21,13 @@ import torch
 from edue.data.case import MultiRaterCase, expert_variance, soft_vote
 from edue.metrics._utils import nan_mean_std
 from edue.metrics.calibration import CalibrationAccumulator, brier, nll
-from edue.metrics.disagreement import correlation_entries, image_correlation, pixel_ncc
+from edue.metrics.disagreement import (
+    boundary_length,
+    correlation_entries,
+    image_correlation,
+    pixel_ncc,
+    size_controlled_correlations,
+)
 from edue.metrics.ged import (
     LIDC_PRESET,
     SetOverlap,
@@ -43,7 +49,8 @@ from edue.prediction import Prediction
 #: Per-case metrics of :func:`evaluate_case`, in column order.
 CASE_METRICS: tuple[str, ...] = (
     "soft_dice", "hard_dice", "rater_dice", "hd95", "nll", "brier", "model_sv", "expert_sv",
-    "pixel_ncc", "ged", "hungarian_iou", "pairwise_dice_var",
+    "pixel_ncc", "ged", "hungarian_iou", "pairwise_dice_var", "structure_area",
+    "boundary_length",
 )  # fmt: skip
 
 
@@ -65,7 +72,9 @@ def evaluate_case(
     variance map; ``pixel_ncc`` of ``prediction.uncertainty`` vs the expert variance;
     ``ged`` (``ged_options``, LIDC preset by default) and ``hungarian_iou`` of the members
     (binarised at 0.5) vs the rater masks; ``pairwise_dice_var`` across members
-    (nan for a single member).
+    (nan for a single member); ``structure_area`` = sum of the soft vote and
+    ``boundary_length`` = boundary pixels of the soft vote binarised at 0.5 (the sizes
+    the size-controlled correlations control for).
 
     Args:
         prediction: members ``[S, K, *spatial]``.
@@ -108,6 +117,8 @@ def evaluate_case(
             ged_options.get("empty_empty", 1.0),  # type: ignore[arg-type]
         ),
         "pairwise_dice_var": pairwise_dice_variance_from_counts(overlap.intersection[:, :n, :n]),
+        "structure_area": vote.flatten(1).sum(1).double(),
+        "boundary_length": boundary_length(reference),
     }
     if hausdorff:
         values["hd95"] = hausdorff95(prob > 0.5, reference, spacing or case.spacing)
@@ -221,10 +232,13 @@ class EvaluationAccumulator:
 
         Keys (``m`` a per-case metric, ``s`` a structure): ``n_cases``; ``m/s/mean``,
         ``m/s/std`` (nan-aware, population std); ``image_spearman/s`` and
-        ``image_pearson/s`` with ``/ci_low``, ``/ci_high``; ``ece_soft_vote/s`` and, when
-        some case had an analytic rater probability, ``ece_rater_probability/s`` (over
-        those cases only); ``qc_auc/s``, ``qc_ideal_auc/s``, ``qc_random_auc/s``,
-        ``qc_d_auc/s``, ``qc_n_poor/s``, ``qc_threshold/s``.
+        ``image_pearson/s`` with ``/ci_low``, ``/ci_high``; ``image_partial_spearman/s``
+        (controlling for the structure's area) and ``image_spearman_per_boundary/s``
+        (:func:`~edue.metrics.disagreement.size_controlled_correlations`);
+        ``ece_soft_vote/s`` and, when some case had an analytic rater probability,
+        ``ece_rater_probability/s`` (over those cases only); ``qc_auc/s``,
+        ``qc_ideal_auc/s``, ``qc_random_auc/s``, ``qc_d_auc/s``, ``qc_n_poor/s``,
+        ``qc_threshold/s``.
         """
         if not self.rows or self.structures is None:
             raise RuntimeError("EvaluationAccumulator has no data: call update() first")
@@ -240,6 +254,14 @@ class EvaluationAccumulator:
                 seed=self.seed,
             )
             out.update(correlation_entries(corr, name))
+            controlled = size_controlled_correlations(
+                self.column(f"model_sv/{name}"),
+                self.column(f"expert_sv/{name}"),
+                self.column(f"structure_area/{name}"),
+                self.column(f"boundary_length/{name}"),
+            )
+            out[f"image_partial_spearman/{name}"] = controlled["partial_spearman"]
+            out[f"image_spearman_per_boundary/{name}"] = controlled["spearman_per_boundary"]
             qc = self.qc_curve(name)
             for part in ("auc", "ideal_auc", "random_auc", "d_auc", "n_poor"):
                 out[f"qc_{part}/{name}"] = float(qc[part])  # type: ignore[arg-type]

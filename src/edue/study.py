@@ -1,0 +1,375 @@
+"""``edue study``: every method trained to convergence with several seeds, evaluated on
+the same test images, compared with paired intervals.
+
+Rules shared by all methods: the same data and split, the same budget (``train.epochs``
+as the most epochs, early stopping on the validation loss with ``train.patience``), the
+same seeds. Layout of the study folder::
+
+    study.json                      what was asked (config, methods, seeds)
+    seed<S>/<method>/               the run (best.pt, last.pt, log.jsonl, …)
+    seed<S>/<method>/eval/          its evaluation on the test split (edue evaluate)
+    timing.json                     all methods timed side by side on the same images
+    study.md, study.json            mean ± std over seeds, paired differences, targets
+    report/                         the comparison report of the first seed
+
+A killed study continues where it stopped: finished runs and evaluations are kept, an
+interrupted run resumes from its ``last.pt``. Seeds are independent and run as separate
+processes with ``jobs > 1``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edue.config import Config, config_from_dict
+from edue.errors import ConfigError
+from edue.io import write_json
+from edue.methods.registry import get_method, method_label, method_with_role, methods_with_role
+
+log = logging.getLogger("edue.study")
+
+#: per-image metrics compared by their mean over images
+MEAN_METRICS = ("soft_dice", "nll", "pixel_ncc")
+#: image-level correlations compared as correlations over images (model SV vs expert SV)
+CORRELATIONS = ("image_spearman", "image_partial_spearman", "image_spearman_per_boundary")
+#: the study's targets against the references (see docs/method.md, "Study targets")
+SPEARMAN_RATIO_VS_ENSEMBLE = 1.3
+SPEARMAN_MARGIN_VS_SOFT_LABEL = 0.05
+DICE_MARGIN_VS_SOFT_LABEL = 0.02
+
+
+def run_study(
+    config: Config,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    out: str | Path,
+    jobs: int = 1,
+    ood: bool = False,
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """Train, evaluate and compare ``methods`` over ``seeds``; returns ``study.json``.
+
+    Raises:
+        ConfigError: an unknown method, no seeds, or a study folder that holds another
+            study.
+    """
+    out = Path(out)
+    methods = [get_method(m).name for m in methods]
+    if not seeds or not methods:
+        raise ConfigError("a study needs at least one method and one seed")
+    _claim_folder(out, config, methods, seeds)
+    started = time.perf_counter()
+    threads = max(1, _cores() // max(1, jobs))
+    args = [(config.to_dict(), list(methods), seed, str(out), ood, threads) for seed in seeds]
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            list(pool.map(_study_seed, *zip(*args, strict=True)))
+    else:
+        for item in args:
+            _study_seed(*item)
+    timing = time_side_by_side(out, methods, seeds[0], config)
+    summary = summarise(out, methods, seeds, n_boot)
+    summary["timing"] = timing
+    summary["minutes"] = (time.perf_counter() - started) / 60
+    write_json(out / "study.json", summary)
+    (out / "study.md").write_text(study_markdown(summary), encoding="utf-8")
+    from edue.report.compare import compare_runs
+
+    compare_runs([str(out / f"seed{seeds[0]}" / m / "eval") for m in methods], out / "report")
+    return summary
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+
+def _claim_folder(out: Path, config: Config, methods: list[str], seeds: Sequence[int]) -> None:
+    asked = {"config": config.to_dict(), "methods": methods, "seeds": list(seeds)}
+    path = out / "study-request.json"
+    if path.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        if before != json.loads(json.dumps(asked)):
+            raise ConfigError(
+                f"{out} holds another study (its configuration, methods or seeds differ); "
+                "choose another --out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, asked)
+
+
+def _study_seed(
+    config_dict: dict[str, Any], methods: list[str], seed: int, out: str, ood: bool, threads: int
+) -> None:
+    """Train and evaluate every method for one seed (one process of the study)."""
+    import torch
+
+    from edue.engine.data import build_datasets, open_configured_source, split_indices
+    from edue.engine.evaluate import evaluate_predictor
+    from edue.engine.infer import Predictor
+    from edue.engine.jobs import train_compared, training_order
+
+    torch.set_num_threads(threads)
+    base = config_from_dict(config_dict)
+    trained: dict[str, Path] = {}
+    for method in training_order(methods):
+        config = copy.deepcopy(base)
+        config.method.name = method
+        config.train.seed = seed
+        config.train.threads = threads
+        config.out_dir = str(Path(out) / f"seed{seed}" / method)
+        started = time.perf_counter()
+        trained[method] = train_compared(config, trained)
+        log.info(f"[study] seed {seed}: {method} trained ({time.perf_counter() - started:.0f} s)")
+    source = open_configured_source(base)
+    test = build_datasets(base, source, split_indices(base, source))["test"]
+    cases = [test.load(i) for i in range(len(test))]
+    for method in methods:
+        folder = Path(out) / f"seed{seed}" / method / "eval"
+        if (folder / "metrics.json").is_file():
+            continue
+        predictor = Predictor.from_checkpoint(trained[method], device=base.train.device)
+        evaluate_predictor(
+            predictor, cases, folder, ood=ood, seed=seed, extra={"label": None, "seed": seed}
+        )
+        log.info(f"[study] seed {seed}: {method} evaluated")
+
+
+def time_side_by_side(
+    out: Path, methods: Sequence[str], seed: int, config: Config, images: int = 4, rounds: int = 5
+) -> dict[str, float]:
+    """Seconds per image of every method, timed interleaved on the same test images (the
+    order rotates each round), written into each evaluation's ``metrics.json``.
+
+    Returns:
+        Median seconds per image by method.
+    """
+    from edue.engine.infer import Predictor
+
+    folder = Path(out) / f"seed{seed}"
+    predictors = {
+        m: Predictor.from_checkpoint(_checkpoint(folder / m), device=config.train.device)
+        for m in methods
+    }
+    sample = np.load(folder / methods[0] / "eval" / "samples.npz")
+    inputs = [sample[f"{i}/image"] for i in range(images) if f"{i}/image" in sample.files]
+    for predictor in predictors.values():  # warm-up
+        predictor.predict(inputs[0])
+    names = list(methods)
+    times: dict[str, list[float]] = {m: [] for m in names}
+    for r in range(rounds):
+        for m in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            for image in inputs:
+                predictors[m].predict(image)
+            times[m].append((time.perf_counter() - start) / len(inputs))
+    medians = {m: float(np.median(t)) for m, t in times.items()}
+    for s_folder in Path(out).glob("seed*"):
+        for m, seconds in medians.items():
+            path = s_folder / m / "eval" / "metrics.json"
+            if path.is_file():
+                info = json.loads(path.read_text(encoding="utf-8"))
+                info.update(seconds_per_image=seconds, timing="side by side, interleaved")
+                write_json(path, info)
+    write_json(Path(out) / "timing.json", {"seconds_per_image": medians, "images": len(inputs)})
+    return medians
+
+
+def _checkpoint(run: Path) -> Path:
+    for name in ("ensemble.pt", "best.pt"):
+        if (run / name).is_file():
+            return run / name
+    raise ConfigError(f"{run}: no trained checkpoint")
+
+
+def _per_case(path: Path) -> dict[str, np.ndarray]:
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {
+        key: np.array([float(r[key]) if r[key] not in ("", None) else np.nan for r in rows])
+        for key in rows[0]
+        if key not in ("case_id", "method")
+    }
+
+
+def summarise(
+    out: Path, methods: Sequence[str], seeds: Sequence[int], n_boot: int = 1000
+) -> dict[str, Any]:
+    """Mean ± std over seeds of every method, and paired differences of the subject
+    (EDUE) against every other method, with the targets checked."""
+    from edue.metrics.paired import mean_statistic, paired_difference, spearman_statistic
+
+    metrics = {
+        m: [json.loads((out / f"seed{s}" / m / "eval" / "metrics.json").read_text()) for s in seeds]
+        for m in methods
+    }
+    cases = {
+        m: [_per_case(out / f"seed{s}" / m / "eval" / "per_case.csv") for s in seeds]
+        for m in methods
+    }
+    structures = metrics[methods[0]][0]["structures"]
+    summary: dict[str, Any] = {
+        "methods": list(methods),
+        "seeds": list(seeds),
+        "structures": structures,
+    }
+    table: dict[str, dict[str, list[float]]] = {}
+    for m in methods:
+        table[m] = {}
+        for s in structures:
+            for key in (
+                *[f"{k}/{s}/mean" for k in MEAN_METRICS],
+                *[f"{k}/{s}" for k in CORRELATIONS],
+            ):
+                values = [float(info["metrics"].get(key, np.nan)) for info in metrics[m]]
+                table[m][key] = [float(np.nanmean(values)), float(np.nanstd(values))]
+    summary["mean_std"] = table
+    subject = method_with_role("subject")
+    if subject is None or subject.name not in methods:
+        summary["differences"] = {}
+        return summary
+
+    def stack(m: str, key: str) -> np.ndarray:
+        return np.stack([c[key] for c in cases[m]])
+
+    differences: dict[str, dict[str, dict[str, float]]] = {}
+    for other in methods:
+        if other == subject.name:
+            continue
+        differences[other] = {}
+        for s in structures:
+            for k in MEAN_METRICS:
+                differences[other][f"{k}/{s}"] = paired_difference(
+                    (stack(subject.name, f"{k}/{s}"),),
+                    (stack(other, f"{k}/{s}"),),
+                    mean_statistic,
+                    n_boot,
+                )
+            sv = (stack(subject.name, f"model_sv/{s}"), stack(subject.name, f"expert_sv/{s}"))
+            sv_other = (stack(other, f"model_sv/{s}"), stack(other, f"expert_sv/{s}"))
+            differences[other][f"image_spearman/{s}"] = paired_difference(
+                sv, sv_other, spearman_statistic, n_boot
+            )
+    summary["differences"] = differences
+    summary["targets"] = check_targets(summary, subject.name)
+    return summary
+
+
+def check_targets(summary: dict[str, Any], subject: str) -> list[dict[str, Any]]:
+    """The study's targets per structure, each with its numbers and verdict (``None``:
+    the reference was not part of the study)."""
+    table, diffs = summary["mean_std"], summary["differences"]
+    ensemble = method_with_role("ensemble_reference")
+    soft = [s.name for s in methods_with_role("one_pass_reference") if s.name in table]
+    out: list[dict[str, Any]] = []
+
+    def add(target: str, structure: str, value: float, passed: bool | None) -> None:
+        out.append({"target": target, "structure": structure, "value": value, "passed": passed})
+
+    for s in summary["structures"]:
+        mine = table[subject]
+        if ensemble is not None and ensemble.name in table:
+            ref = table[ensemble.name]
+            ratio = mine[f"image_spearman/{s}"][0] / ref[f"image_spearman/{s}"][0]
+            add(
+                f"Spearman >= {SPEARMAN_RATIO_VS_ENSEMBLE} x {ensemble.label}",
+                s,
+                ratio,
+                bool(ratio >= SPEARMAN_RATIO_VS_ENSEMBLE),
+            )
+            nll = mine[f"nll/{s}/mean"][0] - ref[f"nll/{s}/mean"][0]
+            add(f"NLL <= {ensemble.label}", s, nll, bool(nll <= 0))
+        if soft:
+            best = max(soft, key=lambda m: table[m][f"image_spearman/{s}"][0])
+            d = diffs[best][f"image_spearman/{s}"]
+            add(
+                f"Spearman >= best soft-label baseline ({method_label(best)}) + "
+                f"{SPEARMAN_MARGIN_VS_SOFT_LABEL}, interval above 0",
+                s,
+                d["difference"],
+                bool(d["difference"] >= SPEARMAN_MARGIN_VS_SOFT_LABEL and d["ci_low"] > 0),
+            )
+            worst_ncc = min(
+                mine[f"pixel_ncc/{s}/mean"][0] - table[m][f"pixel_ncc/{s}/mean"][0] for m in soft
+            )
+            add("pixel NCC >= every soft-label baseline", s, worst_ncc, bool(worst_ncc >= 0))
+            best_dice = max(table[m][f"soft_dice/{s}/mean"][0] for m in soft)
+            gap = mine[f"soft_dice/{s}/mean"][0] - best_dice
+            add(
+                f"soft Dice within {DICE_MARGIN_VS_SOFT_LABEL} of the better soft-label baseline",
+                s,
+                gap,
+                bool(gap >= -DICE_MARGIN_VS_SOFT_LABEL),
+            )
+    return out
+
+
+def _pm(pair: list[float], digits: int) -> str:
+    mean, std = pair
+    return "—" if not np.isfinite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def study_markdown(summary: dict[str, Any]) -> str:
+    """The study's tables: mean ± std over seeds, paired differences, targets, time."""
+    structures, seeds = summary["structures"], summary["seeds"]
+    lines = [
+        f"# Study: {len(summary['methods'])} methods, seeds {', '.join(map(str, seeds))}",
+        "",
+        "Mean ± std over seeds (test split). Spearman: model SV vs expert SV over images;",
+        "partial: controlling for the structure's area; per boundary: SV per boundary pixel.",
+        "",
+    ]
+    columns = [
+        ("soft Dice", "soft_dice/{s}/mean", 3),
+        ("NLL", "nll/{s}/mean", 3),
+        ("Spearman", "image_spearman/{s}", 2),
+        ("partial", "image_partial_spearman/{s}", 2),
+        ("per boundary", "image_spearman_per_boundary/{s}", 2),
+        ("pixel NCC", "pixel_ncc/{s}/mean", 2),
+    ]
+    for s in structures:
+        lines += [
+            f"## {s}",
+            "",
+            "| method | " + " | ".join(c[0] for c in columns) + " | ms/image |",
+            "|---" * (len(columns) + 2) + "|",
+        ]
+        for m in summary["methods"]:
+            row = summary["mean_std"][m]
+            ms = summary.get("timing", {}).get(m, float("nan")) * 1000
+            cells = [_pm(row[key.format(s=s)], digits) for _, key, digits in columns]
+            lines.append(f"| {method_label(m)} | " + " | ".join(cells) + f" | {ms:.1f} |")
+        lines.append("")
+    if summary.get("differences"):
+        lines += [
+            "## Paired differences (subject − other; 95 % bootstrap over images, "
+            "pooled over seeds)",
+            "",
+            "| other | metric | difference | interval |",
+            "|---|---|---|---|",
+        ]
+        for other, entries in summary["differences"].items():
+            for key, d in entries.items():
+                lines.append(
+                    f"| {method_label(other)} | {key} | {d['difference']:+.3f} | "
+                    f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] |"
+                )
+        lines.append("")
+    if summary.get("targets"):
+        lines += ["## Targets", "", "| target | structure | value | met |", "|---|---|---|---|"]
+        for t in summary["targets"]:
+            mark = {True: "yes", False: "**no**", None: "—"}[t["passed"]]
+            lines.append(f"| {t['target']} | {t['structure']} | {t['value']:+.3f} | {mark} |")
+    return "\n".join(lines) + "\n"
