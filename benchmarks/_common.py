@@ -5,12 +5,19 @@ inputs, interleaving them round by round (round ``r`` starts with a different me
 so that a slow patch of a shared machine hits every method alike. Ratios are the
 median over rounds of the per-round ratio (paired), absolute figures the median over
 rounds.
+
+The methods come from the registry (``edue.methods.registry``): the default list is
+``method_names()``, labels and pass counts are the registry's, and the pairs a ratio
+compares are chosen by role (:func:`roles`), never by name.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import datetime as _dt
+import gc
 import json
 import os
 import platform
@@ -19,23 +26,146 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+from edue.methods.registry import (
+    MethodSpec,
+    get_method,
+    method_names,
+    method_specs,
+    method_with_role,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_THREADS = 2
 DEFAULT_CHANNELS = (16, 32, 64, 128, 256)
-METHOD_LABELS = {
-    "plain": "plain U-Net",
-    "edue": "EDUE",
-    "layer_ensembles": "Layer Ensembles",
-    "mc_dropout": "MC dropout",
-    "deep_ensemble": "Deep Ensemble",
-}
+#: Image channels and structures of the 2D benchmarks (the synthetic fundus data).
+IMAGE_CHANNELS, STRUCTURES = 3, 2
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- methods
+@dataclasses.dataclass(frozen=True)
+class Roles:
+    """The methods the benchmarks compare, by the role the registry gives them.
+
+    Attributes:
+        subject: the method the claims are about (EDUE).
+        one_pass_reference: the one-pass reference (the plain U-Net); every ratio of a
+            latency or a throughput is taken to it.
+        ensemble_reference: the multi-pass reference whose members train separately
+            (Deep Ensemble), if one is registered.
+        sampler: the other multi-pass method, one network sampled several times
+            (MC dropout): not one-pass, members not trained separately; if registered.
+    """
+
+    subject: MethodSpec
+    one_pass_reference: MethodSpec
+    ensemble_reference: MethodSpec | None
+    sampler: MethodSpec | None
+
+    def ensemble(self) -> MethodSpec:
+        """The ensemble reference (for the benchmarks that need one)."""
+        if self.ensemble_reference is None:
+            raise RuntimeError(_missing_role("ensemble_reference"))
+        return self.ensemble_reference
+
+
+def _missing_role(role: str) -> str:
+    return f"no registered method has the role {role!r} (registered: {', '.join(method_names())})"
+
+
+def roles() -> Roles:
+    """The registered methods playing each role.
+
+    Raises:
+        RuntimeError: no method has the role ``subject`` or ``one_pass_reference`` (the
+            benchmarks compare those two).
+    """
+    subject, reference = method_with_role("subject"), method_with_role("one_pass_reference")
+    if subject is None or reference is None:
+        raise RuntimeError(_missing_role("subject" if subject is None else "one_pass_reference"))
+    sampler = next(
+        (s for s in method_specs() if not s.one_pass and not s.trains_members_separately), None
+    )
+    return Roles(subject, reference, method_with_role("ensemble_reference"), sampler)
+
+
+def name_of(spec: MethodSpec | None) -> str | None:
+    """A spec's name, ``None`` for no spec."""
+    return spec.name if spec else None
+
+
+def reference_pair() -> tuple[str, str]:
+    """Names of the one-pass reference and the subject (the plain U-Net and EDUE)."""
+    r = roles()
+    return r.one_pass_reference.name, r.subject.name
+
+
+def reference_first(methods: Sequence[str]) -> list[str]:
+    """``methods`` with the one-pass reference first (added when missing): ratios use it."""
+    reference = roles().one_pass_reference.name
+    return [reference, *[m for m in methods if m != reference]]
+
+
+def reference_wording(spec: MethodSpec) -> str:
+    """How targets and notes call the one-pass reference: the word plain, then its label."""
+    return f"plain {spec.label}"
+
+
+def channels_text(channels: Sequence[int]) -> str:
+    """``16,32,64`` as written in ``model.channels=[...]``."""
+    return ",".join(str(int(c)) for c in channels)
+
+
+def method_config(
+    name: str, channels: Sequence[int] = DEFAULT_CHANNELS, extra: Sequence[str] = ()
+) -> Any:
+    """The run configuration of ``name`` with ``model.channels`` and batch norm."""
+    from edue.config import load_config
+
+    overrides = [
+        f"method.name={name}",
+        f"model.channels=[{channels_text(channels)}]",
+        "model.norm=batch",
+        *extra,
+    ]
+    return load_config(None, overrides)
+
+
+def passes(name: str, channels: Sequence[int] = DEFAULT_CHANNELS) -> int:
+    """Forward passes per prediction of ``name`` (the registry's count for its config)."""
+    return get_method(name).passes(method_config(name, channels))
+
+
+def build(
+    config: Any,
+    in_channels: int = IMAGE_CHANNELS,
+    out_channels: int = STRUCTURES,
+    spatial_dims: int = 2,
+    for_training: bool = False,
+    seed: int = 0,
+) -> Any:
+    """The method ``edue.methods.build_method`` makes of ``config`` (weights from ``seed``)."""
+    from edue.methods import build_method
+
+    torch.manual_seed(seed)
+    return build_method(config, in_channels, out_channels, spatial_dims, for_training)
+
+
+def build_2d(
+    name: str,
+    channels: Sequence[int] = DEFAULT_CHANNELS,
+    for_training: bool = False,
+    seed: int = 0,
+) -> Any:
+    """A 2D method on 3-channel images with 2 structures, from the default config."""
+    return build(method_config(name, channels), for_training=for_training, seed=seed)
 
 
 # --------------------------------------------------------------------------- machine
@@ -143,6 +273,26 @@ def interleaved(
     return times
 
 
+def timed_once(fn: Callable[[], T]) -> tuple[T, float]:
+    """Result and wall-clock seconds of one call of ``fn`` (no warm-up).
+
+    Timed by ``edue.metrics.cost.time_per_image`` (one repeat, one "image"); for a
+    one-off measurement, not for the paired ratios (:func:`interleaved` does those).
+    """
+    from edue.metrics.cost import time_per_image
+
+    box: list[T] = []
+    seconds = time_per_image(lambda _: box.append(fn()), None, warmup=0, repeats=1, n_images=1)
+    return box[0], seconds
+
+
+def spread_note(worst: float, paired: str = "ratios are") -> str:
+    """The note on the worst timing spread of a benchmark's methods."""
+    return f"Timing spread (max−min)/median over rounds, worst method: {100 * worst:.0f} %" + (
+        f" — the machine was busy; {paired} paired per round." if worst > 0.25 else "."
+    )
+
+
 def median(values: Sequence[float]) -> float:
     """Median of a non-empty sequence (``nan`` when empty)."""
     return float(statistics.median(values)) if values else float("nan")
@@ -215,10 +365,85 @@ def peak_rss_bytes() -> int:
 MB = 1024.0**2
 
 
-def run_child(script: Path, args: Sequence[str], timeout: float = 900) -> dict[str, Any]:
-    """Run ``python script args`` in a fresh process; parse the JSON on its last line."""
+def tensor_mb(tensor: torch.Tensor) -> float:
+    """Megabytes of a tensor's elements."""
+    return tensor.numel() * tensor.element_size() / MB
+
+
+def module_mb(module: torch.nn.Module) -> float:
+    """Megabytes of a module's parameters and buffers."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors) / MB
+
+
+@dataclasses.dataclass
+class RssWatch:
+    """Resident memory of this process around a measurement (:func:`watch_rss`).
+
+    Attributes:
+        reset: whether the high-water mark could be reset at the start.
+        base: RSS in bytes at the start (after a garbage collection).
+        base_peak: high-water mark in bytes at the start (above ``base`` when the reset
+            failed: the peak of the imports before).
+        peak: high-water mark in bytes at the end.
+    """
+
+    reset: bool
+    base: int
+    base_peak: int
+    peak: int = 0
+
+    def growth_mb(self, value: int | None = None) -> float:
+        """Megabytes of ``value`` (default: the peak) above the starting RSS."""
+        return ((self.peak if value is None else value) - self.base) / MB
+
+
+@contextlib.contextmanager
+def watch_rss(trim: bool = False) -> Iterator[RssWatch]:
+    """Reset the RSS high-water mark, read the RSS, run the block, read the peak.
+
+    Run it in a fresh process (:func:`run_child`): the peak is the process's.
+
+    Args:
+        trim: read the starting RSS after ``malloc_trim`` (:func:`trimmed_rss_bytes`,
+            live memory) instead of as it is.
+    """
+    gc.collect()
+    reset = reset_peak_rss()
+    base = trimmed_rss_bytes() if trim else current_rss_bytes()
+    watch = RssWatch(reset, base, peak_rss_bytes())
+    yield watch
+    watch.peak = peak_rss_bytes()
+
+
+def cli_args(options: Mapping[str, Any]) -> list[str]:
+    """Command-line arguments of ``options``: ``--key value`` (``_`` becomes ``-``).
+
+    ``True`` gives the bare flag, ``False`` and ``None`` nothing, a list or tuple one
+    flag followed by its values.
+    """
+    args: list[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            args.append(flag)
+        elif isinstance(value, list | tuple):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def run_child(script: Path, options: Mapping[str, Any], timeout: float = 900) -> dict[str, Any]:
+    """Run ``python script --option value ...`` in a fresh process; parse its JSON line.
+
+    The child answers through :func:`child_answer` (the JSON on its last line).
+    """
     env = dict(os.environ)
     env.setdefault("PYTHONHASHSEED", "0")
+    args = cli_args(options)
     proc = subprocess.run(
         [sys.executable, str(script), *args],
         capture_output=True,
@@ -336,6 +561,81 @@ def print_result(result: Mapping[str, Any]) -> None:
     print(f"Machine: {machine_line(result.get('machine'))}")
     print()
     print(render_result(result))
+
+
+def child_answer(result: Mapping[str, Any]) -> int:
+    """End of a child process's ``main``: its result as one JSON line; exit 0."""
+    print(json.dumps(result))
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Bench:
+    """A benchmark run under way: its start time and the machine it runs on."""
+
+    started: float
+    machine: dict[str, Any]
+
+    def result(
+        self,
+        name: str,
+        title: str,
+        settings: str,
+        tables: Sequence[Mapping[str, Any]],
+        targets: Sequence[Mapping[str, Any]],
+        notes: Sequence[str],
+        **figures: Any,
+    ) -> dict[str, Any]:
+        """The result dict of a benchmark's ``run()`` (what :func:`render_result` reads).
+
+        ``figures`` (the measured values, raw timings...) go between the settings and
+        the tables; ``seconds`` is the run time so far.
+        """
+        return {
+            "name": name,
+            "title": title,
+            "machine": self.machine,
+            "settings": settings,
+            **figures,
+            "tables": list(tables),
+            "targets": list(targets),
+            "notes": list(notes),
+            "seconds": time.perf_counter() - self.started,
+        }
+
+
+def start(threads: int) -> Bench:
+    """Start a benchmark: the clock, torch's threads, the machine's facts."""
+    started = time.perf_counter()
+    setup_threads(threads)
+    return Bench(started, machine())
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """A script's argument parser: its docstring's first paragraph, the common options."""
+    p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    add_common_arguments(p)
+    return p
+
+
+def add_channels_argument(
+    parser: argparse.ArgumentParser, default: Sequence[int] = DEFAULT_CHANNELS
+) -> None:
+    """``--channels``: the U-Net's ``model.channels``."""
+    parser.add_argument("--channels", type=int, nargs="+", default=list(default))
+
+
+def add_methods_argument(
+    parser: argparse.ArgumentParser, default: Sequence[str] | None = None
+) -> None:
+    """``--methods``: registered method names (default: all of them)."""
+    names = list(method_names())
+    parser.add_argument("--methods", nargs="+", default=list(default or names), choices=names)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device``: ``cpu`` or ``cuda``."""
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
 
 
 def add_common_arguments(parser: Any) -> None:

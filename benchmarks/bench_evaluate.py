@@ -22,11 +22,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +59,55 @@ def make_pool(size: int, members: int, seed: int = 0) -> list[tuple[Any, torch.T
     return pool
 
 
+SETTINGS = (True, False)  # HD95 on, off
+
+
+def warm_up(pair: Callable[[int], tuple[Any, Any]]) -> None:
+    """Two images through throw-away accumulators of both settings (imports, caches)."""
+    from edue.metrics import EvaluationAccumulator
+
+    warm = {h: EvaluationAccumulator(hausdorff=h) for h in SETTINGS}
+    for i in range(2):
+        for h in SETTINGS:
+            warm[h].update(*pair(i))
+    del warm
+    gc.collect()
+
+
+def feed(
+    accs: Mapping[bool, Any], pair: Callable[[int], tuple[Any, Any]], n_images: int, base: int
+) -> tuple[dict[bool, list[float]], list[dict[str, float]]]:
+    """Seconds of every update per setting (taking turns, order alternating) and live RSS
+    above ``base`` after 1/4, 1/2 and all of the images."""
+    checkpoints = sorted({max(1, n_images // 4), max(1, n_images // 2), n_images})
+    times: dict[bool, list[float]] = {h: [] for h in SETTINGS}
+    marks = []
+    for i in range(n_images):
+        for h in SETTINGS if i % 2 == 0 else SETTINGS[::-1]:
+            prediction, case = pair(i)
+            t = time.perf_counter()
+            accs[h].update(prediction, case)
+            times[h].append(time.perf_counter() - t)
+        if i + 1 in checkpoints:
+            marks.append({"images": i + 1, "rss_mb": (C.trimmed_rss_bytes() - base) / C.MB})
+    return times, marks
+
+
+def finish_accumulator(acc: Any, n_images: int) -> float:
+    """Seconds of ``aggregate()``, ``curves()`` and ``write_csv()`` of one accumulator."""
+
+    def finish() -> Any:
+        summary = acc.aggregate()
+        acc.curves()
+        with tempfile.TemporaryDirectory() as tmp:
+            acc.write_csv(Path(tmp) / "per_case.csv")
+        return summary
+
+    summary, seconds = C.timed_once(finish)
+    assert int(summary["n_cases"]) == n_images
+    return seconds
+
+
 def child(n_images: int, size: int, threads: int, members: int) -> dict[str, Any]:
     """Run in a fresh process: feed ``n_images`` pairs to two accumulators (HD95 on, off).
 
@@ -71,43 +119,18 @@ def child(n_images: int, size: int, threads: int, members: int) -> dict[str, Any
 
     C.setup_threads(threads)
     pool = make_pool(size, members)
+    method = C.roles().subject.name
 
     def pair(i: int) -> tuple[Any, Any]:
         case, member = pool[i % POOL]
         case = dataclasses.replace(case, case_id=f"img-{i:05d}", patient_id=None)
-        return Prediction(member, case_id=case.case_id, method="edue"), case
+        return Prediction(member, case_id=case.case_id, method=method), case
 
-    settings = (True, False)
-    warm = {h: EvaluationAccumulator(hausdorff=h) for h in settings}
-    for i in range(2):
-        for h in settings:
-            warm[h].update(*pair(i))
-    del warm
-    gc.collect()
-    C.reset_peak_rss()
-    base = C.trimmed_rss_bytes()
-    checkpoints = sorted({max(1, n_images // 4), max(1, n_images // 2), n_images})
-    accs = {h: EvaluationAccumulator(hausdorff=h) for h in settings}
-    times: dict[bool, list[float]] = {h: [] for h in settings}
-    marks = []
-    for i in range(n_images):
-        for h in settings if i % 2 == 0 else settings[::-1]:
-            prediction, case = pair(i)
-            t = time.perf_counter()
-            accs[h].update(prediction, case)
-            times[h].append(time.perf_counter() - t)
-        if i + 1 in checkpoints:
-            marks.append({"images": i + 1, "rss_mb": (C.trimmed_rss_bytes() - base) / C.MB})
-    finish = {}
-    for h, acc in accs.items():
-        t = time.perf_counter()
-        summary = acc.aggregate()
-        acc.curves()
-        with tempfile.TemporaryDirectory() as tmp:
-            acc.write_csv(Path(tmp) / "per_case.csv")
-        finish[h] = time.perf_counter() - t
-        assert int(summary["n_cases"]) == n_images
-    peak = (C.peak_rss_bytes() - base) / C.MB
+    warm_up(pair)
+    with C.watch_rss(trim=True) as rss:
+        accs = {h: EvaluationAccumulator(hausdorff=h) for h in SETTINGS}
+        times, marks = feed(accs, pair, n_images, rss.base)
+        finish = {h: finish_accumulator(acc, n_images) for h, acc in accs.items()}
     first, last = marks[0], marks[-1]
     span = last["images"] - first["images"]
     slope_kb = (last["rss_mb"] - first["rss_mb"]) * 1024 / span if span else float("nan")
@@ -119,74 +142,43 @@ def child(n_images: int, size: int, threads: int, members: int) -> dict[str, Any
                 "median_ms_per_image": 1000 * C.median(times[h]),
                 "finish_seconds": finish[h],
             }
-            for h in settings
+            for h in SETTINGS
         },
         "hd95_ratio": C.paired_ratio(times[True], times[False]),
         "marks": marks,
-        "peak_rss_mb": peak,
+        "peak_rss_mb": rss.growth_mb(),
         "slope_kb_per_image": slope_kb,
         "row_values": len(accs[True].rows[0]),
     }
 
 
-def run(
-    quick: bool = False,
-    n_images: int | None = None,
-    size: int = 256,
-    threads: int = C.DEFAULT_THREADS,
-    members: int = MEMBERS,
-) -> dict[str, Any]:
-    """Evaluation seconds (HD95 on and off, side by side) and memory growth."""
-    started = time.perf_counter()
-    C.setup_threads(threads)
-    info = C.machine()
-    n_images = n_images or (40 if quick else 1000)
-    print(f"  evaluate: {n_images} images, HD95 on and off", file=sys.stderr, flush=True)
-    r = C.run_child(
-        Path(__file__),
-        [
-            "--child",
-            "--images",
-            str(n_images),
-            "--size",
-            str(size),
-            "--threads",
-            str(threads),
-            "--members",
-            str(members),
-        ],
-        timeout=3600,
-    )
+def evaluation_tables(r: Mapping[str, Any], n_images: int) -> list[dict[str, Any]]:
+    """Seconds per setting; memory while accumulating."""
     on, off = r["settings"]["hausdorff_on"], r["settings"]["hausdorff_off"]
     time_rows = [
-        [
-            label,
-            n_images,
-            s["update_seconds"],
-            s["median_ms_per_image"],
-            s["finish_seconds"],
-        ]
+        [label, n_images, s["update_seconds"], s["median_ms_per_image"], s["finish_seconds"]]
         for label, s in (("on", on), ("off", off))
     ]
     marks = r["marks"]
-    memory_rows = [
-        [
-            *[m["rss_mb"] for m in marks],
-            r["peak_rss_mb"],
-            r["slope_kb_per_image"],
-        ]
+    memory_rows = [[*[m["rss_mb"] for m in marks], r["peak_rss_mb"], r["slope_kb_per_image"]]]
+    return [
+        C.table(
+            "EvaluationAccumulator.update over synthetic pairs",
+            ["HD95", "images", "update s", "ms/image", "aggregate+curves+CSV s"],
+            time_rows,
+        ),
+        C.table(
+            "Memory while accumulating (both accumulators)",
+            [*[f"RSS +MB @{m['images']}" for m in marks], "peak RSS +MB", "kB/image"],
+            memory_rows,
+        ),
     ]
-    targets = [
-        C.target(
-            "RSS growth per image (both accumulators)",
-            r["slope_kb_per_image"],
-            "<=",
-            SLOPE_LIMIT_KB,
-            note="one kept 2×256² float32 map per image would be 512 kB",
-            unit="kB/image",
-        )
-    ]
-    notes = [
+
+
+def evaluation_notes(r: Mapping[str, Any]) -> list[str]:
+    """How the settings are timed side by side; what the RSS figures cover."""
+    marks = r["marks"]
+    return [
         "Both settings run in one fresh subprocess and take turns on every image (order "
         "alternating), each on its own new Prediction, so their times are side by side; "
         f"with HD95 an update takes {r['hd95_ratio']:.2f}× as long (median per-image ratio).",
@@ -197,51 +189,56 @@ def run(
         "peak is the high-water mark (VmHWM) over the whole loop, transient per-image "
         "tensors included.",
     ]
+
+
+def run(
+    quick: bool = False,
+    n_images: int | None = None,
+    size: int = 256,
+    threads: int = C.DEFAULT_THREADS,
+    members: int = MEMBERS,
+) -> dict[str, Any]:
+    """Evaluation seconds (HD95 on and off, side by side) and memory growth."""
+    bench = C.start(threads)
+    n_images = n_images or (40 if quick else 1000)
+    print(f"  evaluate: {n_images} images, HD95 on and off", file=sys.stderr, flush=True)
+    options = {"child": True, "images": n_images, "size": size, "threads": threads}
+    r = C.run_child(Path(__file__), {**options, "members": members}, timeout=3600)
+    targets = [
+        C.target(
+            "RSS growth per image (both accumulators)",
+            r["slope_kb_per_image"],
+            "<=",
+            SLOPE_LIMIT_KB,
+            note="one kept 2×256² float32 map per image would be 512 kB",
+            unit="kB/image",
+        )
+    ]
     settings = (
         f"{size}×{size}, {members} members, 2 structures, 6 raters, {n_images} images, "
         "EvaluationAccumulator defaults (15 calibration bins, 1000 bootstrap resamples), "
         f"{torch.get_num_threads()} torch threads."
     )
-    return {
-        "name": "evaluate",
-        "title": f"Evaluation cost ({n_images} images, {size}²)",
-        "machine": info,
-        "settings": settings,
-        "result": r,
-        "tables": [
-            C.table(
-                "EvaluationAccumulator.update over synthetic pairs",
-                ["HD95", "images", "update s", "ms/image", "aggregate+curves+CSV s"],
-                time_rows,
-            ),
-            C.table(
-                "Memory while accumulating (both accumulators)",
-                [
-                    *[f"RSS +MB @{m['images']}" for m in marks],
-                    "peak RSS +MB",
-                    "kB/image",
-                ],
-                memory_rows,
-            ),
-        ],
-        "targets": targets,
-        "notes": notes,
-        "seconds": time.perf_counter() - started,
-    }
+    return bench.result(
+        "evaluate",
+        f"Evaluation cost ({n_images} images, {size}²)",
+        settings,
+        tables=evaluation_tables(r, n_images),
+        targets=targets,
+        notes=evaluation_notes(r),
+        result=r,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    C.add_common_arguments(parser)
+    parser = C.parser(__doc__)
     parser.add_argument("--images", type=int, help="images per setting (default 1000)")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--members", type=int, default=MEMBERS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        out = child(args.images, args.size, args.threads, args.members)
-        print(json.dumps(out))
-        return 0
+        return C.child_answer(child(args.images, args.size, args.threads, args.members))
     result = run(
         quick=args.quick,
         n_images=args.images,

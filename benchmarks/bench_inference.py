@@ -1,8 +1,11 @@
 """Inference latency per image of EDUE and its baselines, side by side.
 
-Every method is built by ``edue.methods.build_method`` from one model configuration
-(default ``model.channels=[16,32,64,128,256]``, ``model.norm=batch``), put in eval
-mode, and timed on the same random input through ``Method.predict_members`` under
+The methods are the registered ones (``edue.methods.method_names()``, or ``--methods``);
+the ratios are taken to the one-pass reference (the plain U-Net) and to the subject
+(EDUE), as the registry's roles name them. Every method is built by
+``edue.methods.build_method`` from one model configuration (default
+``model.channels=[16,32,64,128,256]``, ``model.norm=batch``), put in eval mode, and
+timed on the same random input through ``Method.predict_members`` under
 ``torch.no_grad`` — the call the project's ``Predictor`` makes: one pass for the plain
 U-Net, EDUE and Layer Ensembles, ``N = 10`` passes for MC dropout and ``M = 5`` member
 passes for Deep Ensembles. Methods are interleaved round by round; ratios are medians
@@ -21,11 +24,9 @@ growth instead.
 from __future__ import annotations
 
 import argparse
-import gc
-import json
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,48 +35,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-METHODS = ("plain", "edue", "layer_ensembles", "mc_dropout", "deep_ensemble")
-IN_CHANNELS, STRUCTURES = 3, 2
+from edue.methods import get_method, method_label, method_names  # noqa: E402
+
+IN_CHANNELS, STRUCTURES = C.IMAGE_CHANNELS, C.STRUCTURES
 
 
-def build(
-    name: str,
-    channels: Sequence[int] = C.DEFAULT_CHANNELS,
-    for_training: bool = False,
-    seed: int = 0,
-    extra: Sequence[str] = (),
-) -> Any:
-    """A method as ``edue.methods.build_method`` builds it from the default config."""
-    from edue.config import load_config
-    from edue.methods import build_method
+def one_pass_of_each_network(name: str, method: Any, x: torch.Tensor) -> Callable[[], object]:
+    """A light warm-up: one pass of each distinct network (the conv kernels of the timed call).
 
-    overrides = [
-        f"method.name={name}",
-        f"model.channels=[{','.join(str(int(c)) for c in channels)}]",
-        "model.norm=batch",
-        *extra,
-    ]
-    config = load_config(None, overrides)
-    torch.manual_seed(seed)
-    return build_method(config, IN_CHANNELS, STRUCTURES, 2, for_training=for_training)
-
-
-def passes(method: Any) -> int:
-    """Forward passes of the network per prediction."""
-    if method.name == "mc_dropout":
-        return int(method.samples)
-    if method.name == "deep_ensemble":
-        return len(method.network)
-    return 1
-
-
-def _light_warmup(method: Any, x: torch.Tensor) -> Any:
-    """One pass of each distinct network (the conv kernels of the timed call)."""
-    if method.name == "mc_dropout":
-        return lambda: method.network(x)
-    if method.name == "deep_ensemble":
+    A one-pass method predicts once; a method sampling one network several times makes
+    one pass of it; an ensemble of separately trained members one pass of a member.
+    """
+    spec = get_method(name)
+    if spec.one_pass:
+        return lambda: method.predict_members(x)
+    if spec.trains_members_separately:
         return lambda: method.network[0](x)
-    return lambda: method.predict_members(x)
+    return lambda: method.network(x)
 
 
 def head_overhead(
@@ -135,26 +111,21 @@ def child_memory(
     import edue.methods  # noqa: F401  (imports before the baseline)
     import edue.nets.heads  # noqa: F401
 
-    gc.collect()
-    reset = C.reset_peak_rss()
-    base_rss, base_peak = C.current_rss_bytes(), C.peak_rss_bytes()
-    method = build(name, channels).eval()
-    x = torch.randn(batch, IN_CHANNELS, size, size, generator=torch.Generator().manual_seed(0))
-    built_rss = C.current_rss_bytes()
-    with torch.no_grad():
-        for _ in range(2):
-            out = method.predict_members(x)
-    peak = C.peak_rss_bytes()
-    weights = sum(p.numel() * p.element_size() for p in method.parameters())
-    weights += sum(b.numel() * b.element_size() for b in method.buffers())
+    with C.watch_rss() as rss:
+        method = C.build_2d(name, channels).eval()
+        x = torch.randn(batch, IN_CHANNELS, size, size, generator=torch.Generator().manual_seed(0))
+        built_rss = C.current_rss_bytes()
+        with torch.no_grad():
+            for _ in range(2):
+                out = method.predict_members(x)
     return {
         "method": name,
-        "peak_delta_mb": (peak - base_rss) / C.MB,
-        "after_build_delta_mb": (built_rss - base_rss) / C.MB,
-        "weights_mb": weights / C.MB,
-        "output_mb": out.numel() * out.element_size() / C.MB,
-        "import_slack_mb": (base_peak - base_rss) / C.MB,
-        "peak_reset": reset,
+        "peak_delta_mb": rss.growth_mb(),
+        "after_build_delta_mb": rss.growth_mb(built_rss),
+        "weights_mb": C.module_mb(method),
+        "output_mb": C.tensor_mb(out),
+        "import_slack_mb": (rss.base_peak - rss.base) / C.MB,
+        "peak_reset": rss.reset,
     }
 
 
@@ -166,17 +137,13 @@ def cuda_memory(
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    method = build(name, channels).to(device).eval()
+    method = C.build_2d(name, channels).to(device).eval()
     x = torch.randn(batch, IN_CHANNELS, size, size, device=device)
     with torch.no_grad():
         out = method.predict_members(x)
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device)
-    result = {
-        "method": name,
-        "peak_delta_mb": (peak - base) / C.MB,
-        "output_mb": out.numel() * out.element_size() / C.MB,
-    }
+    result = {"method": name, "peak_delta_mb": (peak - base) / C.MB, "output_mb": C.tensor_mb(out)}
     del method, x, out
     torch.cuda.empty_cache()
     return result
@@ -196,22 +163,269 @@ def measure_memory(
         if device.type == "cuda":
             out[name] = cuda_memory(name, size, batch, channels, device)
             continue
-        out[name] = C.run_child(
-            Path(__file__),
-            [
-                "--child-memory",
-                name,
-                "--size",
-                str(size),
-                "--memory-batch",
-                str(batch),
-                "--channels",
-                *[str(c) for c in channels],
-                "--threads",
-                str(threads),
-            ],
-        )
+        options = {
+            "child_memory": name,
+            "size": size,
+            "memory_batch": batch,
+            "channels": list(channels),
+            "threads": threads,
+        }
+        out[name] = C.run_child(Path(__file__), options)
     return out
+
+
+# --------------------------------------------------------------------------- latency
+@dataclass
+class Models:
+    """The methods measured, built once on the device, and what the table says of them."""
+
+    methods: list[str]
+    models: dict[str, Any]
+    params: dict[str, int]
+    members: dict[str, int]
+    passes: dict[str, int]
+
+
+def build_models(methods: Sequence[str], channels: Sequence[int], device: torch.device) -> Models:
+    """Every method in eval mode on ``device``, with parameters, members and passes."""
+    from edue.metrics import count_parameters
+
+    models = {name: C.build_2d(name, channels).to(device).eval() for name in methods}
+    return Models(
+        list(methods),
+        models,
+        {name: count_parameters(m) for name, m in models.items()},
+        {name: int(m.n_members) for name, m in models.items()},
+        {name: C.passes(name, channels) for name in models},
+    )
+
+
+def time_latency(
+    measured: Models,
+    batches: Sequence[int],
+    size: int,
+    rounds: int | None,
+    quick: bool,
+    device: torch.device,
+    gen: torch.Generator,
+) -> tuple[dict[int, dict[str, list[float]]], dict[int, int]]:
+    """Seconds of ``predict_members`` per round, methods interleaved, for each batch size.
+
+    Returns the timings (batch -> method -> seconds per round) and the rounds per batch.
+    """
+    timings: dict[int, dict[str, list[float]]] = {}
+    rounds_used: dict[int, int] = {}
+    models = measured.models
+    for batch in batches:
+        x = torch.randn(batch, IN_CHANNELS, size, size, generator=gen).to(device)
+        fns = {n: (lambda m=m, x=x: m.predict_members(x)) for n, m in models.items()}
+        warm = (
+            fns if batch == 1 else {n: one_pass_of_each_network(n, m, x) for n, m in models.items()}
+        )
+        r = rounds or ((2 if quick else 11) if batch == 1 else (1 if quick else 3))
+        rounds_used[batch] = r
+        with torch.no_grad():
+            timings[batch] = C.interleaved(
+                fns, r, warmup=warm, device=device, progress=f"inference {size}² batch {batch}"
+            )
+    return timings, rounds_used
+
+
+def latency_figures(
+    timings: Mapping[int, Mapping[str, list[float]]], reference: str, subject: str
+) -> dict[int, dict[str, dict[str, Any]]]:
+    """Per batch and method: ms per image, spread, paired ratios to the plain U-Net and EDUE."""
+    per_batch: dict[int, dict[str, dict[str, Any]]] = {}
+    for batch, times in timings.items():
+        per_batch[batch] = {
+            name: {
+                "ms_per_image": 1000 * C.median(t) / batch,
+                "spread": C.spread(t),
+                "ratio_to_plain": C.paired_ratio(t, times[reference]),
+                "ratio_to_edue": C.paired_ratio(t, times[subject]) if subject in times else None,
+            }
+            for name, t in times.items()
+        }
+    return per_batch
+
+
+def latency_table(
+    size: int,
+    batches: Sequence[int],
+    measured: Models,
+    per_batch: Mapping[int, Mapping[str, Mapping[str, float]]],
+    mem: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    """The table: members, passes, parameters, ms/image and × plain per batch, memory."""
+    headers = ["method", "members S", "passes", "parameters"]
+    for batch in batches:
+        headers += [f"ms/image (batch {batch})", f"× plain (batch {batch})"]
+    if mem:
+        headers.append("peak memory MB (batch 1)")
+    rows = []
+    for name in measured.methods:
+        row: list[Any] = [
+            method_label(name),
+            measured.members[name],
+            measured.passes[name],
+            measured.params[name],
+        ]
+        for batch in batches:
+            entry = per_batch[batch][name]
+            row += [entry["ms_per_image"], f"{entry['ratio_to_plain']:.2f}×"]
+        if mem:
+            row.append(mem[name]["peak_delta_mb"])
+        rows.append(row)
+    return C.table(f"Latency per image at {size}×{size}", headers, rows)
+
+
+def latency_targets(
+    batches: Sequence[int],
+    measured: Models,
+    per_batch: Mapping[int, Mapping[str, Mapping[str, float]]],
+) -> list[dict[str, Any]]:
+    """EDUE ≤ 1.1× the plain U-Net; Deep Ensemble ≥ 4.5× and MC dropout ≥ 8× EDUE."""
+    r = C.roles()
+    subject, reference = r.subject, r.one_pass_reference
+    if subject.name not in measured.methods:
+        return []
+    multi = [(r.ensemble_reference, "M", 4.5), (r.sampler, "N", 8.0)]
+    targets = []
+    for batch in batches:
+        tag = f" (batch {batch})"
+        figures = per_batch[batch]
+        targets.append(
+            C.target(
+                f"{subject.label} / {C.reference_wording(reference)} latency" + tag,
+                figures[subject.name]["ratio_to_plain"],
+                "<=",
+                1.1,
+            )
+        )
+        for spec, letter, threshold in multi:
+            if spec is None or spec.name not in measured.methods:
+                continue
+            passes = measured.passes[spec.name]
+            targets.append(
+                C.target(
+                    f"{spec.label} ({letter}={passes}) / {subject.label} latency" + tag,
+                    figures[spec.name]["ratio_to_edue"],
+                    ">=",
+                    threshold,
+                )
+            )
+    return targets
+
+
+# --------------------------------------------------------------------------- notes
+def overhead_note(overhead: Mapping[str, float]) -> str:
+    """Where EDUE's extra time goes (:func:`head_overhead`)."""
+    return (
+        f"Where EDUE's extra time goes (batch 1, timed apart, medians): its heads (4 1×1 "
+        f"convolutions, upsampling, stack, sigmoid) {overhead['edue_heads']:.2f} ms vs the "
+        f"plain output convolution + sigmoid {overhead['plain_head']:.2f} ms; backbone pass "
+        f"{overhead['edue_backbone']:.1f} ms (EDUE, hooked) vs plain network "
+        f"{overhead['plain_network']:.1f} ms — intrinsic EDUE overhead "
+        f"{100 * overhead['overhead']:+.1f} % of a plain pass."
+    )
+
+
+def parameters_note(measured: Models, subject: str, reference: str) -> str:
+    """EDUE's parameters against the plain U-Net's."""
+    params = measured.params
+    extra = params[subject] - params[reference]
+    return (
+        f"Parameters: {method_label(subject)} {params[subject]:,} vs "
+        f"{C.reference_wording(get_method(reference))} {params[reference]:,} "
+        f"({extra:+,}, {100 * extra / params[reference]:+.3f} %: {measured.members[subject]} "
+        "1×1 heads replace the single output convolution)."
+    )
+
+
+def memory_note(mem: Mapping[str, Mapping[str, Any]], device: torch.device) -> str:
+    """How peak memory was measured (and each method's weights on the CPU)."""
+    if device.type != "cpu":
+        return "Peak memory = torch.cuda.max_memory_allocated growth (weights included)."
+    slack = max(v["import_slack_mb"] for v in mem.values())
+    resets = all(v["peak_reset"] for v in mem.values())
+    return (
+        "Peak memory = RSS high-water mark (VmHWM, reset just before building the model) "
+        "of a fresh subprocess after building the model and two batch-1 predictions, minus "
+        "its RSS just before building it (weights, activations, outputs, allocator caches"
+        + ("" if resets else f"; VmHWM reset failed, import peak ≤ {slack:.1f} MB above")
+        + "). Weights alone: "
+        + ", ".join(f"{method_label(n)} {v['weights_mb']:.1f} MB" for n, v in mem.items())
+        + "."
+    )
+
+
+def noise_notes(timings: Mapping[int, Mapping[str, list[float]]], reference: str) -> list[str]:
+    """Ratios of the fastest round of each method (EDUE/plain, ensembles/EDUE) per batch."""
+    r = C.roles()
+    pairs = [
+        (C.name_of(a), C.name_of(b))
+        for a, b in (
+            (r.subject, r.one_pass_reference),
+            (r.ensemble_reference, r.subject),
+            (r.sampler, r.subject),
+        )
+    ]
+    notes = []
+    for batch, times in timings.items():
+        best = {n: min(t) for n, t in times.items()}
+        shown = [
+            f"{method_label(a)}/{method_label(b)} {best[a] / best[b]:.2f}×"
+            for a, b in pairs
+            if a in best and b in best
+        ]
+        if shown and len(times[reference]) > 1:
+            notes.append(
+                f"Noise check, batch {batch}: ratios of the fastest round of each method "
+                f"(least disturbed): {', '.join(shown)}."
+            )
+    return notes
+
+
+def dropout_p(method: Any) -> float:
+    """Dropout probability of a method's dropout layers (the first one's)."""
+    dropout = torch.nn.modules.dropout._DropoutNd
+    return next(float(m.p) for m in method.modules() if isinstance(m, dropout))
+
+
+def settings_text(
+    size: int,
+    channels: Sequence[int],
+    device: torch.device,
+    measured: Models,
+    rounds_used: Mapping[int, int],
+) -> str:
+    """What was measured, how: sizes, model, the multi-pass methods' passes, rounds."""
+    r = C.roles()
+    multi = []
+    if r.sampler:
+        name = r.sampler.name
+        sampler = measured.models[name] if name in measured.models else C.build_2d(name, channels)
+        multi.append(f"{r.sampler.label} N={C.passes(name, channels)} (p={dropout_p(sampler)})")
+    if r.ensemble_reference:
+        multi.append(
+            f"{r.ensemble_reference.label} M={C.passes(r.ensemble_reference.name, channels)}"
+        )
+    heads = "".join(
+        f", {method_label(name)} {len(m.network.heads)} heads (skip_first {m.skip_first})"
+        for name, m in measured.models.items()
+        if getattr(m, "skip_first", None) is not None
+    )
+    return (
+        f"{size}×{size} images, {IN_CHANNELS} channels, {STRUCTURES} structures; "
+        f"`model.channels=[{C.channels_text(channels)}]`, `model.norm=batch`; eval mode, "
+        f"`torch.no_grad`, `Method.predict_members`; {', '.join(multi)}{heads}; "
+        f"device {device.type}, {torch.get_num_threads()} torch threads; "
+        + ", ".join(
+            f"batch {b}: warm-up then median of {n} interleaved rounds"
+            for b, n in rounds_used.items()
+        )
+        + "."
+    )
 
 
 # --------------------------------------------------------------------------- run
@@ -219,215 +433,79 @@ def run(
     quick: bool = False,
     size: int = 256,
     channels: Sequence[int] = C.DEFAULT_CHANNELS,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] | None = None,
     batches: Sequence[int] | None = None,
     rounds: int | None = None,
     threads: int = C.DEFAULT_THREADS,
     device: str = "cpu",
     memory: bool = True,
 ) -> dict[str, Any]:
-    """Latency, ratios, parameters and peak memory of each method; returns the figures."""
-    started = time.perf_counter()
-    C.setup_threads(threads)
-    info = C.machine()
+    """Latency, ratios, parameters and peak memory of each method; returns the figures.
+
+    ``methods`` defaults to every registered method; the plain U-Net (the one-pass
+    reference) is always measured, first.
+    """
+    bench = C.start(threads)
     dev = torch.device(device)
-    methods = ["plain", *[m for m in methods if m != "plain"]]
+    reference, subject = C.reference_pair()
+    measured = build_models(C.reference_first(methods or method_names()), channels, dev)
     batches = list(batches or ((1,) if quick else (1, 8)))
-    models = {name: build(name, channels).to(dev).eval() for name in methods}
-    from edue.metrics import count_parameters
-
-    params = {name: count_parameters(m) for name, m in models.items()}
-    members = {name: int(m.n_members) for name, m in models.items()}
-    n_passes = {name: passes(m) for name, m in models.items()}
     gen = torch.Generator().manual_seed(0)
-    timings: dict[int, dict[str, list[float]]] = {}
-    rounds_used: dict[int, int] = {}
-    for batch in batches:
-        x = torch.randn(batch, IN_CHANNELS, size, size, generator=gen).to(dev)
-        fns = {n: (lambda m=m, x=x: m.predict_members(x)) for n, m in models.items()}
-        warm = fns if batch == 1 else {n: _light_warmup(m, x) for n, m in models.items()}
-        r = rounds or ((2 if quick else 11) if batch == 1 else (1 if quick else 3))
-        rounds_used[batch] = r
-        with torch.no_grad():
-            timings[batch] = C.interleaved(
-                fns, r, warmup=warm, device=dev, progress=f"inference {size}² batch {batch}"
-            )
+    timings, rounds_used = time_latency(measured, batches, size, rounds, quick, dev, gen)
     overhead = None
-    if "edue" in models:
+    if subject in measured.models:
         x = torch.randn(1, IN_CHANNELS, size, size, generator=gen).to(dev)
-        overhead = head_overhead(models["edue"], models["plain"], x, 5 if quick else 21, dev)
-    mem = measure_memory(methods, size, 1, channels, threads, dev) if memory else {}
+        models = measured.models
+        overhead = head_overhead(models[subject], models[reference], x, 5 if quick else 21, dev)
+    mem = measure_memory(measured.methods, size, 1, channels, threads, dev) if memory else {}
+    per_batch = latency_figures(timings, reference, subject)
 
-    per_batch: dict[int, dict[str, dict[str, float]]] = {}
-    for batch, times in timings.items():
-        per_batch[batch] = {
-            name: {
-                "ms_per_image": 1000 * C.median(t) / batch,
-                "spread": C.spread(t),
-                "ratio_to_plain": C.paired_ratio(t, times["plain"]),
-                "ratio_to_edue": C.paired_ratio(t, times["edue"]) if "edue" in times else None,
-            }
-            for name, t in times.items()
-        }
-
-    headers = ["method", "members S", "passes", "parameters"]
-    for batch in batches:
-        headers += [f"ms/image (batch {batch})", f"× plain (batch {batch})"]
+    notes = [overhead_note(overhead)] if overhead else []
+    if subject in measured.models:
+        notes.append(parameters_note(measured, subject, reference))
     if mem:
-        headers.append("peak memory MB (batch 1)")
-    rows = []
-    for name in methods:
-        row: list[Any] = [C.METHOD_LABELS[name], members[name], n_passes[name], params[name]]
-        for batch in batches:
-            entry = per_batch[batch][name]
-            row += [entry["ms_per_image"], f"{entry['ratio_to_plain']:.2f}×"]
-        if mem:
-            row.append(mem[name]["peak_delta_mb"])
-        rows.append(row)
-    tables = [C.table(f"Latency per image at {size}×{size}", headers, rows)]
-
-    targets = []
-    for batch in batches:
-        tag = f" (batch {batch})"
-        if "edue" in methods:
-            targets.append(
-                C.target(
-                    "EDUE / plain U-Net latency" + tag,
-                    per_batch[batch]["edue"]["ratio_to_plain"],
-                    "<=",
-                    1.1,
-                )
-            )
-        if "deep_ensemble" in methods and "edue" in methods:
-            targets.append(
-                C.target(
-                    "Deep Ensemble (M=5) / EDUE latency" + tag,
-                    per_batch[batch]["deep_ensemble"]["ratio_to_edue"],
-                    ">=",
-                    4.5,
-                )
-            )
-        if "mc_dropout" in methods and "edue" in methods:
-            targets.append(
-                C.target(
-                    "MC dropout (N=10) / EDUE latency" + tag,
-                    per_batch[batch]["mc_dropout"]["ratio_to_edue"],
-                    ">=",
-                    8.0,
-                )
-            )
-
-    notes = []
-    if overhead:
-        notes.append(
-            f"Where EDUE's extra time goes (batch 1, timed apart, medians): its heads (4 1×1 "
-            f"convolutions, upsampling, stack, sigmoid) {overhead['edue_heads']:.2f} ms vs the "
-            f"plain output convolution + sigmoid {overhead['plain_head']:.2f} ms; backbone pass "
-            f"{overhead['edue_backbone']:.1f} ms (EDUE, hooked) vs plain network "
-            f"{overhead['plain_network']:.1f} ms — intrinsic EDUE overhead "
-            f"{100 * overhead['overhead']:+.1f} % of a plain pass."
-        )
-    if "edue" in methods:
-        extra = params["edue"] - params["plain"]
-        notes.append(
-            f"Parameters: EDUE {params['edue']:,} vs plain U-Net {params['plain']:,} "
-            f"({extra:+,}, {100 * extra / params['plain']:+.3f} %: {members['edue']} 1×1 heads "
-            "replace the single output convolution)."
-        )
-    if mem and dev.type == "cpu":
-        slack = max(v["import_slack_mb"] for v in mem.values())
-        resets = all(v["peak_reset"] for v in mem.values())
-        notes.append(
-            "Peak memory = RSS high-water mark (VmHWM, reset just before building the model) "
-            "of a fresh subprocess after building the model and two batch-1 predictions, minus "
-            "its RSS just before building it (weights, activations, outputs, allocator caches"
-            + ("" if resets else f"; VmHWM reset failed, import peak ≤ {slack:.1f} MB above")
-            + "). Weights alone: "
-            + ", ".join(f"{C.METHOD_LABELS[n]} {v['weights_mb']:.1f} MB" for n, v in mem.items())
-            + "."
-        )
-    elif mem:
-        notes.append("Peak memory = torch.cuda.max_memory_allocated growth (weights included).")
-    for batch, times in timings.items():
-        best = {n: min(t) for n, t in times.items()}
-        pairs = [("edue", "plain"), ("deep_ensemble", "edue"), ("mc_dropout", "edue")]
-        shown = [
-            f"{C.METHOD_LABELS[a]}/{C.METHOD_LABELS[b]} {best[a] / best[b]:.2f}×"
-            for a, b in pairs
-            if a in best and b in best
-        ]
-        if shown and len(times["plain"]) > 1:
-            notes.append(
-                f"Noise check, batch {batch}: ratios of the fastest round of each method "
-                f"(least disturbed): {', '.join(shown)}."
-            )
-    worst = max(e["spread"] for b in per_batch.values() for e in b.values())
-    notes.append(
-        f"Timing spread (max−min)/median over rounds, worst method: {100 * worst:.0f} %"
-        + (" — the machine was busy; ratios are paired per round." if worst > 0.25 else ".")
+        notes.append(memory_note(mem, dev))
+    notes += noise_notes(timings, reference)
+    notes.append(C.spread_note(max(e["spread"] for b in per_batch.values() for e in b.values())))
+    threads_now = torch.get_num_threads()
+    return bench.result(
+        "inference",
+        f"Inference latency ({size}², {dev.type}, {threads_now} threads)",
+        settings_text(size, channels, dev, measured, rounds_used),
+        tables=[latency_table(size, batches, measured, per_batch, mem)],
+        targets=latency_targets(batches, measured, per_batch),
+        notes=notes,
+        size=size,
+        channels=list(channels),
+        device=dev.type,
+        params=measured.params,
+        members=measured.members,
+        passes=measured.passes,
+        per_batch={str(b): v for b, v in per_batch.items()},
+        raw_seconds={str(b): v for b, v in timings.items()},
+        memory=mem,
+        edue_overhead_ms=overhead,
     )
-    le = models.get("layer_ensembles")
-    le_heads = (
-        f", Layer Ensembles {len(le.network.heads)} heads (skip_first {le.skip_first})"
-        if le
-        else ""
-    )
-    settings = (
-        f"{size}×{size} images, {IN_CHANNELS} channels, {STRUCTURES} structures; "
-        f"`model.channels=[{','.join(map(str, channels))}]`, `model.norm=batch`; eval mode, "
-        f"`torch.no_grad`, `Method.predict_members`; MC dropout N=10 (p=0.2), Deep Ensemble "
-        f"M=5{le_heads}; device {dev.type}, "
-        f"{torch.get_num_threads()} torch threads; "
-        + ", ".join(
-            f"batch {b}: warm-up then median of {rounds_used[b]} interleaved rounds"
-            for b in batches
-        )
-        + "."
-    )
-    return {
-        "name": "inference",
-        "title": f"Inference latency ({size}², {dev.type}, {torch.get_num_threads()} threads)",
-        "machine": info,
-        "settings": settings,
-        "size": size,
-        "channels": list(channels),
-        "device": dev.type,
-        "params": params,
-        "members": members,
-        "passes": n_passes,
-        "per_batch": {str(b): v for b, v in per_batch.items()},
-        "raw_seconds": {str(b): v for b, v in timings.items()},
-        "memory": mem,
-        "edue_overhead_ms": overhead,
-        "tables": tables,
-        "targets": targets,
-        "notes": notes,
-        "seconds": time.perf_counter() - started,
-    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    C.add_common_arguments(parser)
+    parser = C.parser(__doc__)
     parser.add_argument("--size", type=int, default=256, help="image size (default 256)")
-    parser.add_argument("--channels", type=int, nargs="+", default=list(C.DEFAULT_CHANNELS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    C.add_channels_argument(parser)
+    C.add_methods_argument(parser)
     parser.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 1 8)")
     parser.add_argument("--rounds", type=int, help="timed rounds per batch size")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    C.add_device_argument(parser)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--child-memory", help=argparse.SUPPRESS)
     parser.add_argument("--memory-batch", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_memory:
-        print(
-            json.dumps(
-                child_memory(
-                    args.child_memory, args.size, args.memory_batch, args.channels, args.threads
-                )
+        return C.child_answer(
+            child_memory(
+                args.child_memory, args.size, args.memory_batch, args.channels, args.threads
             )
         )
-        return 0
     result = run(
         quick=args.quick,
         size=args.size,

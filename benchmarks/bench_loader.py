@@ -19,11 +19,10 @@ same machine, same run, measured separately — loader and model never overlap h
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 from bench_training import make_batch, training_steps  # noqa: E402
+
+from edue.methods import method_label  # noqa: E402
 
 
 def _config(overrides: Sequence[str]) -> Any:
@@ -104,6 +105,76 @@ def loader_rate(dataset: Any, batch: int, workers: int, epochs: int) -> dict[str
     }
 
 
+def model_throughput(
+    size: int, batch_size: int, channels: Sequence[int], rounds: int
+) -> tuple[float, str]:
+    """Images/s of EDUE's training step (the registry's subject) and its name."""
+    subject = C.roles().subject.name
+    batch = make_batch(size, batch_size)
+    steps = training_steps([subject], batch, channels, torch.device("cpu"))
+    label = f"{method_label(subject)} training step"
+    times = C.interleaved(steps, rounds, progress=label)[subject]
+    return batch_size / C.median(times), subject
+
+
+def source_configs(root: Path, n_cases: int, size: int) -> dict[str, Any]:
+    """The three sources compared: folder on disk, synthetic in memory, synthetic on the fly."""
+    split = f"data.split={{train: {n_cases}, val: 0, test: 0}}"
+    return {
+        "folder (PNG on disk)": _config(
+            ["data.format=folder", f"data.root={root}", "data.num_workers=0"]
+        ),
+        "synthetic, in memory": _config(
+            ["data.format=synthetic", f"data.options={{size: {size}}}", split]
+        ),
+        "synthetic, generated on the fly": _config(
+            ["data.format=synthetic", f"data.options={{size: {size}, cache: false}}", split]
+        ),
+    }
+
+
+def measure_loaders(
+    n_cases: int, size: int, batch_size: int, workers: Sequence[int], epochs: int
+) -> tuple[dict[str, dict[str, Any]], float]:
+    """Loader rates per source and worker count, and the seconds writing the folder took."""
+    loaders: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="edue-bench-") as tmp:
+        root, write_seconds = C.timed_once(
+            lambda: folder_dataset(Path(tmp) / "synth", n_cases, size)
+        )
+        for label, config in source_configs(root, n_cases, size).items():
+            dataset = training_dataset_for(config)
+            for w in workers:
+                print(f"  loader: {label}, {w} workers", file=sys.stderr, flush=True)
+                loaders[f"{label}|{w}"] = {
+                    "source": label,
+                    "workers": w,
+                    **loader_rate(dataset, batch_size, w, epochs),
+                }
+    return loaders, write_seconds
+
+
+def loader_rows_and_targets(
+    loaders: Mapping[str, dict[str, Any]], model_rate: float, subject: str
+) -> tuple[list[list[Any]], list[dict[str, Any]]]:
+    """Table rows (ratio to the model added to each entry) and the ≥ 3× targets."""
+    rows, targets = [], []
+    for entry in loaders.values():
+        ratio = entry["cases_per_s"] / model_rate
+        entry["ratio_to_model"] = ratio
+        source, workers = entry["source"], entry["workers"]
+        rows.append(
+            [source, workers, entry["cases_per_s"], entry["first_batch_s"], f"{ratio:.1f}×"]
+        )
+        if "on the fly" not in source:
+            name = (
+                f"loader / {method_label(subject)} training throughput: {source}, {workers} workers"
+            )
+            targets.append(C.target(name, ratio, ">=", 3.0))
+    rows.append([f"{method_label(subject)} training step (model)", "-", model_rate, "-", "1.0×"])
+    return rows, targets
+
+
 def run(
     quick: bool = False,
     size: int = 128,
@@ -116,79 +187,18 @@ def run(
     threads: int = C.DEFAULT_THREADS,
 ) -> dict[str, Any]:
     """Loader cases/s per source and worker count, EDUE images/s, and their ratios."""
-    started = time.perf_counter()
-    C.setup_threads(threads)
-    info = C.machine()
+    bench = C.start(threads)
     n_cases = n_cases or (32 if quick else 128)
     epochs = epochs or (2 if quick else 3)
     rounds = rounds or (1 if quick else 3)
-
     # The model: EDUE training at batch 16 (the comparison the loader must keep up with).
-    steps = training_steps(["edue"], make_batch(size, batch_size), channels, torch.device("cpu"))
-    model_times = C.interleaved(steps, rounds, progress="EDUE training step")["edue"]
-    model_rate = batch_size / C.median(model_times)
-
-    loaders: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="edue-bench-") as tmp:
-        t0 = time.perf_counter()
-        root = folder_dataset(Path(tmp) / "synth", n_cases, size)
-        write_seconds = time.perf_counter() - t0
-        sources = {
-            "folder (PNG on disk)": _config(
-                ["data.format=folder", f"data.root={root}", "data.num_workers=0"]
-            ),
-            "synthetic, in memory": _config(
-                [
-                    "data.format=synthetic",
-                    f"data.options={{size: {size}}}",
-                    f"data.split={{train: {n_cases}, val: 0, test: 0}}",
-                ]
-            ),
-            "synthetic, generated on the fly": _config(
-                [
-                    "data.format=synthetic",
-                    f"data.options={{size: {size}, cache: false}}",
-                    f"data.split={{train: {n_cases}, val: 0, test: 0}}",
-                ]
-            ),
-        }
-        for label, config in sources.items():
-            dataset = training_dataset_for(config)
-            for w in workers:
-                print(f"  loader: {label}, {w} workers", file=sys.stderr, flush=True)
-                loaders[f"{label}|{w}"] = {
-                    "source": label,
-                    "workers": w,
-                    **loader_rate(dataset, batch_size, w, epochs),
-                }
-
-    rows, targets = [], []
-    for entry in loaders.values():
-        ratio = entry["cases_per_s"] / model_rate
-        entry["ratio_to_model"] = ratio
-        rows.append(
-            [
-                entry["source"],
-                entry["workers"],
-                entry["cases_per_s"],
-                entry["first_batch_s"],
-                f"{ratio:.1f}×",
-            ]
-        )
-        if "on the fly" not in entry["source"]:
-            targets.append(
-                C.target(
-                    f"loader / EDUE training throughput: {entry['source']}, "
-                    f"{entry['workers']} workers",
-                    ratio,
-                    ">=",
-                    3.0,
-                )
-            )
-    rows.append(["EDUE training step (model)", "-", model_rate, "-", "1.0×"])
+    model_rate, subject = model_throughput(size, batch_size, channels, rounds)
+    loaders, write_seconds = measure_loaders(n_cases, size, batch_size, workers, epochs)
+    rows, targets = loader_rows_and_targets(loaders, model_rate, subject)
     notes = [
-        f"Model: EDUE training (forward, loss, backward, Adam) at batch {batch_size}, "
-        f"{size}², {model_rate:.2f} images/s (median of {rounds} steps after a warm-up).",
+        f"Model: {method_label(subject)} training (forward, loss, backward, Adam) at batch "
+        f"{batch_size}, {size}², {model_rate:.2f} images/s (median of {rounds} steps after a "
+        "warm-up).",
         f"Loader: {n_cases} cases, {epochs} epochs per setting, median epoch rate; each epoch "
         "creates a fresh iterator (worker processes start again, as `persistent_workers` is "
         "off in the trainer); 'first batch s' is that start-up latency.",
@@ -201,35 +211,27 @@ def run(
         f"num_workers {', '.join(map(str, workers))}; {torch.get_num_threads()} torch threads "
         "in the main process; loader and model timed one after the other in the same run."
     )
-    return {
-        "name": "loader",
-        "title": f"Data loader vs model ({size}², batch {batch_size})",
-        "machine": info,
-        "settings": settings,
-        "model_images_per_s": model_rate,
-        "loaders": loaders,
-        "tables": [
-            C.table(
-                "Cases per second read by the training DataLoader",
-                ["source", "workers", "cases/s", "first batch s", "× model"],
-                rows,
-            )
-        ],
-        "targets": targets,
-        "notes": notes,
-        "seconds": time.perf_counter() - started,
-    }
+    headers = ["source", "workers", "cases/s", "first batch s", "× model"]
+    return bench.result(
+        "loader",
+        f"Data loader vs model ({size}², batch {batch_size})",
+        settings,
+        tables=[C.table("Cases per second read by the training DataLoader", headers, rows)],
+        targets=targets,
+        notes=notes,
+        model_images_per_s=model_rate,
+        loaders=loaders,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    C.add_common_arguments(parser)
+    parser = C.parser(__doc__)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--cases", type=int, help="cases in the dataset (default 128)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--epochs", type=int, help="epochs per loader setting (default 3)")
-    parser.add_argument("--channels", type=int, nargs="+", default=list(C.DEFAULT_CHANNELS))
+    C.add_channels_argument(parser)
     args = parser.parse_args(argv)
     result = run(
         quick=args.quick,

@@ -7,19 +7,21 @@ auxiliary head on a freshly drawn rater, disagreement guidance), the finiteness 
 ``SyntheticSource`` + ``collate_cases`` (masks ``[B, R, K, H, W]``, ``rater_valid``,
 ``soft_vote``, ``expert_variance``); methods are interleaved step by step.
 
-A Deep Ensemble trains its ``M`` members as independent plain U-Nets, so its cost is
-``M ×`` one member: one member (``build_method(deep_ensemble, for_training=True)``) is
-measured and the whole ensemble's throughput is that divided by ``M = 5``.
+The methods are the registered ones (``edue.methods.method_names()``, or ``--methods``);
+ratios are taken to the one-pass reference of the registry (the plain U-Net). A method
+whose members train separately (``MethodSpec.trains_members_separately``: the Deep
+Ensemble trains its ``M`` members as independent plain U-Nets) costs ``M ×`` one member:
+one member (``build_method(..., for_training=True)``) is measured and the whole
+ensemble's throughput is that divided by ``M = 5``.
 
     .venv/bin/python benchmarks/bench_training.py [--quick] [--size 256] [--batch 16]
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from bench_inference import build  # noqa: E402
 
-METHODS = ("plain", "edue", "layer_ensembles", "mc_dropout", "deep_ensemble")
-ENSEMBLE_SIZE = 5
+from edue.methods import get_method, method_names, method_specs  # noqa: E402
+
 PHASES = ("forward", "loss", "backward", "adam")
 
 
@@ -104,102 +105,117 @@ def training_steps(
     """A :class:`TrainStep` per method, all from the same configuration and batch."""
     steps = {}
     for i, name in enumerate(methods):
-        method = build(name, channels, for_training=True, seed=i)
+        method = C.build_2d(name, channels, for_training=True, seed=i)
         steps[name] = TrainStep(method, batch, device, seed=0)
     return steps
 
 
-def run(
-    quick: bool = False,
-    size: int = 128,
-    batch_size: int | None = None,
-    channels: Sequence[int] = C.DEFAULT_CHANNELS,
-    methods: Sequence[str] = METHODS,
-    rounds: int | None = None,
-    threads: int = C.DEFAULT_THREADS,
-    device: str = "cpu",
-) -> dict[str, Any]:
-    """Images/s per method, ratios to the plain U-Net, per-phase milliseconds."""
-    started = time.perf_counter()
-    C.setup_threads(threads)
-    info = C.machine()
-    dev = torch.device(device)
-    methods = ["plain", *[m for m in methods if m != "plain"]]
-    batch_size = batch_size or (4 if quick else 16)
-    rounds = rounds or (2 if quick else (5 if size <= 128 else 3))
-    batch = make_batch(size, batch_size)
-    steps = training_steps(methods, batch, channels, dev)
-    times = C.interleaved(steps, rounds, device=dev, progress=f"training {size}²")
+HEADERS = [
+    "method",
+    "images/s",
+    "× plain throughput",
+    "ms/step",
+    "forward ms",
+    "loss ms",
+    "backward ms",
+    "Adam ms",
+    "parameters",
+]
+
+
+def step_figures(
+    steps: Mapping[str, TrainStep], times: Mapping[str, list[float]], batch_size: int
+) -> dict[str, dict[str, Any]]:
+    """Per method: images/s, ms/step, paired throughput ratio to the plain U-Net, phases."""
     from edue.metrics import count_parameters
 
+    reference = C.roles().one_pass_reference.name
     per_method: dict[str, dict[str, Any]] = {}
     for name, step in steps.items():
         seconds = C.median(times[name])
         per_method[name] = {
             "images_per_s": batch_size / seconds,
             "ms_per_step": 1000 * seconds,
-            "throughput_ratio": C.paired_ratio(times["plain"], times[name]),
+            "throughput_ratio": C.paired_ratio(times[reference], times[name]),
             "spread": C.spread(times[name]),
             "phases_ms": {p: 1000 * C.median(step.phases[p][1:]) for p in PHASES},
             "parameters": count_parameters(step.method),
         }
+    return per_method
+
+
+def ensemble_members(name: str, channels: Sequence[int]) -> int:
+    """Members ``M`` of a method whose members train separately (its configuration's)."""
+    return get_method(name).members(C.method_config(name, channels))
+
+
+def training_rows(
+    per_method: Mapping[str, Mapping[str, Any]], channels: Sequence[int]
+) -> list[list[Any]]:
+    """A row per method; an ensemble of separately trained members adds an ``M ×`` row."""
     rows = []
-    for name in methods:
-        e = per_method[name]
-        label = C.METHOD_LABELS[name] + (" (one member)" if name == "deep_ensemble" else "")
-        rows.append(
-            [
-                label,
-                e["images_per_s"],
-                f"{e['throughput_ratio']:.2f}×",
-                e["ms_per_step"],
-                *[e["phases_ms"][p] for p in PHASES],
-                e["parameters"],
-            ]
-        )
-        if name == "deep_ensemble":
+    for name, e in per_method.items():
+        spec = get_method(name)
+        one_member = spec.trains_members_separately
+        ratio = f"{e['throughput_ratio']:.2f}×"
+        phases = [e["phases_ms"][p] for p in PHASES]
+        label = spec.label + (" (one member)" if one_member else "")
+        rows.append([label, e["images_per_s"], ratio, e["ms_per_step"], *phases, e["parameters"]])
+        if one_member:
+            m = ensemble_members(name, channels)
             rows.append(
                 [
-                    f"Deep Ensemble (all M={ENSEMBLE_SIZE}, = M × one member)",
-                    e["images_per_s"] / ENSEMBLE_SIZE,
-                    f"{e['throughput_ratio'] / ENSEMBLE_SIZE:.2f}×",
-                    e["ms_per_step"] * ENSEMBLE_SIZE,
-                    *[e["phases_ms"][p] * ENSEMBLE_SIZE for p in PHASES],
-                    e["parameters"] * ENSEMBLE_SIZE,
+                    f"{spec.label} (all M={m}, = M × one member)",
+                    e["images_per_s"] / m,
+                    f"{e['throughput_ratio'] / m:.2f}×",
+                    e["ms_per_step"] * m,
+                    *[ms * m for ms in phases],
+                    e["parameters"] * m,
                 ]
             )
-    headers = [
-        "method",
-        "images/s",
-        "× plain throughput",
-        "ms/step",
-        "forward ms",
-        "loss ms",
-        "backward ms",
-        "Adam ms",
-        "parameters",
-    ]
-    targets = []
-    if "edue" in per_method:
-        targets.append(
-            C.target(
-                f"EDUE / plain U-Net training throughput ({size}², batch {batch_size})",
-                per_method["edue"]["throughput_ratio"],
-                ">=",
-                0.8,
-            )
-        )
+    return rows
+
+
+def training_targets(
+    per_method: Mapping[str, Mapping[str, Any]], size: int, batch_size: int
+) -> list[dict[str, Any]]:
+    """EDUE's training throughput ≥ 0.8× the plain U-Net's."""
+    r = C.roles()
+    if r.subject.name not in per_method:
+        return []
+    name = (
+        f"{r.subject.label} / {C.reference_wording(r.one_pass_reference)} training throughput "
+        f"({size}², batch {batch_size})"
+    )
+    return [C.target(name, per_method[r.subject.name]["throughput_ratio"], ">=", 0.8)]
+
+
+def training_notes(
+    per_method: Mapping[str, Mapping[str, Any]],
+    steps: Mapping[str, TrainStep],
+    channels: Sequence[int],
+) -> list[str]:
+    """How ratios and ensembles are counted; EDUE's loss and backward; a busy machine."""
+    r = C.roles()
+    reference = r.one_pass_reference.name
     notes = [
         "Throughput ratio = median over rounds of (plain step time / method step time), "
-        "same batch, methods interleaved step by step.",
-        f"Deep Ensemble training = {ENSEMBLE_SIZE} independent plain U-Nets: one member is "
-        f"measured, the ensemble row is {ENSEMBLE_SIZE} × its cost.",
+        "same batch, methods interleaved step by step."
     ]
-    if "edue" in per_method:
-        e, p = per_method["edue"]["phases_ms"], per_method["plain"]["phases_ms"]
+    for spec in method_specs():
+        if spec.trains_members_separately:
+            m = ensemble_members(spec.name, channels)
+            member = C.reference_wording(get_method(str(spec.member_method)))
+            notes.append(
+                f"{spec.label} training = {m} independent {member}s: one member is "
+                f"measured, the ensemble row is {m} × its cost."
+            )
+    subject = r.subject.name
+    if subject in per_method:
+        e, p = per_method[subject]["phases_ms"], per_method[reference]["phases_ms"]
         notes.append(
-            f"EDUE loss (BCE of {steps['edue'].method.n_members} heads + random raters + "
-            f"guidance) takes {e['loss']:.0f} ms vs the plain BCE's {p['loss']:.0f} ms; "
+            f"{r.subject.label} loss (BCE of {steps[subject].method.n_members} heads + random "
+            f"raters + guidance) takes {e['loss']:.0f} ms vs the plain BCE's {p['loss']:.0f} ms; "
             f"its backward {e['backward']:.0f} ms vs {p['backward']:.0f} ms."
         )
     worst = max(e["spread"] for e in per_method.values())
@@ -208,40 +224,63 @@ def run(
             f"Step times varied by up to {100 * worst:.0f} % between rounds (busy machine); "
             "the ratios are paired per round."
         )
+    return notes
+
+
+def run(
+    quick: bool = False,
+    size: int = 128,
+    batch_size: int | None = None,
+    channels: Sequence[int] = C.DEFAULT_CHANNELS,
+    methods: Sequence[str] | None = None,
+    rounds: int | None = None,
+    threads: int = C.DEFAULT_THREADS,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Images/s per method, ratios to the plain U-Net, per-phase milliseconds.
+
+    ``methods`` defaults to every registered method; the plain U-Net (the one-pass
+    reference) is always measured, first.
+    """
+    bench = C.start(threads)
+    dev = torch.device(device)
+    methods = C.reference_first(methods or method_names())
+    batch_size = batch_size or (4 if quick else 16)
+    rounds = rounds or (2 if quick else (5 if size <= 128 else 3))
+    steps = training_steps(methods, make_batch(size, batch_size), channels, dev)
+    times = C.interleaved(steps, rounds, device=dev, progress=f"training {size}²")
+    per_method = step_figures(steps, times, batch_size)
+    threads_now = torch.get_num_threads()
     settings = (
         f"{size}×{size}, batch {batch_size} real synthetic cases (3 channels, 6 raters, 2 "
-        f"structures), `model.channels=[{','.join(map(str, channels))}]`, `model.norm=batch`, "
-        f"Adam lr 1e-3, fp32, device {dev.type}, {torch.get_num_threads()} torch threads; "
+        f"structures), `model.channels=[{C.channels_text(channels)}]`, `model.norm=batch`, "
+        f"Adam lr 1e-3, fp32, device {dev.type}, {threads_now} torch threads; "
         f"one warm-up step then the median of {rounds} interleaved steps per method."
     )
-    return {
-        "name": f"training_{size}",
-        "title": (
-            f"Training throughput ({size}², batch {batch_size}, {dev.type}, "
-            f"{torch.get_num_threads()} threads)"
-        ),
-        "machine": info,
-        "settings": settings,
-        "size": size,
-        "batch_size": batch_size,
-        "per_method": per_method,
-        "raw_seconds": times,
-        "tables": [C.table(f"Training step at {size}×{size}", headers, rows)],
-        "targets": targets,
-        "notes": notes,
-        "seconds": time.perf_counter() - started,
-    }
+    return bench.result(
+        f"training_{size}",
+        f"Training throughput ({size}², batch {batch_size}, {dev.type}, {threads_now} threads)",
+        settings,
+        tables=[
+            C.table(f"Training step at {size}×{size}", HEADERS, training_rows(per_method, channels))
+        ],
+        targets=training_targets(per_method, size, batch_size),
+        notes=training_notes(per_method, steps, channels),
+        size=size,
+        batch_size=batch_size,
+        per_method=per_method,
+        raw_seconds=times,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    C.add_common_arguments(parser)
+    parser = C.parser(__doc__)
     parser.add_argument("--size", type=int, default=128, help="image size: 128 (default) or 256")
     parser.add_argument("--batch", type=int, help="batch size (default 16; 4 with --quick)")
-    parser.add_argument("--channels", type=int, nargs="+", default=list(C.DEFAULT_CHANNELS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    C.add_channels_argument(parser)
+    C.add_methods_argument(parser)
     parser.add_argument("--rounds", type=int, help="timed steps per method")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    C.add_device_argument(parser)
     args = parser.parse_args(argv)
     result = run(
         quick=args.quick,

@@ -16,6 +16,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,81 +48,35 @@ kept below the latest one so that a regression shows.
 
 
 def plan(quick: bool, threads: int) -> list[tuple[str, str, Callable[[], dict[str, Any]]]]:
-    """(key, group, thunk) of every benchmark of a run, in order."""
+    """(key, group, thunk) of every benchmark of a run, in order.
+
+    The shorter runs measure only the plain U-Net and EDUE: the registry's one-pass
+    reference and subject.
+    """
+    inference = partial(bench_inference.run, quick=quick, threads=threads)
+    training = partial(bench_training.run, quick=quick, threads=threads)
+    pair = C.reference_pair()
+    pair_128 = partial(inference, size=128, methods=pair, batches=(1,), rounds=4 if quick else 15)
+    pair_rounds = 2 if quick else 3
     steps: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
-        (
-            "inference",
-            "inference",
-            lambda: bench_inference.run(quick=quick, size=256, threads=threads),
-        ),
-        (
-            "inference_128",
-            "inference",
-            lambda: bench_inference.run(
-                quick=quick,
-                size=128,
-                methods=("plain", "edue"),
-                batches=(1,),
-                rounds=4 if quick else 15,
-                threads=threads,
-            ),
-        ),
-        (
-            "inference_128_1thread",
-            "inference",
-            lambda: bench_inference.run(
-                quick=quick,
-                size=128,
-                methods=("plain", "edue"),
-                batches=(1,),
-                rounds=4 if quick else 15,
-                threads=1,
-                memory=False,
-            ),
-        ),
-        (
-            "training",
-            "training",
-            lambda: bench_training.run(quick=quick, size=128, threads=threads),
-        ),
-        (
-            "training_256",
-            "training",
-            lambda: bench_training.run(
-                quick=quick,
-                size=256,
-                methods=("plain", "edue"),
-                rounds=2 if quick else 3,
-                threads=threads,
-            ),
-        ),
+        ("inference", "inference", partial(inference, size=256)),
+        ("inference_128", "inference", pair_128),
+        ("inference_128_1thread", "inference", partial(pair_128, threads=1, memory=False)),
+        ("training", "training", partial(training, size=128)),
+        ("training_256", "training", partial(training, size=256, methods=pair, rounds=pair_rounds)),
         (
             "training_1thread",
             "training",
-            lambda: bench_training.run(
-                quick=quick,
-                size=128,
-                methods=("plain", "edue"),
-                rounds=2 if quick else 3,
-                threads=1,
-            ),
+            partial(training, size=128, methods=pair, rounds=pair_rounds, threads=1),
         ),
-        ("loader", "loader", lambda: bench_loader.run(quick=quick, threads=threads)),
-        ("evaluate", "evaluate", lambda: bench_evaluate.run(quick=quick, threads=threads)),
-        ("volume", "volume", lambda: bench_volume.run(quick=quick, threads=threads)),
+        ("loader", "loader", partial(bench_loader.run, quick=quick, threads=threads)),
+        ("evaluate", "evaluate", partial(bench_evaluate.run, quick=quick, threads=threads)),
+        ("volume", "volume", partial(bench_volume.run, quick=quick, threads=threads)),
     ]
     if C.cuda_name():
         steps += [
-            (
-                "gpu_inference",
-                "gpu",
-                lambda: bench_inference.run(quick=quick, threads=threads, device="cuda"),
-            ),
-            (
-                "gpu_training",
-                "gpu",
-                lambda: bench_training.run(quick=quick, size=256, threads=threads, device="cuda"),
-            ),
+            ("gpu_inference", "gpu", partial(inference, device="cuda")),
+            ("gpu_training", "gpu", partial(training, size=256, device="cuda")),
         ]
     return steps
 
