@@ -16,6 +16,12 @@ RUNS = {
     "layer_ensembles": ("layer_ensembles", "Layer Ensembles", 4),  # 5 heads, first skipped
     "mc_dropout": ("mc_dropout", "MC dropout", 3),
     "plain": ("plain", "U-Net", 1),
+    "deep_supervision": ("deep_supervision", "U-Net + deep supervision", 1),
+    "deep_supervision_heads": (
+        "deep_supervision_heads",
+        "U-Net + deep supervision (head variance)",
+        2,
+    ),
     "deep_ensemble": ("deep_ensemble", "Deep Ensemble", 2),
     "edue_no_guidance": ("edue", "edue_no_guidance", 2),
     "edue_no_sampling": ("edue", "edue_no_sampling", 2),
@@ -62,6 +68,7 @@ CLAIM_RULES = {
         "nll_difference": ("nll/{s}/mean", lambda e, r, v: v < 0),
     },
 }
+CLAIM_RULES["vs_deep_supervision"] = CLAIM_RULES["vs_plain"]
 CLAIM_IDS = {
     "vs_deep_ensemble": [
         "spearman_ratio/disc",
@@ -79,6 +86,7 @@ CLAIM_IDS = {
         for name in ("image_spearman", "pixel_ncc", "nll")
     ],
 }
+CLAIM_IDS["vs_deep_supervision"] = CLAIM_IDS["vs_plain"]
 
 
 def _metric(info: dict, key: str) -> float:
@@ -108,8 +116,15 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys):
         assert info["n_members"] == n_members, run
         assert info["structures"] == ["disc", "cup"] and info["metrics"]["n_cases"] == 8
         infos[run] = info
-        if run != "deep_ensemble":
+        if run not in ("deep_ensemble", "deep_supervision_heads"):
             assert {p.name for p in (out / run).iterdir()} == RUN_FILES, run
+    # the head-variance read-out reuses the deep-supervised network: nothing trained anew
+    assert {p.name for p in (out / "deep_supervision_heads").iterdir()} == {
+        "config.yaml",
+        "best.pt",
+        "eval",
+    }
+    assert infos["deep_supervision_heads"]["parameters"] == infos["deep_supervision"]["parameters"]
     # member 0 of the Deep Ensemble is the plain U-Net: only member 1 is trained anew
     assert {p.name for p in (out / "deep_ensemble").iterdir()} == {
         "config.yaml",
@@ -142,6 +157,7 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys):
         "targets",
         "vs_deep_ensemble",
         "vs_plain",
+        "vs_deep_supervision",
         "average_gain_vs_deep_ensemble_percent",
         "skipped",
         "headline",
@@ -149,7 +165,8 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys):
     assert claims["edue"] == {"label": "EDUE", "folder": str(out / "edue" / "eval")}
     assert claims["targets"] == TARGETS and claims["skipped"] == []
     assert set(claims["average_gain_vs_deep_ensemble_percent"]) == {"image_spearman", "pixel_ncc"}
-    for group, reference in (("vs_deep_ensemble", "deep_ensemble"), ("vs_plain", "plain")):
+    for group in CLAIM_IDS:
+        reference = group.removeprefix("vs_")
         found = claims[group]
         assert found["reference"] == {
             "method": reference,
@@ -171,10 +188,11 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys):
         n_passed = sum(c["passed"] for c in found["claims"])
         assert found["passed"] == n_passed and found["checked"] == len(CLAIM_IDS[group])
         assert found["all_passed"] == (n_passed == len(CLAIM_IDS[group]))
-    de, plain = claims["vs_deep_ensemble"], claims["vs_plain"]
+    de, plain, ds = (claims[f"vs_{m}"] for m in ("deep_ensemble", "plain", "deep_supervision"))
     assert claims["headline"] == [
         f"EDUE vs Deep Ensemble: {de['passed']} of 9 targets met",
         f"EDUE vs U-Net: EDUE better on {plain['passed']} of 6 comparisons",
+        f"EDUE vs U-Net + deep supervision: EDUE better on {ds['passed']} of 6 comparisons",
     ]
     assert all(claim in html for claim in claims["headline"])
 

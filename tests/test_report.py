@@ -331,7 +331,7 @@ def test_three_dimensional_samples_and_one_structure(tmp_path: Path) -> None:
     assert "tumour" in text and "no EDUE run" not in text
     claims = json.loads((tmp_path / "out" / "claims.json").read_text())
     assert claims["vs_deep_ensemble"] is None and claims["vs_plain"] is None
-    assert len(claims["skipped"]) == 2
+    assert len(claims["skipped"]) == 3  # the Deep Ensemble and both one-pass references
     md = (tmp_path / "out" / "table.md").read_text()
     assert _row(md, "EDUE", 0)[0] == "0.970 ± 0.010"  # a single method is never bold
 

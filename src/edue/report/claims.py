@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from edue.methods.registry import method_with_role
+from edue.methods.registry import methods_with_role
 from edue.report.runs import RunResult, find_method, find_role
 
 #: Targets of the comparison with the Deep Ensemble.
@@ -261,7 +261,7 @@ def compute_claims(runs: Sequence[RunResult], structures: Sequence[str]) -> dict
 
     The methods are found by their role in the method registry: the subject of the
     claims (EDUE), the ensemble reference (the Deep Ensemble, with targets) and the
-    one-pass reference (the plain U-Net, no targets).
+    one-pass references (the plain U-Net and the deep-supervised U-Net, no targets).
 
     Keys: ``edue`` (label, folder) or ``None``; ``targets``; ``vs_<reference method>``
     for each reference (reference, claims, passed, checked, all_passed, summary) or
@@ -269,7 +269,11 @@ def compute_claims(runs: Sequence[RunResult], structures: Sequence[str]) -> dict
     NCC); ``skipped`` (why a group is missing); ``headline`` (the summary sentences).
     """
     out: dict[str, Any] = {"edue": None, "targets": dict(TARGETS)}
-    references = [(method_with_role(role), build, t) for role, build, t in _REFERENCES]
+    references = [
+        (spec, build, targeted)
+        for role, build, targeted in _REFERENCES
+        for spec in (methods_with_role(role) or (None,))
+    ]
     for spec, _, targeted in references:
         if spec is not None:
             out[f"vs_{spec.name}"] = None
