@@ -74,7 +74,7 @@ def run_study(
     args = [(config.to_dict(), list(methods), seed, str(out), ood, threads) for seed in seeds]
     if jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            list(pool.map(_study_seed, *zip(*args, strict=True)))
+            list(pool.map(_study_seed_in_worker, *zip(*args, strict=True)))
     else:
         for item in args:
             _study_seed(*item)
@@ -108,6 +108,13 @@ def _claim_folder(out: Path, config: Config, methods: list[str], seeds: Sequence
             )
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, asked)
+
+
+def _study_seed_in_worker(*args: Any) -> None:
+    """:func:`_study_seed` in a worker process, its progress lines on the worker's
+    stderr (a spawned process does not inherit the command's log handler)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _study_seed(*args)
 
 
 def _study_seed(
