@@ -19,9 +19,9 @@ from pathlib import Path
 
 SETTINGS = {
     2: [("none", 5.0), ("none", 2.0), ("expert_rms", 0.1), ("expert_rms", 0.25),
-        ("expert_rms", 0.5), ("expert_rms", 1.0)],
+        ("expert_rms", 0.5), ("expert_rms", 1.0), ("mse", 50.0), ("mse", 100.0)],
     3: [("none", 5.0), ("none", 2.0), ("expert_rms", 0.1), ("expert_rms", 0.25),
-        ("expert_rms", 0.5), ("expert_rms", 1.0)],
+        ("expert_rms", 0.5), ("expert_rms", 1.0), ("mse", 50.0), ("mse", 100.0)],
 }  # fmt: skip
 
 
@@ -40,6 +40,8 @@ def run_one(dims: int, norm: str, weight: float, out: str, threads: int) -> dict
     config.method.guidance_norm = norm
     config.method.guidance_weight = weight
     config.out_dir = str(Path(out) / name)
+    if (Path(out) / name / "sweep.json").is_file():  # done by an earlier sweep
+        return json.loads((Path(out) / name / "sweep.json").read_text())  # type: ignore[no-any-return]
     run = train_or_resume(config)
     source = open_configured_source(config)
     subsets = build_datasets(config, source, split_indices(config, source))
@@ -49,8 +51,13 @@ def run_one(dims: int, norm: str, weight: float, out: str, threads: int) -> dict
         cases = [subsets[split].load(i) for i in range(len(subsets[split]))]
         m = evaluate_predictor(predictor, cases, run / f"eval_{split}", ood=False)["metrics"]
         for s in source.structures:
-            for key in ("soft_dice/{s}/mean", "image_spearman/{s}", "pixel_ncc/{s}/mean",
-                        "nll/{s}/mean", "image_partial_spearman/{s}"):
+            for key in (
+                "soft_dice/{s}/mean",
+                "image_spearman/{s}",
+                "pixel_ncc/{s}/mean",
+                "nll/{s}/mean",
+                "image_partial_spearman/{s}",
+            ):
                 result[f"{split}/{key.format(s=s)}"] = m.get(key.format(s=s))
     (run / "sweep.json").write_text(json.dumps(result, indent=1))
     return result

@@ -121,6 +121,8 @@ def test_normalised_guidance_is_the_rmse_over_the_experts_rms():
     assert float(guidance_term(logits, expert)) == pytest.approx(float(rmse), rel=1e-6)
     normalised = guidance_term(logits, expert, "expert_rms")
     assert float(normalised) == pytest.approx(float(rmse / scale), rel=1e-6)
+    squared = guidance_term(logits, expert, "mse")
+    assert float(squared) == pytest.approx(float(rmse**2 - 1e-8), rel=1e-5)
     # scaling the experts' variance and the gap alike leaves the normalised term alone
     assert float(guidance_term(logits, expert * 0 + 1e-9, "expert_rms")) == pytest.approx(
         float(torch.sqrt(head_variance(logits).square().mean() + 1e-8) / 1e-3), rel=1e-3

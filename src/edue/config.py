@@ -163,8 +163,9 @@ class MethodConfig(_Section):
         label_sampling: auxiliary heads learn one randomly drawn rater (else the soft vote).
         guidance: add ``guidance_weight × RMSE(variance across heads, expert variance)``.
         guidance_weight: lambda.
-        guidance_norm: ``none`` (the published RMSE) or ``expert_rms`` (the RMSE divided
-            by the experts' RMS variance over the batch: one λ for 2D and 3D).
+        guidance_norm: ``none`` (the published RMSE), ``expert_rms`` (the RMSE divided
+            by the experts' RMS variance over the batch) or ``mse`` (the squared error
+            without the root); see :func:`edue.losses.guidance_term`.
         guidance_detach_final: keep the guidance's gradient out of the final head.
         skip_first: Layer Ensembles: heads skipped at prediction (the first T).
         mc_dropout: dropout probability of MC dropout.
@@ -182,7 +183,7 @@ class MethodConfig(_Section):
     label_sampling: bool = True
     guidance: bool = True
     guidance_weight: Annotated[float, Field(ge=0.0)] = 5.0
-    guidance_norm: Literal["none", "expert_rms"] = "none"
+    guidance_norm: Literal["none", "expert_rms", "mse"] = "none"
     guidance_detach_final: bool = False
     skip_first: NonNegativeInt = 4
     mc_dropout: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2

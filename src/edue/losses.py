@@ -22,7 +22,7 @@ _RMSE_EPS = 1e-8
 #: floor of the experts' RMS variance when the guidance is normalised by it (a batch
 #: without any disagreement would otherwise divide by ~0)
 _EXPERT_RMS_FLOOR = 1e-3
-GUIDANCE_NORMS = ("none", "expert_rms")
+GUIDANCE_NORMS = ("none", "expert_rms", "mse")
 
 
 def bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -58,10 +58,13 @@ def guidance_term(
     Args:
         logits: head logits ``[S, B, K, *sp]`` (``S >= 2``); the last head is the final one.
         expert_var: ``[B, K, *sp]``.
-        norm: ``none`` (the published term) or ``expert_rms``: the RMSE divided by the
+        norm: ``none`` (the published term); ``expert_rms``: the RMSE divided by the
             root mean square of the experts' variance over the batch (floored at 1e-3), a
             relative error that does not change scale with the structures' share of the
-            image (their RMS variance is ~0.05 for 2D fundus crops, ~0.017 for 3D PET/CT).
+            image (their RMS variance is ~0.05 for 2D fundus crops, ~0.017 for 3D PET/CT);
+            ``mse``: the mean squared error without the root, whose gradient
+            ``2 (v_h − v_e) / N`` is not amplified by ``1 / RMSE`` where the error is small
+            (the published RMSE pulls hardest where disagreement is rarest).
         detach_final: keep the guidance's gradient out of the final head (it then only
             shapes the auxiliary heads, and the final head learns the soft vote alone).
 
@@ -70,6 +73,8 @@ def guidance_term(
     """
     if detach_final:
         logits = torch.cat([logits[:-1], logits[-1:].detach()])
+    if norm == "mse":
+        return F.mse_loss(head_variance(logits), expert_var.float())
     rmse = guidance_rmse(head_variance(logits), expert_var)
     if norm == "none":
         return rmse
