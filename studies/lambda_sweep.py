@@ -63,6 +63,33 @@ def run_one(dims: int, norm: str, weight: float, out: str, threads: int) -> dict
     return result
 
 
+def markdown(results: list[dict]) -> str:
+    """One table per dataset: validation and test figures of every setting."""
+    lines = []
+    for dims in sorted({r["dims"] for r in results}):
+        rows = [r for r in results if r["dims"] == dims]
+        structures = [k.split("/")[2] for k in rows[0] if k.startswith("val/soft_dice/")]
+        head = " | ".join(
+            f"{split} Dice / Spearman / NCC {s}" for split in ("val", "test") for s in structures
+        )
+        lines += [
+            f"### {dims}D",
+            "",
+            f"| guidance | λ | {head} |",
+            "|---|---|" + "---|" * (2 * len(structures)),
+        ]
+        for r in rows:
+            cells = [
+                f"{r[f'{split}/soft_dice/{s}/mean']:.3f} / {r[f'{split}/image_spearman/{s}']:.2f}"
+                f" / {r[f'{split}/pixel_ncc/{s}/mean']:.2f}"
+                for split in ("val", "test")
+                for s in structures
+            ]
+            lines.append(f"| {r['norm']} | {r['weight']:g} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/lambda_sweep")
@@ -77,8 +104,8 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         results = list(pool.map(run_one, *zip(*jobs, strict=True)))
     Path(args.out, "sweep.json").write_text(json.dumps(results, indent=1))
-    for r in results:
-        print(json.dumps(r))
+    Path(args.out, "sweep.md").write_text(markdown(results))
+    print(markdown(results))
 
 
 if __name__ == "__main__":
