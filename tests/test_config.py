@@ -14,7 +14,7 @@ CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 def test_shipped_configs_load(path):
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     config = load_config(path)
-    assert config.method.name == raw["method"]["name"]
+    assert config.method.name == raw["method"].get("name", "edue")
     assert config.data.format == raw["data"]["format"]
 
 
@@ -62,7 +62,8 @@ BAD_VALUES = [
     (
         ["method.name=magic"],
         "method.name = 'magic': not a registered method (one of: edue, "
-        "layer_ensembles, mc_dropout, plain, deep_ensemble)",
+        "layer_ensembles, mc_dropout, plain, deep_supervision, deep_supervision_heads, "
+        "deep_ensemble)",
     ),
     (
         ["data.format=dicom"],
@@ -89,7 +90,8 @@ BAD_VALUES = [
     (["model.channels=16"], "model.channels = 16: Input should be a valid list"),
     (
         ["method.heads=5"],
-        "method.heads = 5: Input should be 'decoder' or Input should be a valid list",
+        "method.heads = 5: Input should be 'decoder' or 'encoder+decoder' or Input should be "
+        "a valid list",
     ),
     (["model=3"], "model = 3: Input should be a valid dictionary or instance of ModelConfig"),
     # out of range
@@ -125,7 +127,7 @@ BAD_VALUES = [
     # unknown keys, malformed overrides
     (
         ["train.lrr=1"],
-        "train.lrr: unknown key (known here: epochs, batch_size, lr, "
+        "train.lrr: unknown key (known here: epochs, patience, batch_size, lr, "
         "weight_decay, seed, device, amp, channels_last, compile, compile_backend, deterministic, "
         "threads, checkpoint_every)",
     ),

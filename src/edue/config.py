@@ -161,11 +161,15 @@ class MethodConfig(_Section):
             block), ``encoder+decoder`` (every block), or a list of block names.
         aux_weight: BCE weight of each auxiliary head.
         label_sampling: auxiliary heads learn one randomly drawn rater (else the soft vote).
-        guidance: add ``guidance_weight × RMSE(variance across heads, expert variance)``.
-        guidance_weight: lambda.
-        guidance_norm: ``none`` (the published RMSE), ``expert_rms`` (the RMSE divided
-            by the experts' RMS variance over the batch) or ``mse`` (the squared error
-            without the root); see :func:`edue.losses.guidance_term`.
+        guidance: add ``guidance_weight × guidance term(variance across heads, expert
+            variance)``.
+        guidance_weight: lambda (50 with the default ``mse`` term; the published RMSE
+            term used 5).
+        guidance_norm: the guidance term: ``mse`` (default: the mean squared error,
+            chosen on the validation splits of the embedded 2D and 3D data, where one λ
+            serves both), ``none`` (the published RMSE) or ``expert_rms`` (the RMSE divided
+            by the experts' RMS variance over the batch); see
+            :func:`edue.losses.guidance_term` and ``docs/method.md``.
         guidance_detach_final: keep the guidance's gradient out of the final head.
         skip_first: Layer Ensembles: heads skipped at prediction (the first T).
         mc_dropout: dropout probability of MC dropout.
@@ -182,8 +186,8 @@ class MethodConfig(_Section):
     aux_weight: Annotated[float, Field(ge=0.0)] = 0.3
     label_sampling: bool = True
     guidance: bool = True
-    guidance_weight: Annotated[float, Field(ge=0.0)] = 5.0
-    guidance_norm: Literal["none", "expert_rms", "mse"] = "none"
+    guidance_weight: Annotated[float, Field(ge=0.0)] = 50.0
+    guidance_norm: Literal["none", "expert_rms", "mse"] = "mse"
     guidance_detach_final: bool = False
     skip_first: NonNegativeInt = 4
     mc_dropout: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
