@@ -114,7 +114,7 @@ def test_data_synth_then_train_on_folder(tmp_path, capsys):
 def test_bad_override_is_one_line(capsys):
     assert main(["train", "train.nope=1"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("edue: error: train.nope: unknown key (known here: epochs, batch_size,")
+    assert err.startswith("edue: error: train.nope: unknown key (known here: epochs, patience,")
     assert err.count("\n") == 1
 
 

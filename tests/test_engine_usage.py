@@ -23,9 +23,7 @@ from tests.conftest import TINY_OVERRIDES
 
 
 @pytest.mark.slow
-def test_a_deep_ensemble_member_job_loads_evaluates_and_predicts_as_a_plain_unet(
-    tmp_path, capsys
-):
+def test_a_deep_ensemble_member_job_loads_evaluates_and_predicts_as_a_plain_unet(tmp_path, capsys):
     run = tmp_path / "member0"
     argv = ["train", "--member", "0", "--out", str(run), "train.epochs=1"]
     # overrides before and after the options

@@ -34,6 +34,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="report unreadable inputs and go on (exit status 1 if any failed)",
     )
     p.add_argument("--no-figures", action="store_true", help="skip the overlay PNGs")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        metavar="N",
+        help="consecutive images of equal size per forward pass (default 8; 1: one by one)",
+    )
     p.set_defaults(func=cmd_predict)
 
 
@@ -102,6 +109,23 @@ def _add_ensemble(sub: argparse._SubParsersAction) -> None:
     g.set_defaults(func=cmd_ensemble_gather)
 
 
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study", help="every method to convergence over several seeds, paired comparison"
+    )
+    p.add_argument("config", help="YAML configuration shared by every method")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.patience=5")
+    p.add_argument(
+        "--methods", default=None, help="comma-separated registered methods (default: all)"
+    )
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--out", required=True, help="study folder (a killed study resumes here)")
+    p.add_argument("--jobs", type=int, default=1, help="seeds trained side by side")
+    p.add_argument("--ood", action="store_true", help="also run the distortion study")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap draws of the intervals")
+    p.set_defaults(func=cmd_study)
+
+
 def _add_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="configuration tools")
     csub = p.add_subparsers(dest="config_command", required=True)
@@ -145,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_data,
         _add_ensemble,
         _add_config,
+        _add_study,
         _add_demo,
     ):
         add(sub)
@@ -171,6 +196,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from edue.config import load_config
+    from edue.errors import ConfigError
+    from edue.methods.registry import method_names
+    from edue.study import run_study
+
+    config = load_config(args.config, list(args.overrides))
+    methods = args.methods.split(",") if args.methods else list(method_names())
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds '{args.seeds}': expected comma-separated integers") from None
+    summary = run_study(
+        config, methods, seeds, args.out, jobs=args.jobs, ood=args.ood, n_boot=args.n_boot
+    )
+    print(f"study of {len(methods)} methods x {len(seeds)} seeds: {args.out}/study.md")
+    for target in summary.get("targets", []):
+        verdict = {True: "met", False: "NOT met", None: "n/a"}[target["passed"]]
+        print(f"  {target['structure']:>6}: {target['target']}: {target['value']:+.3f} {verdict}")
+    return 0
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     import yaml
 
@@ -192,6 +239,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         skip_bad=args.skip_bad,
         figure_writer=None if args.no_figures else write_prediction_figure,
+        batch_size=args.batch_size,
     )
     for item in result.failed:
         print(f"edue: skipped {item['input']}: {item['reason']}", file=sys.stderr)

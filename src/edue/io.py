@@ -293,9 +293,20 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None =
 
 
 def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
-    """Write arrays to a compressed ``.npz``, atomically."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
+    """Write arrays to a compressed ``.npz`` (readable by ``np.load``), atomically.
+
+    Deflate level 1, not ``np.savez_compressed``'s 6: the member stacks ``predict``
+    writes are float arrays that compress only ~4 % worse at level 1, in half the CPU
+    time (at level 6 writing an image cost more than predicting it).
+    """
+    import zipfile
+
+    with atomic_path(path) as tmp, zipfile.ZipFile(
+        tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1
+    ) as archive:
+        for name, value in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
 def to_uint8(array: np.ndarray, vmax: float | None = None) -> np.ndarray:
