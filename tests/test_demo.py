@@ -115,6 +115,7 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys):
         assert info["label"] == run and info["method"] == method
         assert info["n_members"] == n_members, run
         assert info["structures"] == ["disc", "cup"] and info["metrics"]["n_cases"] == 8
+        assert info["timing"] == "side by side, interleaved"
         infos[run] = info
         if run not in ("deep_ensemble", "deep_supervision_heads"):
             assert {p.name for p in (out / run).iterdir()} == RUN_FILES, run

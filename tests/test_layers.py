@@ -27,6 +27,7 @@ RANK = {
     "report": 8,
     "demo": 9,
     "demo3d": 9,
+    "study": 9,
     "cli": 9,
     "__main__": 9,
     "": 9,  # the package root: load(), lazy attributes

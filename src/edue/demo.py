@@ -132,6 +132,11 @@ def run_demo(
             ),
             flush=True,
         )
+    # the cost column: every method timed side by side on the same images
+    from edue.engine.timing import record_times, time_interleaved
+
+    seconds = time_interleaved(checkpoints, [c.image for c in cases[:4]], "cpu")
+    record_times(dict(zip(chosen, eval_dirs, strict=True)), seconds)
     report = compare_runs([str(d) for d in eval_dirs], out)
     minutes = (time.perf_counter() - started) / 60
     print(f"[demo] report: {report}")

@@ -157,39 +157,22 @@ def _study_seed(
 def time_side_by_side(
     out: Path, methods: Sequence[str], seed: int, config: Config, images: int = 4, rounds: int = 5
 ) -> dict[str, float]:
-    """Seconds per image of every method, timed interleaved on the same test images (the
-    order rotates each round), written into each evaluation's ``metrics.json``.
+    """Seconds per image of every method of one seed, timed side by side
+    (:func:`edue.engine.timing.time_interleaved`) on test images, written into every
+    seed's evaluation ``metrics.json``.
 
     Returns:
         Median seconds per image by method.
     """
-    from edue.engine.infer import Predictor
+    from edue.engine.timing import record_times, time_interleaved
 
     folder = Path(out) / f"seed{seed}"
-    predictors = {
-        m: Predictor.from_checkpoint(_checkpoint(folder / m), device=config.train.device)
-        for m in methods
-    }
     sample = np.load(folder / methods[0] / "eval" / "samples.npz")
     inputs = [sample[f"{i}/image"] for i in range(images) if f"{i}/image" in sample.files]
-    for predictor in predictors.values():  # warm-up
-        predictor.predict(inputs[0])
-    names = list(methods)
-    times: dict[str, list[float]] = {m: [] for m in names}
-    for r in range(rounds):
-        for m in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
-            for image in inputs:
-                predictors[m].predict(image)
-            times[m].append((time.perf_counter() - start) / len(inputs))
-    medians = {m: float(np.median(t)) for m, t in times.items()}
-    for s_folder in Path(out).glob("seed*"):
-        for m, seconds in medians.items():
-            path = s_folder / m / "eval" / "metrics.json"
-            if path.is_file():
-                info = json.loads(path.read_text(encoding="utf-8"))
-                info.update(seconds_per_image=seconds, timing="side by side, interleaved")
-                write_json(path, info)
+    checkpoints = {m: _checkpoint(folder / m) for m in methods}
+    medians = time_interleaved(checkpoints, inputs, config.train.device, rounds)
+    for seed_folder in Path(out).glob("seed*"):
+        record_times({m: seed_folder / m / "eval" for m in methods}, medians)
     write_json(Path(out) / "timing.json", {"seconds_per_image": medians, "images": len(inputs)})
     return medians
 

@@ -38,6 +38,7 @@ fork), for datasets that fit a memory budget.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -47,7 +48,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -111,6 +112,16 @@ def case_nbytes(case: MultiRaterCase) -> int:
     return sum(int(a.nbytes) for a in arrays if a is not None)
 
 
+def contiguous_case(case: MultiRaterCase) -> MultiRaterCase:
+    """``case`` with C-contiguous arrays (``case`` itself when they already are)."""
+    strided: dict[str, Any] = {
+        name: np.ascontiguousarray(value)
+        for name in ARRAYS
+        if (value := getattr(case, name)) is not None and not value.flags.c_contiguous
+    }
+    return dataclasses.replace(case, **strided) if strided else case
+
+
 @dataclass
 class Entry:
     """What a store holds for one case id: the case, or why the reader refused it."""
@@ -132,13 +143,42 @@ class MemoryStore:
         return self.entries.get(case_id)
 
     def put(self, case_id: str, entry: Entry) -> None:
-        """Keep an entry."""
+        """Keep an entry, its arrays C-contiguous (as the disk store writes them): a
+        reader may hand over strided arrays (NIfTI volumes are stored Fortran-ordered),
+        which every later load would otherwise copy to make tensors of."""
+        if entry.case is not None:
+            entry = Entry(contiguous_case(entry.case))
         self.entries[case_id] = entry
 
     @contextlib.contextmanager
     def building(self) -> Iterator[None]:
         """Nothing to coordinate within one process."""
         yield
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where and how a ``.npy`` file holds its array (what its header says)."""
+
+    offset: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    order: Literal["C", "F"]
+
+    @classmethod
+    def of(cls, array: np.memmap) -> _Layout:
+        fortran = array.flags.f_contiguous and not array.flags.c_contiguous
+        return cls(int(array.offset), array.dtype, tuple(array.shape), "F" if fortran else "C")
+
+    def matches(self, info: dict[str, Any]) -> bool:
+        """Whether a record's array (its shape and dtype) is laid out so."""
+        return list(self.shape) == info["shape"] and str(self.dtype) == info["dtype"]
+
+    def map(self, path: Path) -> np.memmap:
+        """The file's array, memory-mapped read-only without reading its header."""
+        return np.memmap(
+            str(path), self.dtype, "r", offset=self.offset, shape=self.shape, order=self.order
+        )
 
 
 class DiskStore:
@@ -155,6 +195,7 @@ class DiskStore:
         self.folder = folder
         self.description = description
         self._verified: set[str] = set()  # files whose CRC-32 this process checked
+        self._layouts: dict[str, _Layout] = {}  # each file's header, read once
 
     def _stem(self, case_id: str) -> str:
         return hashlib.sha1(case_id.encode()).hexdigest()[:20]
@@ -201,9 +242,15 @@ class DiskStore:
             if zlib.crc32(path.read_bytes()) != info["crc32"]:
                 raise ValueError(f"{path.name} does not match its checksum")
             self._verified.add(info["file"])
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        layout = self._layouts.get(info["file"])
+        if layout is not None and layout.matches(info):
+            # header read before: map the data straight away (parsing a .npy header
+            # and resolving the path cost more than mapping a small case)
+            return layout.map(path)
+        array = np.load(str(path), mmap_mode="r", allow_pickle=False)
         if list(array.shape) != info["shape"] or str(array.dtype) != info["dtype"]:
             raise ValueError(f"{path.name} holds {array.dtype} {array.shape}")
+        self._layouts[info["file"]] = _Layout.of(array)
         return array
 
     def put(self, case_id: str, entry: Entry) -> None:

@@ -194,21 +194,43 @@ def random_rater(
 
 
 # --------------------------------------------------------------------------- batching
-def case_to_sample(case: MultiRaterCase) -> dict[str, Any]:
-    """Tensors of one case with its targets computed before any padding."""
-    masks = torch.from_numpy(np.ascontiguousarray(case.masks)).float()
+def case_to_sample(case: MultiRaterCase, targets: bool = True) -> dict[str, Any]:
+    """Tensors of one case with its targets computed before any padding.
+
+    Args:
+        case: the case.
+        targets: compute ``soft_vote`` and ``expert_variance`` (float masks). With
+            ``False`` the masks stay uint8 and the targets are left out, for a transform
+            that crops first (:func:`add_targets` completes the sample afterwards, so a
+            patch's targets are computed on the patch only, not on the whole volume).
+    """
+    masks = torch.from_numpy(np.ascontiguousarray(case.masks))
     sample: dict[str, Any] = {
         "image": torch.from_numpy(np.ascontiguousarray(case.image, dtype=np.float32)),
         "masks": masks,
-        "soft_vote": soft_vote(masks),
-        "expert_variance": expert_variance(masks),
         "case_id": case.case_id,
     }
     if case.rater_probability is not None:
         sample["rater_probability"] = torch.from_numpy(
             np.ascontiguousarray(case.rater_probability, dtype=np.float32)
         )
-    return sample
+    return add_targets(sample) if targets else sample
+
+
+def add_targets(sample: dict[str, Any]) -> dict[str, Any]:
+    """Float masks and the targets that depend on them (``soft_vote``,
+    ``expert_variance``), computed from ``sample["masks"]`` as they are now.
+
+    The targets are elementwise over the rater axis, so computing them on a crop (or a
+    flip) of the masks gives exactly the crop (or flip) of the whole case's targets.
+    """
+    masks = sample["masks"].float()
+    return {
+        **sample,
+        "masks": masks,
+        "soft_vote": soft_vote(masks),
+        "expert_variance": expert_variance(masks),
+    }
 
 
 def collate_cases(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -247,7 +269,10 @@ class CaseDataset(torch.utils.data.Dataset):
     Args:
         cases: a sequence of cases, or of zero-argument callables that load one
             (lazy reading of large datasets).
-        transform: optional callable applied to each sample dict.
+        transform: optional callable applied to each sample dict. One with a true
+            ``defers_targets`` attribute (a patch sampler first) gets the sample without
+            targets (uint8 masks, :func:`case_to_sample` with ``targets=False``) and may
+            return one sample or a list; the targets are added to what it returns.
     """
 
     def __init__(self, cases: Sequence[object], transform: object | None = None) -> None:
@@ -263,7 +288,15 @@ class CaseDataset(torch.utils.data.Dataset):
         return item if isinstance(item, MultiRaterCase) else item()  # type: ignore[operator]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = case_to_sample(self.get_case(index))
+        case = self.get_case(index)
+        transform: Any = self.transform
+        if getattr(transform, "defers_targets", False):
+            # the transform crops first: the targets of the patch(es) only
+            out: Any = transform(case_to_sample(case, targets=False))
+            if isinstance(out, list):  # several patches of one case
+                return [add_targets(s) for s in out]  # type: ignore[return-value]
+            return add_targets(out)
+        sample = case_to_sample(case)
         if self.transform is not None:
             sample = self.transform(sample)  # type: ignore[operator]
         return sample

@@ -10,9 +10,16 @@ padding, so soft vote and expert variance are zero there).
 
 Every spatial key (``image``, ``masks``, ``soft_vote``, ``expert_variance``,
 ``rater_probability``) is cropped by the same window, so the expert variance stays
-aligned with the masks it was computed from. The draw (:meth:`PatchSampler.draw`) is
-separate from the deterministic crop (:meth:`PatchSampler.apply`), as in TorchIO, and
-uses its own ``torch.Generator``: a seed reproduces the sequence of patches. The
+aligned with the masks it was computed from. A sample may also come without its
+targets (uint8 masks, as :class:`~edue.data.case.CaseDataset` passes it to a transform
+that ``defers_targets``): the foreground is then read from the masks, and the targets
+are computed on the patch afterwards — the same values, without computing soft vote
+and variance over a whole volume for every patch. The foreground of the last volume is
+kept, so several patches drawn from one loaded volume find it once.
+
+The draw (:meth:`PatchSampler.draw`) is separate from the deterministic crop
+(:meth:`PatchSampler.apply`), as in TorchIO, and uses its own ``torch.Generator``: a
+seed reproduces the sequence of patches. The
 transform is written with torch ops rather than MONAI's dictionary transforms because
 those expect channel-first arrays (the masks are ``[R, K, *sp]``), return MetaTensors
 and draw from a NumPy ``RandomState``.
@@ -102,6 +109,16 @@ class PatchSampler:
         self.generator = torch.Generator().manual_seed(self.seed)
         self._worker_seed: int | None = None
         self.last_draw: PatchDraw | None = None
+        # (the tensor the foreground was found in, its version, its foreground voxels)
+        self._foreground: tuple[torch.Tensor, int, torch.Tensor] | None = None
+
+    #: It crops: :class:`~edue.data.case.CaseDataset` hands it samples without targets.
+    crops = True
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state["_foreground"] = None  # no volume travels to DataLoader workers
+        return state
 
     def size_for(self, spatial_dims: int) -> tuple[int, ...]:
         """The patch size for ``spatial_dims`` axes (an int size is repeated)."""
@@ -131,9 +148,7 @@ class PatchSampler:
         room = [n - s for n, s in zip(shape, size, strict=True)]
         coin = float(torch.rand((), generator=self.generator))
         if coin < self.pos_ratio:
-            soft: torch.Tensor = sample["soft_vote"]  # type: ignore[assignment]
-            foreground = (soft > 0).flatten(0, soft.ndim - dims - 1).any(0)
-            points = torch.nonzero(foreground)
+            points = self.foreground(sample)
             if len(points):
                 pick = int(torch.randint(len(points), (), generator=self.generator))
                 centre = [int(c) + a for c, (a, _) in zip(points[pick], pads, strict=True)]
@@ -143,6 +158,21 @@ class PatchSampler:
                 return PatchDraw(start, True)
         start = tuple(int(torch.randint(r + 1, (), generator=self.generator)) for r in room)
         return PatchDraw(start, False)
+
+    def foreground(self, sample: dict[str, object]) -> torch.Tensor:
+        """Voxels ``[N, dims]`` that at least one rater marked (``soft_vote > 0`` for any
+        structure, or any mask when the sample has no targets yet), in row-major order;
+        found once per volume: the last one is kept while its tensor is not modified."""
+        image: torch.Tensor = sample["image"]  # type: ignore[assignment]
+        dims = image.ndim - 1
+        source: torch.Tensor = sample.get("soft_vote", sample["masks"])  # type: ignore[assignment]
+        kept = self._foreground
+        if kept is not None and kept[0] is source and kept[1] == source._version:
+            return kept[2]
+        marked = source > 0 if source.dtype.is_floating_point else source  # masks: 0/1
+        points = torch.nonzero(marked.flatten(0, source.ndim - dims - 1).any(0))
+        self._foreground = (source, source._version, points)
+        return points
 
     def apply(self, sample: dict[str, object], draw: PatchDraw) -> dict[str, object]:
         """Pad and crop every spatial key of ``sample`` by ``draw`` (deterministic)."""

@@ -28,6 +28,8 @@ _WHERE = {
     "Runtime": "runtime",
     "setup_runtime": "runtime",
     "resolve_device": "runtime",
+    "time_interleaved": "timing",
+    "train_compared": "jobs",
 }
 
 __all__ = sorted(_WHERE)

@@ -120,8 +120,8 @@ class PreparedSource(CaseSource):
                 raise
             entry = Entry(None, str(exc))
         self.store.put(self.case_ids[index], entry)
-        if self.store.kind == "disk" and entry.case is not None:
-            return self.store.get(self.case_ids[index]) or entry  # memory-mapped arrays
+        if entry.case is not None:  # as stored: memory-mapped, or made contiguous
+            return self.store.get(self.case_ids[index]) or entry
         return entry
 
     def prepare(self, description: str = "preparing cases") -> None:
@@ -229,6 +229,9 @@ class SampleTransforms:
     def __init__(self, transforms: list[Any], repeats: int = 1) -> None:
         self.transforms = transforms
         self.repeats = repeats
+        # a crop first (patch sampling): CaseDataset adds the targets to each patch
+        # instead of computing them over the whole case (the flips take either)
+        self.defers_targets = bool(transforms) and bool(getattr(transforms[0], "crops", False))
 
     def _once(self, sample: dict[str, Any]) -> dict[str, Any]:
         for transform in self.transforms:
