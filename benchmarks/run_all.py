@@ -25,6 +25,7 @@ import _common as C  # noqa: E402
 import bench_evaluate  # noqa: E402
 import bench_inference  # noqa: E402
 import bench_loader  # noqa: E402
+import bench_readers  # noqa: E402
 import bench_training  # noqa: E402
 import bench_volume  # noqa: E402
 
@@ -70,6 +71,7 @@ def plan(quick: bool, threads: int) -> list[tuple[str, str, Callable[[], dict[st
             partial(training, size=128, methods=pair, rounds=pair_rounds, threads=1),
         ),
         ("loader", "loader", partial(bench_loader.run, quick=quick, threads=threads)),
+        ("readers", "readers", partial(bench_readers.run, quick=quick, threads=threads)),
         ("evaluate", "evaluate", partial(bench_evaluate.run, quick=quick, threads=threads)),
         ("volume", "volume", partial(bench_volume.run, quick=quick, threads=threads)),
     ]
@@ -229,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         nargs="+",
         metavar="NAME",
-        help="benchmarks to run: inference, training, loader, evaluate, volume, gpu "
+        help="benchmarks to run: inference, training, loader, readers, evaluate, volume, gpu "
         "(or a key such as inference_128)",
     )
     parser.add_argument("--out", default=str(C.REPO / "BENCHMARKS.md"), help="Markdown file")

@@ -1,7 +1,9 @@
 """The prepared-case cache: keyed by files and options, never trusts a damaged entry,
 and changes nothing a run computes."""
 
+import dataclasses
 import os
+import pickle
 import time
 from pathlib import Path
 
@@ -10,10 +12,21 @@ import pytest
 import torch
 
 from edue.config import load_config
-from edue.data.cache import DiskStore, MemoryStore, describe, store_key
+from edue.data import case as case_module
+from edue.data.cache import DiskStore, Entry, MemoryStore, contiguous_case, describe, store_key
+from edue.data.case import CaseDataset, case_to_sample
 from edue.data.folder import write_folder_dataset
+from edue.data.patches import PatchSampler
 from edue.data.synthetic import FundusConfig, generate_cases
-from edue.engine.data import PreparedSource, build_datasets, open_configured_source, split_indices
+from edue.data.synthetic3d import Volume3DConfig, generate_volume
+from edue.data.transforms import RandomFlip
+from edue.engine.data import (
+    PreparedSource,
+    SampleTransforms,
+    build_datasets,
+    open_configured_source,
+    split_indices,
+)
 from edue.engine.train import Trainer
 
 SPLIT = "data.split={train: 6, val: 2, test: 2}"
@@ -172,3 +185,108 @@ def test_cached_and_uncached_training_give_identical_weights(folder_dataset, tmp
     for mode in ("memory", "disk"):
         assert weights[mode].keys() == weights["off"].keys()
         assert all(torch.equal(weights[mode][k], weights["off"][k]) for k in weights["off"])
+
+
+def test_the_memory_store_keeps_contiguous_arrays():
+    # NIfTI readers hand over Fortran-ordered volumes: stored as they come, every load
+    # would copy them again to make tensors
+    case = generate_volume(0, seed=1, config=Volume3DConfig(size=16, n_raters=3))
+    strided = dataclasses.replace(case, masks=np.asfortranarray(case.masks))
+    assert not strided.masks.flags.c_contiguous
+    store = MemoryStore()
+    store.put("a", Entry(strided))
+    kept = store.get("a").case
+    assert kept.masks.flags.c_contiguous and kept.image.flags.c_contiguous
+    np.testing.assert_array_equal(kept.masks, case.masks)
+    assert (kept.case_id, kept.structures, kept.spacing) == (
+        case.case_id,
+        case.structures,
+        case.spacing,
+    )
+    assert contiguous_case(case) is case  # nothing to do: no copy
+
+
+def _patch_transforms(ratio: float = 0.67) -> SampleTransforms:
+    return SampleTransforms([PatchSampler([8, 10, 12], ratio, seed=3), RandomFlip(3, 4)], repeats=3)
+
+
+def test_patch_targets_are_computed_on_the_patches_with_the_same_values(monkeypatch):
+    cases = [
+        generate_volume(i, seed=0, config=Volume3DConfig(size=20, n_raters=3)) for i in range(3)
+    ]
+    cases[1] = dataclasses.replace(cases[1], masks=np.asfortranarray(cases[1].masks))
+    reference = _patch_transforms()  # the targets of the whole case, then cropped
+    expected = [reference(case_to_sample(c)) for _ in range(3) for c in cases]
+    shapes: list[tuple] = []
+    original = case_module.soft_vote
+
+    def recording(masks):
+        shapes.append(tuple(masks.shape[2:]))
+        return original(masks)
+
+    monkeypatch.setattr(case_module, "soft_vote", recording)
+    dataset = CaseDataset(cases, _patch_transforms())
+    assert dataset.transform.defers_targets
+    got = [dataset[i] for _ in range(3) for i in range(len(cases))]
+    assert set(shapes) == {(8, 10, 12)}  # never over a whole volume
+    for patches, reference_patches in zip(got, expected, strict=True):
+        for patch, ref in zip(patches, reference_patches, strict=True):
+            assert patch.keys() == ref.keys()
+            for key, value in ref.items():
+                if isinstance(value, torch.Tensor):  # bitwise, dtype included
+                    assert patch[key].dtype == value.dtype and torch.equal(patch[key], value), key
+                else:
+                    assert patch[key] == value
+
+
+def test_the_foreground_of_a_volume_is_found_once(monkeypatch):
+    sample = case_to_sample(
+        generate_volume(0, seed=2, config=Volume3DConfig(size=16, n_raters=3)), targets=False
+    )
+    sampler = PatchSampler(8, pos_ratio=1.0, seed=0)
+    calls = []
+    original = torch.nonzero
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "nonzero", counting)
+    for _ in range(4):  # several patches of one loaded volume
+        sampler(sample)
+    assert len(calls) == 1 and sampler.last_draw.positive
+    sample["masks"].zero_()  # changed in place: found again (and now empty)
+    sampler(sample)
+    assert len(calls) == 2 and not sampler.last_draw.positive
+    assert pickle.loads(pickle.dumps(sampler))._foreground is None  # not sent to workers
+
+
+def test_a_disk_entry_read_again_skips_the_npy_header(tmp_path, monkeypatch):
+    case = generate_volume(0, seed=3, config=Volume3DConfig(size=16, n_raters=2))
+    store = DiskStore(tmp_path / "store", {})
+    store.folder.mkdir()
+    store.put("a", Entry(case))
+    loads = []
+    original = np.load
+
+    def counting(*args, **kwargs):
+        loads.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(np, "load", counting)
+    first = store.get("a").case
+    n_arrays = len(loads)
+    again = store.get("a").case
+    assert n_arrays >= 2 and len(loads) == n_arrays  # mapped from the known layout
+    for name in ("image", "masks", "affine"):
+        assert isinstance(getattr(again, name), np.memmap)
+        np.testing.assert_array_equal(getattr(again, name), getattr(case, name))
+        np.testing.assert_array_equal(getattr(first, name), getattr(case, name))
+    smaller = dataclasses.replace(
+        case, image=case.image[:, :8].copy(), masks=case.masks[..., :8, :, :].copy()
+    )
+    store.put("a", Entry(smaller))  # rewritten with other shapes: its header is read again
+    reread = store.get("a").case
+    assert len(loads) > n_arrays
+    np.testing.assert_array_equal(reread.image, smaller.image)
+    np.testing.assert_array_equal(reread.masks, smaller.masks)
