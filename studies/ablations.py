@@ -14,6 +14,9 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+from _demo_runs import markdown as tables
+from _demo_runs import train_and_evaluate
+
 #: run name -> method.* values that differ from the default EDUE
 SETTINGS: dict[str, dict[str, object]] = {
     "default": {},
@@ -23,53 +26,13 @@ SETTINGS: dict[str, dict[str, object]] = {
 
 
 def run_one(dims: int, name: str, out: str, threads: int) -> dict:
-    import torch
-
-    from edue.demo import demo_config
-    from edue.engine.data import build_datasets, open_configured_source, split_indices
-    from edue.engine.evaluate import evaluate_predictor
-    from edue.engine.infer import Predictor
-    from edue.engine.train import train_or_resume
-
-    torch.set_num_threads(threads)
-    config = demo_config(Path(out), "edue", quick=False, dims=dims)
-    for key, value in SETTINGS[name].items():
-        setattr(config.method, key, value)
-    config.out_dir = str(Path(out) / f"{dims}d_{name}")
-    run = train_or_resume(config)
-    source = open_configured_source(config)
-    subsets = build_datasets(config, source, split_indices(config, source))
-    predictor = Predictor.from_checkpoint(run)
-    result: dict = {"dims": dims, "setting": name}
-    for split in ("val", "test"):
-        cases = [subsets[split].load(i) for i in range(len(subsets[split]))]
-        m = evaluate_predictor(predictor, cases, run / f"eval_{split}", ood=False)["metrics"]
-        for s in source.structures:
-            for key in ("soft_dice/{s}/mean", "image_spearman/{s}", "pixel_ncc/{s}/mean"):
-                result[f"{split}/{key.format(s=s)}"] = m.get(key.format(s=s))
-    return result
+    record = {"setting": name}
+    return train_and_evaluate(dims, f"{dims}d_{name}", SETTINGS[name], out, threads, record)
 
 
 def markdown(results: list[dict]) -> str:
     """One table per dataset."""
-    lines = []
-    for dims in sorted({r["dims"] for r in results}):
-        rows = [r for r in results if r["dims"] == dims]
-        structures = [k.split("/")[2] for k in rows[0] if k.startswith("val/soft_dice/")]
-        head = " | ".join(
-            f"{split} Dice / Spearman / NCC {s}" for split in ("val", "test") for s in structures
-        )
-        lines += [f"### {dims}D", "", f"| setting | {head} |", "|---|" + "---|" * 4]
-        for r in rows:
-            cells = [
-                f"{r[f'{split}/soft_dice/{s}/mean']:.3f} / {r[f'{split}/image_spearman/{s}']:.2f}"
-                f" / {r[f'{split}/pixel_ncc/{s}/mean']:.2f}"
-                for split in ("val", "test")
-                for s in structures
-            ]
-            lines.append(f"| {r['setting']} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
+    return tables(results, {"setting": "setting"})
 
 
 def main() -> None:
