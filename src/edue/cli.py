@@ -135,6 +135,20 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_config_show)
 
 
+def _add_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("model", help="backbone tools")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    s = msub.add_parser(
+        "show", help="the backbone's tappable blocks: output shapes, parameters, heads"
+    )
+    s.add_argument("config", help="YAML configuration")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.encoder=resnet50")
+    s.add_argument("--in-channels", type=int, help="image channels (default: the dataset's)")
+    s.add_argument("--dims", type=int, choices=[2, 3], help="2 or 3 (default: the dataset's)")
+    s.add_argument("--size", type=int, nargs="+", help="probe input size (default: the patch)")
+    s.set_defaults(func=cmd_model_show)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole comparison on the embedded dataset")
     p.add_argument("--out", default="runs/demo")
@@ -169,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_data,
         _add_ensemble,
         _add_config,
+        _add_model,
         _add_study,
         _add_demo,
     ):
@@ -225,6 +240,36 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, list(args.overrides))
     print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_model_show(args: argparse.Namespace) -> int:
+    from edue.config import load_config
+    from edue.engine.model_summary import summarize_backbone
+
+    config = load_config(args.config, list(args.overrides))
+    in_channels, dims, size = args.in_channels, args.dims, None
+    if in_channels is None or dims is None:
+        from edue.engine.data import open_configured_source
+
+        first = open_configured_source(config).load(0)
+        in_channels = in_channels or int(first.image.shape[0])
+        dims = dims or first.spatial_dims
+        if not (config.data.patch_size or config.data.size):
+            size = tuple(int(s) for s in first.image.shape[1:])
+    if args.size:
+        size = tuple(args.size) * (dims if len(args.size) == 1 else 1)
+    summary = summarize_backbone(config, in_channels, dims, size)
+    print(
+        f"backbone {summary.kind}: {summary.total_parameters:,} parameters; input "
+        f"{list(summary.input_shape)} (sizes multiples of {summary.size_divisor})"
+    )
+    print(f"{'block':<12} {'output [C, *spatial]':<26} {'parameters':>12}  head")
+    for row in summary.blocks:
+        shape = str(list(row.shape))
+        print(f"{row.name:<12} {shape:<26} {row.parameters:>12,}  {'yes' if row.head else ''}")
+    n_heads = sum(row.head for row in summary.blocks)
+    print(f"method.heads = {config.method.heads}: {n_heads} heads")
     return 0
 
 

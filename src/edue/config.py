@@ -123,17 +123,76 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """The U-Net backbone.
+    """The backbone (see ``docs/backbones.md``).
 
     Attributes:
-        channels: encoder widths, fine to coarse (at least two levels).
-        norm: ``batch``, ``instance``, ``group`` or ``none``.
+        backbone: ``unet`` (edue's U-Net, 2D and 3D), ``smp`` (a
+            segmentation-models-pytorch network, 2D; ``pip install 'edue[backbones]'``) or
+            ``dynunet`` (MONAI's DynUNet, the nnU-Net architecture, 2D and 3D).
+        channels: ``unet``: encoder widths, fine to coarse (at least two levels).
+        norm: ``batch``, ``instance``, ``group`` or ``none`` (``unet``, ``dynunet``).
+        arch: ``smp``: architecture (``Unet``, ``UnetPlusPlus``, ``FPN``, ``Linknet``, …).
+        encoder: ``smp``: encoder name (``resnet34``, ``resnet50``, ``efficientnet-b0``,
+            ``tu-…`` for timm's).
+        encoder_depth: ``smp``: encoder stages used (3–5).
+        decoder_channels: ``smp``: decoder widths (``null``: the architecture's).
+        encoder_weights: ``smp``: ``imagenet`` downloads pretrained encoder weights (where
+            the machine is online); ``null`` trains from scratch or uses
+            ``encoder_weights_path``.
+        encoder_weights_path: ``smp``: a local file of encoder weights (``.safetensors``
+            or a PyTorch file of tensors, loaded with ``weights_only``).
+        input_mean: per-channel mean subtracted from the input (``null``: the encoder's
+            pretraining statistics when pretrained weights are loaded, else none); saved
+            in every checkpoint with the weights.
+        input_std: per-channel standard deviation the input is divided by.
+        kernel_size: ``dynunet``: kernel size per level (``null``: planned like nnU-Net
+            from the patch size and ``spacing``).
+        strides: ``dynunet``: stride per level, the first all ones (``null``: planned).
+        filters: ``dynunet``: widths per level (``null``: nnU-Net's 32·2^i, capped at 320
+            in 3D and 512 in 2D).
+        spacing: ``dynunet``: voxel spacing the plan assumes (``null``: isotropic).
     """
 
+    backbone: Literal["unet", "smp", "dynunet"] = "unet"
     channels: Annotated[list[PositiveInt], Field(min_length=2)] = Field(
         default_factory=lambda: [16, 32, 64, 128]
     )
     norm: Literal["batch", "instance", "group", "none"] = "batch"
+    arch: str = "Unet"
+    encoder: str = "resnet34"
+    encoder_depth: Annotated[int, Field(ge=3, le=5)] = 5
+    decoder_channels: Annotated[list[PositiveInt], Field(min_length=3, max_length=5)] | None = None
+    encoder_weights: Literal["imagenet"] | None = None
+    encoder_weights_path: str | None = None
+    input_mean: Annotated[list[float], Field(min_length=1)] | None = None
+    input_std: Annotated[list[Annotated[float, Field(gt=0.0)]], Field(min_length=1)] | None = None
+    kernel_size: list[Annotated[list[PositiveInt], Field(min_length=2, max_length=3)]] | None = None
+    strides: list[Annotated[list[PositiveInt], Field(min_length=2, max_length=3)]] | None = None
+    filters: Annotated[list[PositiveInt], Field(min_length=2)] | None = None
+    spacing: (
+        Annotated[list[Annotated[float, Field(gt=0.0)]], Field(min_length=2, max_length=3)] | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _backbone_options(self) -> ModelConfig:
+        if self.encoder_weights and self.encoder_weights_path:
+            raise ValueError("encoder_weights and encoder_weights_path: set one of them, not both")
+        if self.backbone == "smp":
+            import importlib.util
+
+            if importlib.util.find_spec("segmentation_models_pytorch") is None:
+                raise ValueError(
+                    "backbone smp needs segmentation-models-pytorch, which is not installed: "
+                    "pip install 'edue[backbones]'"
+                )
+        if (self.kernel_size is None) != (self.strides is None):
+            raise ValueError("kernel_size and strides: give both or neither")
+        decoder = self.decoder_channels
+        if decoder is not None and self.backbone == "smp" and len(decoder) != self.encoder_depth:
+            raise ValueError(
+                f"decoder_channels: {len(decoder)} widths for encoder_depth {self.encoder_depth}"
+            )
+        return self
 
 
 #: The published configuration (Abutalip et al. 2024): ``method.preset: paper``.

@@ -163,10 +163,19 @@ class Predictor:
             return self.padded_members(batch)
         return self.sliding_members(batch, roi)
 
+    @property
+    def size_divisor(self) -> int:
+        """Input sizes the backbone needs multiples of (its total downsampling)."""
+        for module in self.method.modules():
+            divisor = getattr(module, "min_size_divisor", None)
+            if isinstance(divisor, int):
+                return divisor
+        return 2 ** (len(self.config.model.channels) - 1)
+
     def padded_members(self, batch: torch.Tensor) -> torch.Tensor:
         """One pass, the input zero-padded to a multiple of the network's downsampling
         factor (so tiny or odd sizes work) and the members cropped back."""
-        divisor = 2 ** (len(self.config.model.channels) - 1)
+        divisor = self.size_divisor
         shape = batch.shape[2:]
         pads: list[int] = []
         for size in reversed(shape):

@@ -14,7 +14,7 @@ from torch import nn
 from edue.methods.base import Method
 from edue.methods.plain import SPEC as PLAIN
 from edue.methods.registry import BuildRequest, MethodSpec, register_method
-from edue.nets.unet import UNet
+from edue.nets.backbones import Backbone
 
 
 class DeepEnsemble(Method):
@@ -26,7 +26,7 @@ class DeepEnsemble(Method):
 
     name = "deep_ensemble"
 
-    def __init__(self, members: Sequence[UNet]) -> None:
+    def __init__(self, members: Sequence[Backbone]) -> None:
         super().__init__(nn.ModuleList(members))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -39,7 +39,7 @@ class DeepEnsemble(Method):
 
 def _build(request: BuildRequest) -> DeepEnsemble:
     size = request.config.method.ensemble_size
-    return DeepEnsemble([request.unet() for _ in range(size)])
+    return DeepEnsemble([request.backbone() for _ in range(size)])
 
 
 SPEC = register_method(

@@ -56,7 +56,7 @@ def _build(final_only: bool):  # type: ignore[no-untyped-def]
         m = request.config.method
         options = {**loss_options(m), "label_sampling": False, "guidance": False}
         return DeepSupervision(
-            request.unet(0), request.out_channels, m.heads, final_only=final_only, **options
+            request.backbone(0), request.out_channels, m.heads, final_only=final_only, **options
         )
 
     return build

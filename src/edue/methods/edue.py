@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 from edue.losses import edue_loss
 from edue.methods.base import Method
-from edue.methods.registry import BuildRequest, MethodSpec, register_method
+from edue.methods.registry import BuildRequest, MethodSpec, backbone_blocks, register_method
+from edue.nets.backbones import Backbone
 from edue.nets.heads import MultiHeadNet
-from edue.nets.unet import UNet
 
 if TYPE_CHECKING:  # pragma: no cover
     from edue.config import Config, MethodConfig
 
 
-def head_blocks(backbone: UNet, heads: str | Sequence[str]) -> list[str]:
+def head_blocks(backbone: Backbone, heads: str | Sequence[str]) -> list[str]:
     """Block names of a head placement (``decoder``, ``encoder+decoder`` or a list)."""
     if heads == "decoder":
         return backbone.decoder_names
@@ -55,7 +55,7 @@ class EDUE(Method):
 
     def __init__(
         self,
-        backbone: UNet,
+        backbone: Backbone,
         out_channels: int,
         heads: str | Sequence[str] = "decoder",
         **loss_options: Any,
@@ -81,17 +81,16 @@ class EDUE(Method):
 
 def _build(request: BuildRequest) -> EDUE:
     m = request.config.method
-    return EDUE(request.unet(0), request.out_channels, m.heads, **loss_options(m))
+    return EDUE(request.backbone(0), request.out_channels, m.heads, **loss_options(m))
 
 
 def head_count(config: Config) -> int:
-    """Heads of the configured placement on the configured U-Net."""
-    heads, depth = config.method.heads, len(config.model.channels)
-    if heads == "decoder":
-        return depth - 1
-    if heads == "encoder+decoder":
-        return 2 * depth - 1
-    return len(heads)
+    """Heads of the configured placement on the configured backbone."""
+    heads = config.method.heads
+    if heads not in ("decoder", "encoder+decoder"):
+        return len(heads)
+    encoder, decoder = backbone_blocks(config)
+    return len(decoder) if heads == "decoder" else len(encoder) + len(decoder)
 
 
 SPEC = register_method(

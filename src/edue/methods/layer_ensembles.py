@@ -10,9 +10,9 @@ import torch
 
 from edue.losses import summed_heads_bce
 from edue.methods.base import Method
-from edue.methods.registry import BuildRequest, MethodSpec, register_method
+from edue.methods.registry import BuildRequest, MethodSpec, backbone_blocks, register_method
+from edue.nets.backbones import Backbone
 from edue.nets.heads import MultiHeadNet
-from edue.nets.unet import UNet
 
 if TYPE_CHECKING:  # pragma: no cover
     from edue.config import Config
@@ -29,7 +29,7 @@ class LayerEnsembles(Method):
 
     name = "layer_ensembles"
 
-    def __init__(self, backbone: UNet, out_channels: int, skip_first: int = 4) -> None:
+    def __init__(self, backbone: Backbone, out_channels: int, skip_first: int = 4) -> None:
         names = backbone.block_names
         if not 0 <= skip_first <= len(names) - 2:
             raise ValueError(
@@ -57,21 +57,33 @@ class LayerEnsembles(Method):
 
 
 def _build(request: BuildRequest) -> LayerEnsembles:
-    return LayerEnsembles(request.unet(0), request.out_channels, request.config.method.skip_first)
+    return LayerEnsembles(
+        request.backbone(0), request.out_channels, request.config.method.skip_first
+    )
+
+
+def _blocks(config: Config) -> int:
+    encoder, decoder = backbone_blocks(config)
+    return len(encoder) + len(decoder)
 
 
 def _check(config: Config) -> None:
-    blocks = 2 * len(config.model.channels) - 1
+    blocks = _blocks(config)
     if config.method.skip_first > blocks - 2:
+        model = config.model
+        network = (
+            f"a {len(model.channels)}-level U-Net"
+            if model.backbone == "unet"
+            else f"the {model.backbone} backbone"
+        )
         raise ValueError(
             f"method.skip_first {config.method.skip_first} must leave at least 2 of the "
-            f"{blocks} heads of a {len(config.model.channels)}-level U-Net"
+            f"{blocks} heads of {network}"
         )
 
 
 def _members(config: Config) -> int:
-    depth = len(config.model.channels)
-    return 2 * depth - 1 - config.method.skip_first  # encoder + decoder blocks, less T
+    return _blocks(config) - config.method.skip_first  # encoder + decoder blocks, less T
 
 
 SPEC = register_method(

@@ -7,7 +7,7 @@ from torch import nn
 
 from edue.methods.plain import PlainUNet
 from edue.methods.registry import BuildRequest, MethodSpec, register_method
-from edue.nets.unet import UNet
+from edue.nets.backbones import Backbone
 
 
 class MCDropout(PlainUNet):
@@ -24,7 +24,7 @@ class MCDropout(PlainUNet):
 
     name = "mc_dropout"
 
-    def __init__(self, network: UNet, samples: int = 10, generator_seed: int = 0) -> None:
+    def __init__(self, network: Backbone, samples: int = 10, generator_seed: int = 0) -> None:
         super().__init__(network)
         if not any(isinstance(m, nn.modules.dropout._DropoutNd) for m in network.modules()):
             raise ValueError("MC dropout needs a network with dropout layers")
@@ -60,7 +60,9 @@ class MCDropout(PlainUNet):
 
 def _build(request: BuildRequest) -> MCDropout:
     m = request.config.method
-    return MCDropout(request.unet(dropout=m.mc_dropout), m.mc_samples, request.config.train.seed)
+    return MCDropout(
+        request.backbone(dropout=m.mc_dropout), m.mc_samples, request.config.train.seed
+    )
 
 
 SPEC = register_method(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from edue.losses import bce
 from edue.methods.base import Method
 from edue.methods.registry import BuildRequest, MethodSpec, register_method
-from edue.nets.unet import UNet
+from edue.nets.backbones import Backbone
 
 
 class PlainUNet(Method):
@@ -17,7 +17,7 @@ class PlainUNet(Method):
 
     name = "plain"
 
-    def __init__(self, network: UNet) -> None:
+    def __init__(self, network: Backbone) -> None:
         super().__init__(network)
 
     def loss(self, logits, batch, generator=None):  # type: ignore[no-untyped-def,override]
@@ -26,7 +26,7 @@ class PlainUNet(Method):
 
 
 def _build(request: BuildRequest) -> PlainUNet:
-    return PlainUNet(request.unet())
+    return PlainUNet(request.backbone())
 
 
 SPEC = register_method(

@@ -14,7 +14,7 @@ this module always does first.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from edue.errors import ConfigError
@@ -22,7 +22,7 @@ from edue.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from edue.config import Config
     from edue.methods.base import Method
-    from edue.nets.unet import UNet
+    from edue.nets.backbones import Backbone, BackboneSpec
 
 
 @dataclass(frozen=True)
@@ -43,19 +43,83 @@ class BuildRequest:
     spatial_dims: int
     for_training: bool = True
 
-    def unet(self, out_channels: int | None = None, dropout: float = 0.0) -> UNet:
-        """The configured U-Net backbone.
+    def backbone(self, out_channels: int | None = None, dropout: float = 0.0) -> Backbone:
+        """The configured backbone (``model.backbone``: U-Net, smp or DynUNet).
 
         Args:
             out_channels: output logits; ``0`` gives a feature-only backbone for heads
                 attached by hooks; ``None`` gives ``K``.
             dropout: dropout probability inside the blocks.
-        """
-        from edue.nets.unet import UNet
 
-        model = self.config.model
+        Returns:
+            an ``nn.Module`` with the :class:`edue.nets.backbones.Backbone` interface.
+            Pretrained encoder weights are loaded for training jobs only (a checkpoint
+            follows otherwise).
+        """
+        from edue.nets.backbones import BackboneError, build_backbone
+
+        spec = backbone_spec(
+            self.config, self.spatial_dims, self.in_channels, for_training=self.for_training
+        )
         out = self.out_channels if out_channels is None else out_channels
-        return UNet(self.spatial_dims, self.in_channels, out, model.channels, model.norm, dropout)
+        try:
+            return build_backbone(replace(spec, out_channels=out, dropout=dropout))
+        except BackboneError as error:
+            raise ConfigError(str(error)) from None
+
+    unet = backbone  # the name builders used before other backbones existed
+
+
+def backbone_spec(
+    config: Config, spatial_dims: int, in_channels: int = 3, for_training: bool = True
+) -> BackboneSpec:
+    """The :class:`~edue.nets.backbones.BackboneSpec` of a configuration's ``model``."""
+    from edue.nets.backbones import BackboneSpec
+
+    m, data = config.model, config.data
+    patch: tuple[int, ...] | None = None
+    if data.patch_size:
+        patch = tuple(data.patch_size)
+        patch = patch * spatial_dims if len(patch) == 1 else patch
+    elif data.size:
+        patch = (data.size,) * spatial_dims
+    return BackboneSpec(
+        kind=m.backbone,
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        channels=tuple(m.channels),
+        norm=m.norm,
+        arch=m.arch,
+        encoder=m.encoder,
+        encoder_depth=m.encoder_depth,
+        decoder_channels=tuple(m.decoder_channels) if m.decoder_channels else None,
+        encoder_weights=m.encoder_weights,
+        encoder_weights_path=m.encoder_weights_path,
+        load_weights=for_training,
+        input_mean=tuple(m.input_mean) if m.input_mean else None,
+        input_std=tuple(m.input_std) if m.input_std else None,
+        kernel_size=tuple(tuple(k) for k in m.kernel_size) if m.kernel_size else None,
+        strides=tuple(tuple(s) for s in m.strides) if m.strides else None,
+        filters=tuple(m.filters) if m.filters else None,
+        patch_size=patch,
+        spacing=tuple(m.spacing) if m.spacing else None,
+    )
+
+
+def backbone_blocks(config: Config) -> tuple[list[str], list[str]]:
+    """``(encoder block names, decoder block names)`` of the configured backbone.
+
+    The spatial dimensions are those of ``data.patch_size`` where it is set, else 2.
+    """
+    from edue.nets.backbones import BackboneError, tap_layout
+
+    dims = len(config.data.patch_size) if config.data.patch_size else 2
+    if config.data.patch_size and len(config.data.patch_size) == 1:
+        dims = 2
+    try:
+        return tap_layout(backbone_spec(config, dims, for_training=False))
+    except BackboneError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _one(_: Config) -> int:

@@ -22,7 +22,8 @@ class MultiHeadNet(nn.Module):
 
     Args:
         backbone: any module; its own output is ignored.
-        block_names: names (as in ``backbone.named_modules()``) of the blocks to tap, in
+        block_names: names of the blocks to tap (the backbone's ``tap_modules()`` names
+            where it has them, else names of ``backbone.named_modules()``), in
             the order the heads are returned; the last is the "final" head.
         out_channels: structures ``K``.
         spatial_dims: 2 or 3.
@@ -44,6 +45,9 @@ class MultiHeadNet(nn.Module):
         self.backbone = backbone
         self.block_names = list(block_names)
         modules = dict(backbone.named_modules())
+        taps = getattr(backbone, "tap_modules", None)
+        if callable(taps):  # a backbone's own names for its blocks come first
+            modules.update(taps())
         unknown = [n for n in self.block_names if n not in modules]
         if unknown:
             raise ValueError(f"backbone has no blocks named {unknown}")
@@ -64,8 +68,8 @@ class MultiHeadNet(nn.Module):
     def _probe_widths(self, spatial_dims: int, in_channels: int) -> list[int]:
         was_training = self.backbone.training
         self.backbone.eval()
-        size = 2 ** (len(self.block_names) + 1)
-        size = min(max(size, 32), 64)
+        divisor = int(getattr(self.backbone, "min_size_divisor", 16))
+        size = max(2 * divisor, 32 if spatial_dims == 2 else 16)
         self.backbone(torch.zeros(1, in_channels, *([size] * spatial_dims)))
         self.backbone.train(was_training)
         widths = [int(self._features[n].shape[1]) for n in self.block_names]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from edue.nets.backbones import Backbone
 from edue.nets.pointwise import pointwise_conv
 
 
@@ -77,7 +78,7 @@ class UpBlock(nn.Module):
         return self.block(torch.cat([x, skip], dim=1))
 
 
-class UNet(nn.Module):
+class UNet(Backbone):
     """U-Net with ``len(channels)`` encoder levels and ``len(channels) − 1`` decoder blocks.
 
     Args:
@@ -144,9 +145,19 @@ class UNet(nn.Module):
         ]
 
     @property
+    def encoder_names(self) -> list[str]:
+        """Names of the encoder blocks, fine to coarse (the last is the bottleneck)."""
+        return [f"encoder.{i}" for i in range(len(self.encoder))]
+
+    @property
     def decoder_names(self) -> list[str]:
         """Names of the decoder blocks, coarse to fine."""
         return [f"decoder.{i}" for i in range(len(self.decoder))]
+
+    def tap_modules(self) -> dict[str, nn.Module]:
+        """The tappable blocks by name (:attr:`block_names`)."""
+        modules = dict(self.named_modules())
+        return {name: modules[name] for name in self.block_names}
 
     @property
     def min_size_divisor(self) -> int:
