@@ -52,7 +52,6 @@ BACKBONES: dict[str, dict[str, Any]] = {
 def real_batch(dims: int, size: int, batch: int) -> dict[str, Any]:
     """A collated batch of synthetic multi-rater cases at ``size`` (2D or 3D)."""
     from edue.data.case import CaseDataset, collate_cases
-
     from edue.data.synthetic_source import Synthetic3DSource, SyntheticSource
 
     if dims == 2:
