@@ -227,6 +227,27 @@ def test_a_killed_study_resumes_where_it_stopped(tmp_path):
     assert set(timing["seconds_per_image"]) == set(summary["methods"])
     from edue.cli import main
 
-    other = [a if a != "0,1" else "3" for a in argv]  # another study in the same folder
-    assert main(other) == 2
+    # another configuration in the same folder is refused (the same one would be extended)
+    assert main([*argv, "--seeds", "3", "train.epochs=3"]) == 2
     assert not (tmp_path / "out" / "seed3").exists()
+
+
+def test_a_study_folder_can_be_extended_not_changed(tmp_path):
+    from edue.config import load_config
+    from edue.errors import ConfigError
+    from edue.study import _claim_folder
+
+    config = load_config(None, ["train.epochs=3"])
+    assert _claim_folder(tmp_path, config, ["edue", "plain"], [0]) == (["edue", "plain"], [0])
+    # written by an older version: keys added since (with their defaults) are no change
+    request = tmp_path / "study-request.json"
+    old = json.loads(request.read_text())
+    del old["config"]["model"]["backbone"]
+    request.write_text(json.dumps(old))
+    merged = _claim_folder(tmp_path, config, ["mc_dropout", "edue"], [1, 0])
+    assert merged == (["edue", "plain", "mc_dropout"], [0, 1])  # earlier first, then the new
+    assert json.loads(request.read_text())["methods"] == ["edue", "plain", "mc_dropout"]
+    # naming only some methods or seeds keeps the others: they are in the folder
+    assert _claim_folder(tmp_path, config, ["plain"], [1]) == merged
+    with pytest.raises(ConfigError, match="holds another study"):
+        _claim_folder(tmp_path, load_config(None, ["train.epochs=4"]), ["edue", "plain"], [0, 1])

@@ -61,14 +61,16 @@ def run_study(
     """Train, evaluate and compare ``methods`` over ``seeds``; returns ``study.json``.
 
     Raises:
-        ConfigError: an unknown method, no seeds, or a study folder that holds another
-            study.
+        ConfigError: an unknown method, no seeds, or a study folder that holds a study
+            of another configuration (one of the same configuration is extended by the
+            methods and seeds it lacks).
     """
     out = Path(out)
     methods = [get_method(m).name for m in methods]
     if not seeds or not methods:
         raise ConfigError("a study needs at least one method and one seed")
-    _claim_folder(out, config, methods, seeds)
+    before = _previous_minutes(out)
+    methods, seeds = _claim_folder(out, config, methods, seeds)
     started = time.perf_counter()
     threads = max(1, _cores() // max(1, jobs))
     args = [(config.to_dict(), list(methods), seed, str(out), ood, threads) for seed in seeds]
@@ -81,7 +83,7 @@ def run_study(
     timing = time_side_by_side(out, methods, seeds[0], config)
     summary = summarise(out, methods, seeds, n_boot)
     summary["timing"] = timing
-    summary["minutes"] = (time.perf_counter() - started) / 60
+    summary["minutes"] = before + (time.perf_counter() - started) / 60
     write_json(out / "study.json", summary)
     (out / "study.md").write_text(study_markdown(summary), encoding="utf-8")
     from edue.report.compare import compare_runs
@@ -96,18 +98,50 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
-def _claim_folder(out: Path, config: Config, methods: list[str], seeds: Sequence[int]) -> None:
-    asked = {"config": config.to_dict(), "methods": methods, "seeds": list(seeds)}
+def _previous_minutes(out: Path) -> float:
+    """Minutes a finished study in ``out`` took (0 when there is none): an extension adds
+    its own."""
+    try:
+        return float(json.loads((out / "study.json").read_text(encoding="utf-8"))["minutes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
+def _claim_folder(
+    out: Path, config: Config, methods: list[str], seeds: Sequence[int]
+) -> tuple[list[str], list[int]]:
+    """Claim ``out`` for this study, or check that it holds the same one.
+
+    A study may be *extended*: methods or seeds not in it are added, those it has are
+    kept (naming only the new ones is enough), with the same configuration (compared
+    after both are read by this version, so keys added since with their defaults do not
+    count as a change); what was trained is reused.
+
+    Returns:
+        the study's methods and seeds (an extension's: the earlier ones, then the new).
+
+    Raises:
+        ConfigError: ``out`` holds a study of another configuration.
+    """
+    from edue.config import config_from_dict
+
     path = out / "study-request.json"
     if path.is_file():
         before = json.loads(path.read_text(encoding="utf-8"))
-        if before != json.loads(json.dumps(asked)):
+        try:
+            same = config_from_dict(before["config"]).to_dict() == config.to_dict()
+        except (ConfigError, KeyError, TypeError):
+            same = False
+        if not same:
             raise ConfigError(
-                f"{out} holds another study (its configuration, methods or seeds differ); "
-                "choose another --out"
+                f"{out} holds another study (its configuration differs); choose another "
+                "--out, or pass the same configuration to add methods or seeds"
             )
+        methods = [*before["methods"], *(m for m in methods if m not in before["methods"])]
+        seeds = [*before["seeds"], *(s for s in seeds if s not in before["seeds"])]
     out.mkdir(parents=True, exist_ok=True)
-    write_json(path, asked)
+    write_json(path, {"config": config.to_dict(), "methods": methods, "seeds": list(seeds)})
+    return list(methods), [int(s) for s in seeds]
 
 
 def _study_seed_in_worker(*args: Any) -> None:
