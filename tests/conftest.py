@@ -35,6 +35,26 @@ def make_case(
     return MultiRaterCase(image=image, masks=masks, case_id=case_id, structures=structures)
 
 
+def free_port() -> int:
+    """A free TCP port on the loopback address (for a gloo process group)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def join_process_group_env(rank: int, world: int, port: int) -> None:
+    """The environment ``torch.distributed`` reads, for rank ``rank`` of ``world`` here."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _cache_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Disk caches of prepared cases go to a temp folder (children inherit it), never to

@@ -18,6 +18,7 @@ from edue.engine.checkpoint import load_checkpoint
 from edue.errors import ConfigError
 from edue.methods.registry import BuildRequest, get_method, method_names
 from edue.nets.dynunet_backbone import nnunet_filters, plan_kernels_strides
+from tests.conftest import free_port, join_process_group_env
 
 
 def _smp_importable() -> str | None:
@@ -347,15 +348,7 @@ def test_amp_channels_last_and_compile_train_on_the_backbone(backbone, tmp_path)
 
 
 def _ddp_worker(rank: int, world: int, port: int, out: str, backbone: str) -> None:
-    import os
-
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
+    join_process_group_env(rank, world, port)
     from edue.engine.runtime import teardown_runtime
     from edue.engine.train import Trainer
 
@@ -371,16 +364,10 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, backbone: str) -> No
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", _params("dynunet-3d smp-resnet18"))
 def test_two_gloo_ranks_train_the_backbone_in_step(backbone, tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    mp.start_processes(
-        _ddp_worker, args=(2, port, str(tmp_path), backbone), nprocs=2, start_method="spawn"
-    )
+    args = (2, free_port(), str(tmp_path), backbone)
+    mp.start_processes(_ddp_worker, args=args, nprocs=2, start_method="spawn")
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert rank0.keys() == rank1.keys()

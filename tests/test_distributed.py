@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -11,6 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from edue.config import load_config
+from tests.conftest import free_port, join_process_group_env
 
 DDP_OVERRIDES = [
     "data.format=synthetic",
@@ -31,20 +30,8 @@ DDP_OVERRIDES = [
 TOLERANCE = 1e-4  # absolute, on every weight after 4 Adam steps
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
+    join_process_group_env(rank, world, port)
     from edue.engine.data import PreparedSource
     from edue.engine.runtime import teardown_runtime
     from edue.engine.train import Trainer
@@ -72,7 +59,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 @pytest.mark.slow
 def test_two_gloo_ranks_match_each_other_and_single_process(tmp_path: Path) -> None:
     mp.start_processes(
-        _worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn"
+        _worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn"
     )
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
