@@ -171,3 +171,20 @@ def test_atomic_path_fsyncs_the_folder_after_the_rename(
 def test_fsync_dir_ignores_what_it_cannot_open(tmp_path: Path) -> None:
     edue.io.fsync_dir(tmp_path / "missing")  # no error
     edue.io.fsync_dir(tmp_path)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_npz_round_trips_stored_or_deflated(tmp_path: Path, compress: bool) -> None:
+    import zipfile
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {"members": rng.random((3, 2, 16, 16), dtype=np.float32), "sv": np.arange(2.0)}
+    path = tmp_path / "a.npz"
+    edue.io.write_npz(path, compress=compress, **arrays)
+    with np.load(path) as loaded:
+        assert set(loaded.files) == set(arrays)
+        assert all(np.array_equal(loaded[k], v) for k, v in arrays.items())
+    kinds = {info.compress_type for info in zipfile.ZipFile(path).infolist()}
+    assert kinds == {zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED}
