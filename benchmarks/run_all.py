@@ -22,9 +22,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
+import bench_backbones  # noqa: E402
 import bench_evaluate  # noqa: E402
 import bench_inference  # noqa: E402
 import bench_loader  # noqa: E402
+import bench_predict  # noqa: E402
 import bench_readers  # noqa: E402
 import bench_training  # noqa: E402
 import bench_volume  # noqa: E402
@@ -74,6 +76,10 @@ def plan(quick: bool, threads: int) -> list[tuple[str, str, Callable[[], dict[st
         ("readers", "readers", partial(bench_readers.run, quick=quick, threads=threads)),
         ("evaluate", "evaluate", partial(bench_evaluate.run, quick=quick, threads=threads)),
         ("volume", "volume", partial(bench_volume.run, quick=quick, threads=threads)),
+        ("predict", "predict", partial(bench_predict.run, quick=quick, threads=threads)),
+        # the smp half needs segmentation-models-pytorch (`.venv-backbones`); without it
+        # that half is reported as skipped and the DynUNet half still runs
+        ("backbones", "backbones", partial(bench_backbones.run, quick=quick, threads=threads)),
     ]
     if C.cuda_name():
         steps += [
