@@ -10,9 +10,21 @@ from edue.errors import ConfigError
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def _config_param(path: Path) -> object:
+    smp = "backbone: smp" in path.read_text(encoding="utf-8")
+    return pytest.param(path, id=path.name, marks=[pytest.mark.backbones] if smp else [])
+
+
+@pytest.mark.parametrize("path", [_config_param(p) for p in CONFIGS])
 def test_shipped_configs_load(path):
+    import importlib.util
+
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    smp = importlib.util.find_spec("segmentation_models_pytorch") is not None
+    if raw.get("model", {}).get("backbone") == "smp" and not smp:
+        with pytest.raises(ConfigError, match=r"pip install 'edue\[backbones\]'"):
+            load_config(path)  # one line naming the extra where smp is not installed
+        return
     config = load_config(path)
     assert config.method.name == raw["method"].get("name", "edue")
     assert config.data.format == raw["data"]["format"]
