@@ -56,7 +56,8 @@ def write_arrays(
         affine: the input's affine (NIfTI), else ``None``.
     """
     stem = stem_of(source)
-    write_npz(out / f"{stem}.npz", **arrays)  # type: ignore[arg-type]
+    # stored, not deflated: float maps shrink ~10 % for ~30x the CPU time of writing
+    write_npz(out / f"{stem}.npz", compress=False, **arrays)  # type: ignore[arg-type]
     if suffix_of(source) in NIFTI_SUFFIXES:
         write_nifti(
             out / f"{stem}_probability.nii.gz",
