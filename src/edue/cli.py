@@ -41,7 +41,72 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="consecutive images of equal size per forward pass (default 8; 1: one by one)",
     )
+    p.add_argument(
+        "--calibration",
+        metavar="FILE",
+        help="calibration file of `edue calibrate` (default: calibration.json beside the "
+        "checkpoint, when there is one)",
+    )
+    p.add_argument(
+        "--no-calibration", action="store_true", help="no referral decisions, whatever file exists"
+    )
+    p.add_argument("--no-gallery", action="store_true", help="skip predictions.html")
     p.set_defaults(func=cmd_predict)
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="referral thresholds with a guarantee, the experts' scale and the OOD gate",
+    )
+    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    p.add_argument(
+        "--split", default="val", help="calibration subset of the run's split (default val)"
+    )
+    p.add_argument(
+        "--poor",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="STRUCTURE=DICE",
+        help="a segmentation of STRUCTURE is poor below this soft Dice (defaults: disc "
+        "0.97, cup 0.85, GTVp 0.8, GTVn 0.6, others 0.8)",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.1,
+        help="largest share of poor segmentations among the images not referred (default 0.1)",
+    )
+    p.add_argument(
+        "--delta",
+        type=float,
+        default=0.1,
+        help="probability that the guarantee fails, over the calibration images (default 0.1)",
+    )
+    p.add_argument(
+        "--false-alarm",
+        type=float,
+        default=0.05,
+        help="share of images like the calibration ones the OOD gate flags (default 0.05)",
+    )
+    p.add_argument("--out", help="file to write (default: calibration.json beside the checkpoint)")
+    p.add_argument(
+        "--data", help="dataset root of the calibration images (default: the training one's)"
+    )
+    p.add_argument("--format", help="dataset format (default: the training configuration's)")
+    p.add_argument(
+        "--all", action="store_true", help="calibrate on every case of --data (unseen images)"
+    )
+    p.add_argument(
+        "--gate-blocks",
+        type=int,
+        default=2,
+        metavar="N",
+        help="encoder blocks the OOD gate reads, deepest first (default 2)",
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_calibrate)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +127,18 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "(repeatable; defaults: disc 0.97, cup 0.85, GTVp 0.8, GTVn 0.6, others 0.8)",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--calibration",
+        metavar="FILE",
+        help="calibration file of `edue calibrate` (default: calibration.json beside the "
+        "checkpoint, else one fitted on --calibration-split without saving it)",
+    )
+    p.add_argument(
+        "--calibration-split",
+        default="val",
+        help="split of the in-memory calibration when there is no file (default val)",
+    )
+    p.add_argument("--no-calibration", action="store_true", help="no referral outcome")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -178,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (
         _add_train,
         _add_predict,
+        _add_calibrate,
         _add_evaluate,
         _add_compare,
         _add_data,
@@ -275,6 +353,7 @@ def cmd_model_show(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from edue.engine.predict_files import predict_files
+    from edue.report.gallery import write_gallery
     from edue.report.prediction_figures import write_prediction_figure
 
     result = predict_files(
@@ -285,6 +364,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad,
         figure_writer=None if args.no_figures else write_prediction_figure,
         batch_size=args.batch_size,
+        calibration=args.calibration,
+        use_calibration=not args.no_calibration,
+        gallery_writer=None if args.no_gallery else write_gallery,
     )
     for item in result.failed:
         print(f"edue: skipped {item['input']}: {item['reason']}", file=sys.stderr)
@@ -292,9 +374,84 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"predicted {len(result.done)} image(s), {len(result.failed)} failed; "
         f"outputs in {result.out_dir}"
     )
+    print(_referral_line(result.referral, args.no_calibration))
+    if result.gallery is not None:
+        print(f"gallery: {result.gallery}")
     for item in result.failed:
         print(f"  failed: {item['input']}: {item['reason']}")
     return 1 if result.failed else 0
+
+
+def _referral_line(referral: dict | None, disabled: bool) -> str:
+    """The summary line of the referral decisions of ``edue predict``."""
+    if referral is None:
+        return (
+            "referral: off (--no-calibration)"
+            if disabled
+            else "referral: no calibration.json beside the checkpoint (run `edue calibrate`)"
+        )
+    from edue.engine.calibrate import REASON_SHIFT, REASON_UNCERTAIN
+
+    by_reason = referral["by_reason"]
+    per = ", ".join(f"{s} {n}" for s, n in referral["uncertain_by_structure"].items())
+    shift = f", {by_reason[REASON_SHIFT]} {REASON_SHIFT}" if referral["gate"] else ""
+    return (
+        f"referred {referral['n_referred']} of {referral['n_images']} image(s) to a second "
+        f"expert (alpha {referral['alpha']:g}): {by_reason[REASON_UNCERTAIN]} "
+        f"{REASON_UNCERTAIN} ({per}){shift}"
+    )
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from edue.engine.calibrate import REASON_SHIFT, REASON_UNCERTAIN, calibrate_checkpoint
+    from edue.engine.evaluate import parse_poor_thresholds
+
+    calibration = calibrate_checkpoint(
+        args.checkpoint,
+        parse_poor_thresholds(args.poor, flag="--poor"),
+        alpha=args.alpha,
+        delta=args.delta,
+        split=args.split,
+        false_alarm=args.false_alarm,
+        out=args.out,
+        data=args.data,
+        data_format=args.format,
+        device=args.device,
+        all_cases=args.all,
+        gate_blocks=args.gate_blocks,
+    )
+    rates = calibration.expected_referral()
+    print(
+        f"{calibration.method}: calibrated on {len(calibration.case_ids)} '{calibration.split}' "
+        f"image(s) (and {calibration.n_train} training images), alpha {calibration.alpha:g}, "
+        f"delta {calibration.delta:g}"
+    )
+    for s in calibration.structures:
+        d = s.decision
+        if not d.certified:
+            verdict = "refer every image (none certified)"
+        elif d.threshold == float("inf"):
+            verdict = "accept every image"
+        else:
+            verdict = f"refer SV > {d.threshold:.4g}"
+        print(
+            f"  {s.name:>8}: poor below soft Dice {s.poor_level:g} ({s.poor().mean():.0%} of "
+            f"them); {verdict}; accepted {d.n_accepted}, {d.n_poor_accepted} poor; expected "
+            f"referral {d.referral_rate:.0%}"
+        )
+    if calibration.gate is not None:
+        gate = calibration.gate
+        print(
+            f"  OOD gate: {len(gate.modules)} encoder blocks ({gate.gaussian.dims} features, "
+            f"{gate.gaussian.n} training images), flags distance > {gate.threshold:.4g} "
+            f"(false-alarm rate <= {gate.false_alarm:g}; {rates[REASON_SHIFT]:.0%} of these)"
+        )
+    print(
+        f"expected referral: {rates['any']:.0%} of images ({rates[REASON_UNCERTAIN]:.0%} "
+        f"{REASON_UNCERTAIN}, {rates[REASON_SHIFT]:.0%} {REASON_SHIFT})"
+    )
+    print(f"calibration: {calibration.path}")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -310,6 +467,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ood=args.ood,
         poor_thresholds=parse_poor_thresholds(args.poor_threshold),
         device=args.device,
+        calibration=args.calibration,
+        use_calibration=not args.no_calibration,
+        calibration_split=args.calibration_split,
     )
     m = result["metrics"]
     print(
@@ -321,7 +481,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"  {s:>8}: soft Dice {m[f'soft_dice/{s}/mean']:.3f}  NLL {m[f'nll/{s}/mean']:.3f}  "
             f"Spearman(SV) {m[f'image_spearman/{s}']:.3f}  pixel NCC {m[f'pixel_ncc/{s}/mean']:.3f}"
         )
+    referral = result.get("referral")
+    if referral:
+        print(
+            f"referral (calibrated on {referral['n_calibration']} '{referral['split']}' "
+            f"image(s), delta {referral['delta']:g}): share referred / poor among accepted"
+        )
+        for s in result["structures"]:
+            parts = [
+                f"alpha {a:g}: {_percent(m[f'referral_rate/{s}/alpha_{a:g}'])} / "
+                f"{_percent(m[f'referral_poor_share/{s}/alpha_{a:g}'])}"
+                for a in referral["alphas"]
+            ]
+            print(
+                f"  {s:>8}: {'  '.join(parts)}  (poor below {referral['poor'][s]:g}: "
+                f"{m[f'referral_poor_rate/{s}']:.0%}); SV vs experts: slope "
+                f"{m[f'sv_slope/{s}']:.2f}, MAE {m[f'sv_mae/{s}']:.1f} -> "
+                f"{m[f'sv_mae_isotonic/{s}']:.1f} after the isotonic map"
+            )
     return 0
+
+
+def _percent(value: float) -> str:
+    """A share as a whole percentage; a dash when undefined (nothing accepted)."""
+    return f"{value:.0%}" if value == value else "-"
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

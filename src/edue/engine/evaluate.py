@@ -6,8 +6,15 @@ Writes into the output folder:
 * ``per_case.csv`` — one row per case;
 * ``curves.json`` — quality-control curves and reliability diagrams;
 * ``ood.json`` — the distortion study (pairwise-Dice variance and SV per image at
-  0 / 50 / 100 % distortion, and how well each separates distorted from clean);
+  0 / 50 / 100 % distortion, and how well each separates distorted from clean; with a
+  calibration also the distribution-shift gate's score and its AUROC);
 * ``samples.npz`` — member stacks of a few fixed cases for the comparison panels.
+
+With a calibration (``calibration.json`` beside the checkpoint, a file given, or one
+fitted on the run's validation split during the evaluation), ``metrics.json`` also
+holds the referral outcome on the evaluated images for every ``alpha`` of
+:data:`~edue.engine.calibrate.REPORTED_ALPHAS` (:func:`referral_metrics`) and the SV's
+calibration in the experts' units.
 """
 
 from __future__ import annotations
@@ -21,12 +28,27 @@ import numpy as np
 
 from edue.data.case import MultiRaterCase
 from edue.data.distortions import distort_dataset
+from edue.engine.calibrate import (
+    MAX_TRAIN_IMAGES,
+    REPORTED_ALPHAS,
+    Calibration,
+    checkpoint_hash,
+    find_calibration,
+    fit_calibration,
+)
 from edue.engine.infer import Predictor
+from edue.engine.ood_gate import OODGate
 from edue.io import atomic_path, write_json, write_npz
 from edue.metrics import EvaluationAccumulator
 from edue.metrics.cost import time_per_image
 from edue.metrics.ood import pairwise_dice_variance, separation_auroc
-from edue.metrics.qc import DEFAULT_POOR_THRESHOLDS
+from edue.metrics.qc import DEFAULT_POOR_THRESHOLDS, poor_threshold_for
+from edue.metrics.referral import (
+    linear_fit,
+    mean_absolute_error,
+    oracle_referral_rate,
+    referral_outcome,
+)
 from edue.prediction import Prediction
 
 OOD_KINDS = ("noise", "blur", "hue")
@@ -50,12 +72,14 @@ def ood_study(
     cases: Sequence[MultiRaterCase],
     seed: int = 0,
     kinds: Sequence[str] = OOD_KINDS,
+    gate: OODGate | None = None,
 ) -> dict[str, Any]:
     """Distort 0 / 50 / 100 % of the images and score the members' disagreement.
 
     Per image: the variance of the pairwise Dice between members (layer / model
-    agreement) and SV. Per kind at 50 %: the AUROC with which each separates distorted
-    from clean images.
+    agreement) and SV, and with ``gate`` the distribution-shift score (read from the
+    same forward pass) and whether the gate flags the image. Per kind at 50 %: the AUROC
+    with which each separates distorted from clean images.
     """
     images = [c.image for c in cases]
     out: dict[str, Any] = {"kinds": list(kinds), "fractions": list(OOD_FRACTIONS), "results": {}}
@@ -66,8 +90,19 @@ def ood_study(
             result, flags = distort_dataset(images, fraction, kind, seed=seed)
             distorted: list[np.ndarray] = list(result)  # type: ignore[call-overload]
             preds: list[Prediction] = []
+            scores: list[float] = []
             for start in range(0, len(distorted), 16):
-                preds += predictor.predict_batch(distorted[start : start + 16])
+                chunk = distorted[start : start + 16]
+                if gate is None:
+                    preds += predictor.predict_batch(chunk)
+                    continue
+                more, features = predictor.predict_batch_with_features(chunk, tap=gate.modules)
+                preds += more
+                scores += (
+                    [float("nan")] * len(chunk)
+                    if features is None
+                    else gate.score(features).tolist()
+                )
             agreement = np.stack([pairwise_dice_variance(p.members).numpy() for p in preds])
             sv = np.stack([p.sv.numpy() for p in preds])
             entry: dict[str, Any] = {
@@ -75,12 +110,17 @@ def ood_study(
                 "agreement_variance": agreement.tolist(),
                 "sv": sv.tolist(),
             }
+            if gate is not None:
+                entry["gate_score"] = scores
+                entry["gate_flagged"] = gate.flags(scores).tolist()
             if 0 < flags.sum() < len(flags):
                 entry["auroc_agreement"] = [
                     separation_auroc(np.nan_to_num(agreement[:, k]), flags)
                     for k in range(agreement.shape[1])
                 ]
                 entry["auroc_sv"] = [separation_auroc(sv[:, k], flags) for k in range(sv.shape[1])]
+                if gate is not None:
+                    entry["auroc_gate"] = separation_auroc(np.asarray(scores), flags)
             out["results"][f"{kind}@{fraction:g}"] = entry
     return out
 
@@ -93,7 +133,7 @@ def _save_samples(path: Path, cases: list[MultiRaterCase], preds: list[Predictio
         arrays[f"{i}/members"] = pred.members.numpy().astype(np.float16)
         arrays[f"{i}/case_id"] = np.array(case.case_id)
     arrays["structures"] = np.array(list(cases[0].structures))
-    write_npz(path, **arrays)
+    write_npz(path, **arrays)  # type: ignore[arg-type]
 
 
 def evaluate_predictor(
@@ -105,25 +145,50 @@ def evaluate_predictor(
     hausdorff: bool = True,
     extra: dict[str, Any] | None = None,
     poor_thresholds: Mapping[str, float] | None = None,
+    calibration: Calibration | None = None,
 ) -> dict[str, Any]:
     """Evaluate on ``cases`` and write every output; returns ``metrics.json``'s content.
 
     ``poor_thresholds`` (structure -> soft Dice) override the quality-control defaults
-    of :data:`edue.metrics.qc.DEFAULT_POOR_THRESHOLDS` for the structures they name.
+    of :data:`edue.metrics.qc.DEFAULT_POOR_THRESHOLDS` for the structures they name; the
+    referral outcome (with ``calibration``) uses the same levels.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     thresholds = {**DEFAULT_POOR_THRESHOLDS, **(poor_thresholds or {})}
     acc = EvaluationAccumulator(hausdorff=hausdorff, seed=seed, poor_thresholds=thresholds)
+    gate = calibration.gate if calibration is not None else None
     sample_cases: list[MultiRaterCase] = []
     sample_preds: list[Prediction] = []
+    gate_scores: list[float] = []
     started = time.perf_counter()
-    for case, pred in predictor.predict_cases(list(cases)):
-        acc.update(pred, case)
+    tap = gate.modules if gate is not None else None
+    for case, pred, row in predictor.predict_cases_with_features(list(cases), tap=tap):
+        record = acc.update(pred, case)
+        if gate is not None:
+            score = float("nan") if row is None else float(gate.score(row[None])[0])
+            record["ood_score"] = score
+            gate_scores.append(score)
         if len(sample_cases) < N_SAMPLES:
             sample_cases.append(case)
             sample_preds.append(pred)
     seconds = time.perf_counter() - started
+    aggregated = acc.aggregate()
+    referral: dict[str, Any] | None = None
+    if calibration is not None:
+        flags = gate.flags(gate_scores) if gate is not None else None
+        aggregated.update(referral_metrics(calibration, acc, thresholds, flags))
+        referral = {
+            "calibration": str(calibration.path) if calibration.path else None,
+            "split": calibration.split,
+            "n_calibration": len(calibration.case_ids),
+            "alpha": calibration.alpha,
+            "delta": calibration.delta,
+            "alphas": list(_alphas(calibration)),
+            "poor": {s: poor_threshold_for(s, thresholds) for s in calibration.names},
+            "gate": gate.summary() if gate is not None else None,
+            "notes": calibration.notes,
+        }
     metrics: dict[str, Any] = {
         "method": predictor.name,
         "n_members": predictor.method.n_members,
@@ -134,16 +199,75 @@ def evaluate_predictor(
         "structures": list(cases[0].structures),
         "device": str(predictor.device),
         **(extra or {}),
-        "metrics": acc.aggregate(),
+        "referral": referral,
+        "metrics": aggregated,
     }
     with atomic_path(out / "per_case.csv") as tmp:
         acc.write_csv(tmp)
     write_json(out / "curves.json", acc.curves())
     _save_samples(out / "samples.npz", sample_cases, sample_preds)
     if ood:
-        write_json(out / "ood.json", ood_study(predictor, cases, seed=seed))
+        write_json(out / "ood.json", ood_study(predictor, cases, seed=seed, gate=gate))
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _alphas(calibration: Calibration) -> tuple[float, ...]:
+    return tuple(sorted({*REPORTED_ALPHAS, calibration.alpha}))
+
+
+def referral_metrics(
+    calibration: Calibration,
+    acc: EvaluationAccumulator,
+    poor_thresholds: Mapping[str, float],
+    gate_flags: np.ndarray | None = None,
+) -> dict[str, float]:
+    """The referral outcome and the SV's calibration on the evaluated images.
+
+    For every ``alpha`` of :data:`REPORTED_ALPHAS` and the calibration's own, the
+    threshold certified on the calibration images (Learn-then-Test at the calibration's
+    ``delta``, poor levels from ``poor_thresholds``) is applied to the evaluated images,
+    the gate's flags referring images too.
+
+    Keys (``s`` a structure, ``a`` an alpha as ``f"{a:g}"``):
+    ``referral_rate/s/alpha_a`` (share referred), ``referral_poor_share/s/alpha_a``
+    (share poor among the accepted; nan when none is), ``referral_expected_rate/s/alpha_a``
+    (the calibration images' referral rate), ``referral_oracle_rate/s/alpha_a`` (the
+    least any threshold on the SV could refer here, in hindsight),
+    ``referral_threshold/s/alpha_a``; ``referral_poor_rate/s`` and
+    ``referral_poor_level/s``; the SV against the experts' SV: ``sv_slope/s``,
+    ``sv_intercept/s``, ``sv_mae/s`` and ``sv_mae_isotonic/s`` (after the isotonic map
+    of the calibration images); ``referral_delta``, ``referral_n_calibration`` and, with
+    a gate, ``ood_gate_flag_rate`` (share of the evaluated images it flags).
+    """
+    out: dict[str, float] = {
+        "referral_delta": calibration.delta,
+        "referral_n_calibration": float(len(calibration.case_ids)),
+    }
+    if gate_flags is not None:
+        out["ood_gate_flag_rate"] = float(np.mean(gate_flags)) if len(gate_flags) else np.nan
+    for structure in calibration.structures:
+        s = structure.name
+        sv = acc.column(f"model_sv/{s}")
+        expert = acc.column(f"expert_sv/{s}")
+        level = poor_threshold_for(s, poor_thresholds)
+        poor = acc.column(f"soft_dice/{s}") < level
+        out[f"referral_poor_level/{s}"] = level
+        out[f"referral_poor_rate/{s}"] = float(poor.mean())
+        for alpha in _alphas(calibration):
+            choice = structure.threshold_for(alpha, calibration.delta, level)
+            outcome = referral_outcome(sv, poor, choice.threshold, gate_flags)
+            key = f"{s}/alpha_{alpha:g}"
+            out[f"referral_rate/{key}"] = outcome["referral_rate"]
+            out[f"referral_poor_share/{key}"] = outcome["poor_share_accepted"]
+            out[f"referral_expected_rate/{key}"] = choice.referral_rate
+            out[f"referral_oracle_rate/{key}"] = oracle_referral_rate(sv, poor, alpha)
+            out[f"referral_threshold/{key}"] = choice.threshold
+        slope, intercept = linear_fit(expert, sv)
+        out[f"sv_slope/{s}"], out[f"sv_intercept/{s}"] = slope, intercept
+        out[f"sv_mae/{s}"] = mean_absolute_error(sv, expert)
+        out[f"sv_mae_isotonic/{s}"] = mean_absolute_error(structure.scale.expected(sv), expert)
+    return out
 
 
 def evaluate_checkpoint(
@@ -156,6 +280,9 @@ def evaluate_checkpoint(
     ood: bool = False,
     poor_thresholds: Mapping[str, float] | None = None,
     device: str = "auto",
+    calibration: str | Path | None = None,
+    use_calibration: bool = True,
+    calibration_split: str = "val",
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on one subset of a dataset; returns ``metrics.json``'s content.
 
@@ -168,18 +295,100 @@ def evaluate_checkpoint(
             is not given, else the configured split of ``data``).
         all_cases: evaluate every case of the dataset (``split`` only names the subset).
         ood: also run the distortion study.
-        poor_thresholds: quality-control thresholds (structure -> soft Dice).
+        poor_thresholds: quality-control thresholds (structure -> soft Dice); with a
+            calibration file, its own poor levels come first and these override them.
         device: ``auto``, ``cpu`` or ``cuda``.
+        calibration: a calibration file (it must exist); by default the
+            ``calibration.json`` beside the checkpoint, else one fitted in memory on
+            ``calibration_split`` (and the training split) when the run has it and
+            neither ``data`` nor ``all_cases`` is given.
+        use_calibration: ``False``: no referral outcome.
+        calibration_split: the split of that in-memory calibration.
 
     Raises:
         ConfigError: the subset is empty or unknown.
+        EdueError: a calibration file that is missing (when given), unreadable,
+            malformed or fitted for another model.
+    """
+    predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    cases = split_cases(predictor, checkpoint, [split], data, data_format, all_cases)[split]
+    found = None
+    levels = dict(poor_thresholds or {})
+    if use_calibration:
+        found = find_calibration(checkpoint, calibration)
+        if found is not None:
+            found.check_model(predictor, checkpoint_hash(checkpoint))
+            levels = {**found.poor_levels, **levels}
+        elif not data and not all_cases and calibration_split != split:
+            found = _calibrate_in_memory(predictor, checkpoint, calibration_split, levels)
+    return evaluate_predictor(
+        predictor,
+        cases,
+        out_dir,
+        ood=ood,
+        extra={"checkpoint": str(checkpoint), "split": split},
+        poor_thresholds=levels,
+        calibration=found,
+    )
+
+
+def _calibrate_in_memory(
+    predictor: Predictor, checkpoint: str | Path, split: str, levels: Mapping[str, float]
+) -> Calibration | None:
+    """A calibration on the run's ``split`` (``None`` when the run has no such split)."""
+    from edue.errors import ConfigError
+
+    try:
+        cases = split_cases(
+            predictor, checkpoint, [split, "train"], limits={"train": MAX_TRAIN_IMAGES}
+        )
+    except ConfigError:
+        return None
+    calibration = fit_calibration(
+        predictor,
+        cases[split],
+        cases["train"],
+        {
+            s: poor_threshold_for(s, {**DEFAULT_POOR_THRESHOLDS, **levels})
+            for s in predictor.structures
+        },
+        checkpoint=str(checkpoint),
+        weights_sha256=checkpoint_hash(checkpoint) or "",
+        split=split,
+    )
+    calibration.notes.append(f"fitted during the evaluation on split '{split}' (not saved)")
+    return calibration
+
+
+def split_cases(
+    predictor: Predictor,
+    checkpoint: str | Path,
+    splits: Sequence[str],
+    data: str | None = None,
+    data_format: str | None = None,
+    all_cases: bool = False,
+    limits: Mapping[str, int] | None = None,
+) -> dict[str, list[MultiRaterCase]]:
+    """The prepared cases of some subsets of the run's split.
+
+    Args:
+        predictor: the loaded checkpoint (its configuration names the dataset).
+        checkpoint: checkpoint file or run folder (its ``split.json`` gives the split
+            when ``data`` is not given).
+        splits: subset names, e.g. ``["test"]`` or ``["val", "train"]``.
+        data: dataset root (default: the training configuration's).
+        data_format: reader name (default: the training configuration's).
+        all_cases: every case of the dataset, under the first name of ``splits``.
+        limits: at most this many cases of a subset (a seeded random choice, in order).
+
+    Raises:
+        ConfigError: a subset is empty or unknown.
     """
     import copy
 
     from edue.engine.data import build_datasets, open_configured_source, split_indices
     from edue.errors import ConfigError
 
-    predictor = Predictor.from_checkpoint(checkpoint, device=device)
     config = copy.deepcopy(predictor.config)
     if data:
         config.data.root = data
@@ -189,27 +398,30 @@ def evaluate_checkpoint(
     source = open_configured_source(config)
     run_dir = Path(checkpoint).parent if Path(checkpoint).is_file() else Path(checkpoint)
     if all_cases:
-        indices = {split: list(range(len(source)))}
+        indices = {splits[0]: list(range(len(source)))}
     else:
         if not data and (run_dir / "split.json").is_file():
             config.data.split_file = str(run_dir / "split.json")
         indices = split_indices(config, source)
-    if split not in indices or not indices[split]:
-        raise ConfigError(f"split '{split}' is empty or unknown (have {sorted(indices)})")
-    subset = build_datasets(config, source, {split: indices[split]}, require_train=False)[split]
-    cases = [subset.load(i) for i in range(len(subset))]
-    return evaluate_predictor(
-        predictor,
-        cases,
-        out_dir,
-        ood=ood,
-        extra={"checkpoint": str(checkpoint), "split": split},
-        poor_thresholds=poor_thresholds,
-    )
+    chosen: dict[str, list[int]] = {}
+    for name in splits:
+        if name not in indices or not indices[name]:
+            raise ConfigError(f"split '{name}' is empty or unknown (have {sorted(indices)})")
+        picked = list(indices[name])
+        limit = (limits or {}).get(name)
+        if limit is not None and len(picked) > limit:
+            keep = np.sort(np.random.default_rng(0).choice(len(picked), limit, replace=False))
+            picked = [picked[i] for i in keep]
+        chosen[name] = picked
+    subsets = build_datasets(config, source, chosen, require_train=False)
+    return {
+        name: [subsets[name].load(i) for i in range(len(subsets[name]))] if name in subsets else []
+        for name in splits
+    }
 
 
-def parse_poor_thresholds(items: Sequence[str]) -> dict[str, float]:
-    """``["GTVp=0.7", ...]`` -> ``{"GTVp": 0.7}``.
+def parse_poor_thresholds(items: Sequence[str], flag: str = "--poor-threshold") -> dict[str, float]:
+    """``["GTVp=0.7", ...]`` -> ``{"GTVp": 0.7}`` (``flag`` names the option in errors).
 
     Raises:
         ConfigError: an item is not ``NAME=NUMBER`` with the number in [0, 1].
@@ -224,8 +436,6 @@ def parse_poor_thresholds(items: Sequence[str]) -> dict[str, float]:
         except ValueError:
             number = float("nan")
         if not sep or not name.strip() or not 0.0 <= number <= 1.0:
-            raise ConfigError(
-                f"--poor-threshold '{item}': expected STRUCTURE=DICE with DICE in [0, 1]"
-            )
+            raise ConfigError(f"{flag} '{item}': expected STRUCTURE=DICE with DICE in [0, 1]")
         out[name.strip()] = number
     return out

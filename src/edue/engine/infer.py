@@ -71,6 +71,7 @@ class Predictor:
         self.structures = tuple(data_info["structures"])
         self.in_channels = int(data_info["in_channels"])
         self.spatial_dims = int(data_info["spatial_dims"])
+        self._tap_cache: dict[tuple[str, ...], list[torch.nn.Module]] = {}
 
     @property
     def name(self) -> str:
@@ -218,6 +219,47 @@ class Predictor:
         Returns:
             One :class:`Prediction` per image, at the image's own size.
         """
+        return self.predict_batch_with_features(images, case_ids, tap=None)[0]
+
+    def _tapped(self, names: tuple[str, ...]) -> list[torch.nn.Module]:
+        """The modules ``names`` of the method (looked up once per set of names)."""
+        from edue.engine.ood_gate import tapped_modules
+
+        if names not in self._tap_cache:
+            self._tap_cache[names] = tapped_modules(self.method, names)
+        return self._tap_cache[names]
+
+    def feature_module_names(self) -> list[str]:
+        """The modules whose pooled outputs the distribution-shift gate reads: the
+        encoder blocks of the method's first network, fine to coarse (none: empty)."""
+        from edue.engine.ood_gate import encoder_block_names
+
+        return encoder_block_names(self.method)
+
+    @torch.no_grad()
+    def predict_batch_with_features(
+        self,
+        images: Sequence[np.ndarray | torch.Tensor],
+        case_ids: Sequence[str | None] | None = None,
+        tap: Sequence[str] | None = None,
+    ) -> tuple[list[Prediction], torch.Tensor | None]:
+        """:meth:`predict_batch`, also returning the pooled outputs of the modules ``tap``.
+
+        The features come from the same forward pass, through a forward hook
+        (:class:`~edue.engine.ood_gate.FeatureTap`): no second pass.
+
+        Args:
+            images: each ``[C, *sp]``.
+            case_ids: optional identifiers.
+            tap: names of the modules to read (``None``: no features).
+
+        Returns:
+            The predictions and the channel means of the modules' outputs, concatenated
+            ``[B, ΣC]`` (``None`` without ``tap``, or for windows of several images mixed).
+
+        Raises:
+            CheckpointError: the method lacks a module of ``tap``.
+        """
         tensors = [
             self.check_image(img, str(cid or "image"))
             for img, cid in zip(images, case_ids or [None] * len(images), strict=True)
@@ -225,7 +267,15 @@ class Predictor:
         shape = tuple(tensors[0].shape[1:])
         size = self._input_size(shape)
         batch = torch.stack([resize_image(t, size) for t in tensors]).to(self.device)
-        members = self.members(batch)  # [S, B, K, *size]
+        features: torch.Tensor | None = None
+        if tap is None:
+            members = self.members(batch)  # [S, B, K, *size]
+        else:
+            from edue.engine.ood_gate import FeatureTap
+
+            with FeatureTap(self._tapped(tuple(tap))) as hook:
+                members = self.members(batch)
+            features = hook.features(len(tensors))
         if tuple(members.shape[3:]) != shape:
             s, b = members.shape[:2]
             flat = members.reshape(s * b, *members.shape[2:])
@@ -235,7 +285,7 @@ class Predictor:
                 .clamp(0, 1)
             )
         members = members.cpu()
-        return [
+        preds = [
             Prediction(
                 members[:, i],
                 case_id=(case_ids or [None] * len(tensors))[i],
@@ -244,6 +294,7 @@ class Predictor:
             )
             for i in range(len(tensors))
         ]
+        return preds, features
 
     def predict(self, image: np.ndarray | torch.Tensor, case_id: str | None = None) -> Prediction:
         """One forward pass on one image ``[C, *sp]``."""
@@ -253,6 +304,17 @@ class Predictor:
         self, source: CaseSource | Sequence[MultiRaterCase], batch_size: int = 16
     ) -> Iterator[tuple[MultiRaterCase, Prediction]]:
         """Predict every case of a source in batches of equal-sized images."""
+        for case, pred, _ in self.predict_cases_with_features(source, batch_size):
+            yield case, pred
+
+    def predict_cases_with_features(
+        self,
+        source: CaseSource | Sequence[MultiRaterCase],
+        batch_size: int = 16,
+        tap: Sequence[str] | None = None,
+    ) -> Iterator[tuple[MultiRaterCase, Prediction, torch.Tensor | None]]:
+        """:meth:`predict_cases`, with each case's pooled features of the modules ``tap``
+        ``[ΣC]`` from the same pass (``None`` without ``tap``)."""
         cases = source if isinstance(source, CaseSource) else list(source)
         pending: list[MultiRaterCase] = []
         for index in range(len(cases)):
@@ -260,15 +322,20 @@ class Predictor:
             if pending and (
                 len(pending) == batch_size or pending[0].spatial_shape != case.spatial_shape
             ):
-                yield from self._flush(pending)
+                yield from self._flush(pending, tap)
                 pending = []
             pending.append(case)
         if pending:
-            yield from self._flush(pending)
+            yield from self._flush(pending, tap)
 
-    def _flush(self, cases: list[MultiRaterCase]) -> Iterator[tuple[MultiRaterCase, Prediction]]:
-        preds = self.predict_batch([c.image for c in cases], [c.case_id for c in cases])
-        yield from zip(cases, preds, strict=True)
+    def _flush(
+        self, cases: list[MultiRaterCase], tap: Sequence[str] | None
+    ) -> Iterator[tuple[MultiRaterCase, Prediction, torch.Tensor | None]]:
+        preds, features = self.predict_batch_with_features(
+            [c.image for c in cases], [c.case_id for c in cases], tap
+        )
+        rows = [None] * len(cases) if features is None else list(features)
+        yield from zip(cases, preds, rows, strict=True)
 
     def n_parameters(self) -> int:
         """Trainable parameters of the whole predictor (all members)."""

@@ -13,6 +13,16 @@ For each input ``NAME.ext`` the output folder receives
 
 and ``predictions.json`` lists every image's SV per structure and any failures.
 
+With a calibration (``calibration.json`` beside the checkpoint, written by ``edue
+calibrate``, or a file given explicitly), each image's entry also holds its referral
+decision (:meth:`edue.engine.calibrate.Calibration.decide`): per structure the SV, its
+percentile among the calibration images, ``refer`` with the reasons, and the expected
+experts' SV with a range; the distribution-shift gate's score is read from the same
+forward pass (hooks on the encoder blocks). ``predictions.json`` then has a ``referral``
+summary (how many images were referred and why). A gallery writer, when given, makes a
+page of the run from ``predictions.json`` (the command line passes
+:func:`edue.report.gallery.write_gallery`: ``predictions.html``).
+
 The work runs as a pipeline of three stages, so that the model never waits for files:
 
 * a reader thread reads the inputs ahead of the model, in input order, into a bounded
@@ -34,11 +44,17 @@ a method that samples its members at random (MC dropout) draws them per batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edue.engine.calibrate import (
+    Calibration,
+    checkpoint_hash,
+    find_calibration,
+    referral_summary,
+)
 from edue.engine.infer import Predictor
 from edue.engine.predict_pipeline import DEFAULT_WRITER_THREADS, _Pipeline
 from edue.engine.prediction_writers import (
@@ -55,6 +71,7 @@ from edue.io import SUPPORTED_SUFFIXES, suffix_of, write_json
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "FigureWriter",
+    "GalleryWriter",
     "PredictResult",
     "collect_inputs",
     "predict_files",
@@ -67,6 +84,9 @@ __all__ = [
 
 #: Images per forward pass unless told otherwise (``edue predict --batch-size``).
 DEFAULT_BATCH_SIZE = 8
+
+#: Makes a page of a finished run: ``(out_dir, content of predictions.json)`` -> its path.
+GalleryWriter = Callable[[Path, Mapping[str, Any]], Path]
 
 
 def collect_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -113,13 +133,20 @@ class PredictResult:
 
     Attributes:
         out_dir: the output folder.
-        done: one entry per predicted image (``input``, ``sv`` per structure).
+        done: one entry per predicted image (``input``, ``sv`` per structure; with a
+            calibration also the referral decision).
         failed: one entry per skipped input (``input``, ``reason``).
+        referral: how many images were referred and why (``None`` without calibration).
+        calibration: the calibration file used, if any.
+        gallery: the page written by the gallery writer, if any.
     """
 
     out_dir: Path
     done: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
+    referral: dict[str, Any] | None = None
+    calibration: Path | None = None
+    gallery: Path | None = None
 
 
 def predict_files(
@@ -131,6 +158,9 @@ def predict_files(
     figure_writer: FigureWriter | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     writer_threads: int = DEFAULT_WRITER_THREADS,
+    calibration: str | Path | None = None,
+    use_calibration: bool = True,
+    gallery_writer: GalleryWriter | None = None,
 ) -> PredictResult:
     """Predict every input and write its outputs and ``predictions.json``.
 
@@ -150,6 +180,10 @@ def predict_files(
         batch_size: at most this many consecutive images of equal type and shape per
             forward pass (1: one image per pass).
         writer_threads: threads writing outputs and drawing pictures.
+        calibration: a calibration file to use (it must exist); by default the
+            ``calibration.json`` beside the checkpoint, when there is one.
+        use_calibration: ``False``: no referral decisions, whatever file exists.
+        gallery_writer: makes a page of the run once ``predictions.json`` is written.
 
     Raises:
         DataError / CheckpointError: the first bad input (unless ``skip_bad``) or a bad
@@ -158,27 +192,69 @@ def predict_files(
             after it is predicted), ``predictions.json`` is not written, and no helper
             thread is left running.
         ConfigError: ``batch_size`` or ``writer_threads`` below 1.
+        EdueError: the calibration file is missing (when given), unreadable, malformed
+            or fitted for another model; nothing is predicted then.
     """
     if batch_size < 1:
         raise ConfigError(f"the batch size must be at least 1, got {batch_size}")
     if writer_threads < 1:
         raise ConfigError(f"writer threads must be at least 1, got {writer_threads}")
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    referral = _checked_calibration(predictor, checkpoint, calibration) if use_calibration else None
     files = collect_inputs(inputs)
     result = PredictResult(Path(out_dir))
     result.out_dir.mkdir(parents=True, exist_ok=True)
     pipeline = _Pipeline(
-        predictor, result.out_dir, skip_bad, figure_writer, batch_size, writer_threads
+        predictor,
+        result.out_dir,
+        skip_bad,
+        figure_writer,
+        batch_size,
+        writer_threads,
+        calibration=referral,
     )
     done, failed = pipeline.run(files)
     result.done.extend(done)
     result.failed.extend(failed)
-    summary = {
+    summary: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "method": predictor.name,
         "structures": list(predictor.structures),
         "predictions": result.done,
         "failed": result.failed,
     }
+    if referral is not None:
+        result.calibration = referral.path
+        result.referral = {
+            "calibration": str(referral.path),
+            "alpha": referral.alpha,
+            "delta": referral.delta,
+            "poor": referral.poor_levels,
+            "n_calibration": len(referral.case_ids),
+            "gate": referral.gate is not None,
+            **referral_summary(result.done),
+        }
+        summary["referral"] = result.referral
     write_json(result.out_dir / "predictions.json", summary)
+    if gallery_writer is not None:
+        result.gallery = gallery_writer(result.out_dir, summary)
     return result
+
+
+def _checked_calibration(
+    predictor: Predictor, checkpoint: str | Path, explicit: str | Path | None
+) -> Calibration | None:
+    """The calibration to decide with, checked against the model (see ``predict_files``)."""
+    from edue.engine.ood_gate import tapped_modules
+    from edue.errors import CheckpointError, EdueError
+
+    found = find_calibration(checkpoint, explicit)
+    if found is None:
+        return None
+    found.check_model(predictor, checkpoint_hash(checkpoint))
+    if found.gate is not None:
+        try:
+            tapped_modules(predictor.method, found.gate.modules)
+        except CheckpointError as exc:
+            raise EdueError(str(exc), found.path) from None
+    return found

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from edue.engine.calibrate import Calibration
 from edue.engine.infer import Predictor
 from edue.engine.prediction_writers import (
     FigureWriter,
@@ -257,6 +258,7 @@ class _Pipeline:
         figure_writer: FigureWriter | None,
         batch_size: int,
         writer_threads: int,
+        calibration: Calibration | None = None,
     ) -> None:
         self.predictor = predictor
         self.out = out
@@ -264,6 +266,9 @@ class _Pipeline:
         self.figure_writer = figure_writer
         self.batch_size = batch_size
         self.writer_threads = writer_threads
+        self.calibration = calibration
+        gate = calibration.gate if calibration is not None else None
+        self.tap = gate.modules if gate is not None else None
         self.failed: dict[int, dict[str, str]] = {}
         self.at = -1  # the input being handled: errors before it win, outputs after it go
 
@@ -340,10 +345,13 @@ class _Pipeline:
         if not batch:
             return
         self.at = batch[0].index
+        images, ids = [b.array for b in batch], [stem_of(b.path) for b in batch]
+        features = None
         try:
-            preds = self.predictor.predict_batch(
-                [b.array for b in batch], [stem_of(b.path) for b in batch]
-            )
+            if self.tap is None:
+                preds = self.predictor.predict_batch(images, ids)
+            else:  # the gate's features come from the same forward pass
+                preds, features = self.predictor.predict_batch_with_features(images, ids, self.tap)
         except DataError as exc:
             if len(batch) > 1:  # which one? one by one, as the serial order would tell
                 for item in batch:
@@ -353,16 +361,21 @@ class _Pipeline:
                 raise
             self._record(batch[0].index, batch[0].path, exc)
             return
-        for item, pred in zip(batch, preds, strict=True):
+        scores: list[float | None] = [None] * len(batch)
+        gate = self.calibration.gate if self.calibration is not None else None
+        if gate is not None and features is not None:
+            scores = [float(s) for s in gate.score(features)]
+        for item, pred, score in zip(batch, preds, scores, strict=True):
             self.at = item.index
-            writer.submit(self._job(item, pred))
+            writer.submit(self._job(item, pred, score))
 
-    def _job(self, item: _Loaded, pred: Prediction) -> _Job:
+    def _job(self, item: _Loaded, pred: Prediction, ood_score: float | None = None) -> _Job:
         """Everything a writer needs, every tensor computed here on the model's thread.
 
         The members are copied out of the batch, so each prediction is laid out (and its
         derived arrays computed) exactly as when predicted alone, and the batch's memory
-        goes as soon as its images are written.
+        goes as soon as its images are written. With a calibration, the entry also holds
+        the image's referral decision (:meth:`Calibration.decide`).
         """
         pred = Prediction(
             pred.members.contiguous(),
@@ -372,12 +385,15 @@ class _Pipeline:
         )
         arrays = pred.to_numpy()  # mean, variance, uncertainty, entropy, SV: cached
         with_figure = self.figure_writer is not None
+        entry = prediction_entry(pred, item.path)
+        if self.calibration is not None:
+            entry.update(self.calibration.decide(arrays["sv"].tolist(), ood_score))
         return _Job(
             index=item.index,
             path=item.path,
             arrays=arrays,
             names=structure_names(pred),
-            entry=prediction_entry(pred, item.path),
+            entry=entry,
             affine=item.affine,
             values=item.values,
             prediction=pred if with_figure else None,

@@ -10,8 +10,10 @@ Modules: :mod:`~edue.metrics.segmentation` (Dice, HD95), :mod:`~edue.metrics.cal
 with expert disagreement), :mod:`~edue.metrics.ged` (GED, Hungarian IoU),
 :mod:`~edue.metrics.qc` (quality-control curves), :mod:`~edue.metrics.ood` (member
 agreement and AUROC under the distortions of :mod:`edue.data.distortions`),
-:mod:`~edue.metrics.cost` (parameters, time) and :mod:`~edue.metrics.summary`
-(:func:`evaluate_case`, :class:`EvaluationAccumulator`).
+:mod:`~edue.metrics.cost` (parameters, time), :mod:`~edue.metrics.referral` (referral
+thresholds with a finite-sample guarantee, the isotonic map to the experts' units, the
+distribution-shift score) and :mod:`~edue.metrics.summary` (:func:`evaluate_case`,
+:class:`EvaluationAccumulator`).
 
 Conventions: docs/method.md, section "Metrics".
 """
@@ -40,6 +42,22 @@ from edue.metrics.qc import (
     poor_threshold_for,
     qc_curve,
 )
+from edue.metrics.referral import (
+    ExpertScale,
+    IsotonicMap,
+    ReferralThreshold,
+    ShrunkGaussian,
+    binomial_p_value,
+    conformal_upper_threshold,
+    learn_then_test,
+    linear_fit,
+    mean_absolute_error,
+    min_accepted,
+    oracle_referral_rate,
+    percentile_of,
+    referral_outcome,
+    threshold_grid,
+)
 from edue.metrics.segmentation import (
     DEFAULT_THRESHOLDS,
     binary_dice,
@@ -61,8 +79,14 @@ __all__ = [
     "CalibrationAccumulator",
     "DisagreementMetric",
     "EvaluationAccumulator",
+    "ExpertScale",
+    "IsotonicMap",
+    "ReferralThreshold",
+    "ShrunkGaussian",
     "binary_dice",
+    "binomial_p_value",
     "brier",
+    "conformal_upper_threshold",
     "count_parameters",
     "dice_per_rater",
     "distort",
@@ -78,14 +102,22 @@ __all__ = [
     "hue_shift",
     "hungarian_iou",
     "image_correlation",
+    "learn_then_test",
+    "linear_fit",
+    "mean_absolute_error",
     "mean_rater_dice",
+    "min_accepted",
     "nll",
+    "oracle_referral_rate",
     "pairwise_dice_variance",
     "pairwise_iou",
+    "percentile_of",
     "pixel_ncc",
     "poor_threshold_for",
     "qc_curve",
+    "referral_outcome",
     "separation_auroc",
     "soft_dice",
+    "threshold_grid",
     "time_per_image",
 ]

@@ -12,7 +12,7 @@ it loads neither matplotlib nor torch, and nothing in this package ever imports
 * the page (:func:`render_report` of a :class:`ReportContent`).
 * figures: the comparison plots, the sample panel, and the pictures ``edue predict``
   draws (:func:`overlay_figure`, :func:`orthogonal_slices_figure`,
-  :func:`write_prediction_figure`).
+  :func:`write_prediction_figure`) and its gallery page (:func:`write_gallery`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
         save_figure,
         sv_scatter_figure,
     )
+    from edue.report.gallery import write_gallery
     from edue.report.html import FigureEntry, ReportContent, render_report
     from edue.report.prediction_figures import write_prediction_figure
     from edue.report.runs import RunResult, load_run, load_runs
@@ -79,6 +80,7 @@ _EXPORTS: dict[str, str] = {
     "sv_scatter_figure": "figures",
     "orthogonal_slices_figure": "volume_figures",
     "write_prediction_figure": "prediction_figures",
+    "write_gallery": "gallery",
 }
 
 __all__ = [
@@ -109,6 +111,7 @@ __all__ = [
     "to_latex",
     "to_markdown",
     "write_figures",
+    "write_gallery",
     "write_prediction_figure",
 ]
 

@@ -4,11 +4,13 @@
 writes into the output folder:
 
 * ``table.md``, ``table.tex``, ``table.csv`` — segmentation and uncertainty per
-  structure, cost, quality control and OOD separation (best values bold);
+  structure, cost, quality control and OOD separation, and for calibrated runs the
+  referral with a guarantee and the SV in the experts' units (best values bold);
 * ``claims.json`` — the paper's claims checked against the numbers (EDUE vs the Deep
   Ensemble with targets, vs the plain U-Net without);
 * ``figures/*.png`` — QC curves, agreement and SV box plots under distortion, the sample
-  panel, reliability diagrams and model-vs-expert SV scatter plots;
+  panel, reliability diagrams, model-vs-expert SV scatter plots and, for calibrated
+  runs, the referral rate against the guarantee level;
 * ``report.html`` — all of the above in one self-contained page.
 
 Folders without ``ood.json``, ``samples.npz``, ``curves.json`` or ``per_case.csv`` still
@@ -27,7 +29,7 @@ import numpy as np
 from edue.io import atomic_path, write_json
 from edue.report.claims import compute_claims, json_ready
 from edue.report.html import FigureEntry, ReportContent, render_report
-from edue.report.runs import RunResult, all_structures, load_runs, ood_kinds
+from edue.report.runs import RunResult, all_structures, has_referral, load_runs, ood_kinds
 from edue.report.tables import comparison_tables, flat_csv, to_latex, to_markdown
 
 #: Cases of ``samples.npz`` shown in the sample panel (every structure of each).
@@ -161,6 +163,17 @@ def write_figures(runs: Sequence[RunResult], folder: Path, notes: list[str]) -> 
             "no run has per_case.csv",
         ),
     )
+    if any(has_referral(r) for r in runs):
+        _figure(
+            entries,
+            notes,
+            "referral",
+            "Referral rate against the guarantee level",
+            lambda: _or(
+                fg.referral_figure(runs, structures, folder / "referral.png"),
+                "no run has a referral outcome (evaluate a calibrated run)",
+            ),
+        )
     return entries
 
 

@@ -3,8 +3,8 @@
 The comparison figures take evaluated runs (:class:`~edue.report.runs.RunResult`) and
 draw every method in one colour throughout (:func:`method_colours`): quality-control
 curves (the paper's Figure 2), agreement box plots under distortion (Figure 3),
-reliability diagrams and model-vs-expert SV scatter plots. Every figure is written
-atomically.
+reliability diagrams, model-vs-expert SV scatter plots and the referral rate against
+the guarantee level. Every figure is written atomically.
 
 Figures are plain :class:`matplotlib.figure.Figure` objects drawn on their own Agg
 canvas: nothing here imports ``pyplot`` or calls ``matplotlib.use``, so importing edue
@@ -473,6 +473,52 @@ def sv_scatter_figure(
             ax.set(xlabel="expert SV", ylabel="model SV")
             ax.ticklabel_format(style="sci", scilimits=(-2, 4))
             ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path, tight=False)
+
+
+def referral_figure(
+    runs: Sequence[RunResult], structures: Sequence[str], path: str | Path
+) -> Path | None:
+    """Share of test images referred against the guarantee level alpha, one panel per
+    structure, all methods (``None`` when no run has a referral outcome).
+
+    Solid: the thresholds certified on the calibration split, applied to the test
+    images (the gate's referrals included); dotted: the least any threshold on the SV
+    could refer on the test images in hindsight. Lower is better for the same alpha.
+    """
+    from matplotlib.lines import Line2D
+
+    from edue.report.runs import referral_alphas
+
+    alphas = referral_alphas(runs)
+    if not alphas:
+        return None
+    colours = method_colours(runs)
+    fig, axes = _grid(1, len(structures), 4.3, 3.7)
+    for ax, s in zip(axes[0], structures, strict=True):
+        handles = []
+        for run in runs:
+            rates = [run.value(f"referral_rate/{s}/alpha_{a:g}") for a in alphas]
+            if not np.isfinite(rates).any():
+                continue
+            c = colours[run.label]
+            (line,) = ax.plot(alphas, rates, color=c, lw=1.8, marker="o", label=run.label)
+            oracle = [run.value(f"referral_oracle_rate/{s}/alpha_{a:g}") for a in alphas]
+            ax.plot(alphas, oracle, color=c, lw=1, ls=":", alpha=0.8)
+            handles.append(line)
+        if not handles:
+            _no_data(ax)
+        handles.append(Line2D([], [], color="k", ls=":", lw=1, label="hindsight (test)"))
+        ax.set(
+            title=s,
+            xlabel="α (largest share of poor among accepted)",
+            ylabel="share of test images referred",
+            ylim=(-0.03, 1.03),
+            xticks=list(alphas),
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(handles=handles, fontsize=7, loc="best")
     fig.tight_layout()
     return save_figure(fig, path, tight=False)
 

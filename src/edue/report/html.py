@@ -110,6 +110,27 @@ GUIDES: dict[str, str] = {
         "per bin; the dashed diagonal is perfect calibration. Against the soft vote of the "
         "raters and, for synthetic data, the analytic probability that a rater marks a pixel."
     ),
+    "Referral with a guarantee": (
+        "Each method's SV becomes a referral rule: an image whose SV exceeds a threshold goes "
+        "to a second expert. The threshold is certified on the calibration split by "
+        "Learn-then-Test so that, with probability 1−δ, at most α of the accepted "
+        "segmentations are poor; images the OOD gate finds unlike the training images are "
+        "referred too. <b>Referred</b> (lower is better): share of test images a method must "
+        "refer for the same guarantee. <b>Poor accepted</b>: the realised share of poor among "
+        "the accepted test images, which should not exceed α."
+    ),
+    "SV in the experts' units": (
+        "EDUE's heads are trained to match the experts' variance, so its SV should be close "
+        "to the experts' own SV. <b>Slope / intercept</b>: the line of the model's SV against "
+        "the experts' (1 and 0 when the units agree). <b>MAE</b> (lower): mean absolute "
+        "difference in the experts' units, as predicted and after the isotonic map fitted "
+        "on the calibration split."
+    ),
+    "referral": (
+        "The share of test images referred to a second expert at each guarantee level α "
+        "(solid; lower is better), and the least any threshold on the SV could refer in "
+        "hindsight on the test images (dotted)."
+    ),
     "sv_scatter": (
         "Per test image, the model's SV against the experts' SV. The image-level Spearman "
         "correlation of the tables is the rank agreement of these points: a monotone cloud "

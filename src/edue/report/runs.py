@@ -271,3 +271,28 @@ def ood_auroc(
     if not isinstance(values, list) or k >= len(values):
         return math.nan
     return _as_float(values[k])
+
+
+def referral_alphas(runs: Sequence[RunResult]) -> tuple[float, ...]:
+    """The guarantee levels any run's referral outcome was computed for, ascending."""
+    found = {
+        float(key.rsplit("/alpha_", 1)[1])
+        for run in runs
+        for key in run.metrics
+        if key.startswith("referral_rate/") and "/alpha_" in key
+    }
+    return tuple(sorted(found))
+
+
+def has_referral(run: RunResult) -> bool:
+    """Whether ``edue evaluate`` computed the referral outcome of this run."""
+    return any(key.startswith("referral_rate/") for key in run.metrics)
+
+
+def ood_gate_auroc(run: RunResult, kind: str, fraction: float = 0.5) -> float:
+    """AUROC with which the distribution-shift gate separates distorted images (nan when
+    the run's ``ood.json`` has no gate score)."""
+    if run.ood is None:
+        return math.nan
+    entry = run.ood.get("results", {}).get(ood_key(kind, fraction), {})
+    return _as_float(entry.get("auroc_gate"))

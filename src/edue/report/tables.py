@@ -19,7 +19,16 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from edue.report.runs import RunResult, all_structures, find_role, ood_auroc, ood_kinds
+from edue.report.runs import (
+    RunResult,
+    all_structures,
+    find_role,
+    has_referral,
+    ood_auroc,
+    ood_gate_auroc,
+    ood_kinds,
+    referral_alphas,
+)
 
 MISSING = "—"
 
@@ -114,6 +123,26 @@ MAIN_COLUMNS: tuple[MetricColumn, ...] = (
     MetricColumn("ECE", "ece_soft_vote/{s}", False, 3),
 )
 QC_COLUMN = MetricColumn("d-AUC", "qc_d_auc/{s}", False, 3)
+SV_SCALE_COLUMNS: tuple[MetricColumn, ...] = (
+    MetricColumn("slope", "sv_slope/{s}", None, 2),
+    MetricColumn("intercept", "sv_intercept/{s}", None, 1),
+    MetricColumn("MAE", "sv_mae/{s}", False, 1),
+    MetricColumn("MAE isotonic", "sv_mae_isotonic/{s}", False, 1),
+)
+
+
+def referral_columns(alphas: Sequence[float]) -> list[MetricColumn]:
+    """Per guarantee level: the share of test images referred (lower is better) and the
+    realised share of poor among the accepted ones."""
+    columns = []
+    for a in alphas:
+        columns += [
+            MetricColumn(f"α={a:g} referred", f"referral_rate/{{s}}/alpha_{a:g}", False, 2),
+            MetricColumn(
+                f"α={a:g} poor accepted", f"referral_poor_share/{{s}}/alpha_{a:g}", None, 3
+            ),
+        ]
+    return columns
 
 
 def mark_best(cells: Sequence[Cell], higher_is_better: bool | None, digits: int) -> None:
@@ -237,12 +266,16 @@ def qc_ood_table(runs: Sequence[RunResult]) -> Table:
         start = len(table.headers)
         for s in structures:
             table.headers += [f"{s} agreement", f"{s} SV"]
+        gate = any(math.isfinite(ood_gate_auroc(run, kind)) for run in runs)
+        table.headers += ["OOD gate"] if gate else []
         for run, (_, cells) in zip(runs, table.rows, strict=True):
             for s in structures:
                 for score in ("agreement", "sv"):
                     value = ood_auroc(run, kind, score, s)
                     undefined = score == "agreement" and run.n_members < 2 and run.ood is not None
                     cells.append(Cell("n/a") if undefined else _num(value, ".2f"))
+            if gate:
+                cells.append(_num(ood_gate_auroc(run, kind), ".2f"))
         for i in range(start, len(table.headers)):
             mark_best(table.column(i), True, 2)
         table.groups.append((f"{kind} @ 50 %: AUROC", len(table.headers) - start))
@@ -257,14 +290,77 @@ def qc_ood_table(runs: Sequence[RunResult]) -> Table:
         f"d-AUC: area between the QC curve and its ideal{poor}; {MISSING}: no image or "
         "every image poor, nothing to rank; AUROC: how well the "
         "per-image agreement variance or SV separates distorted from clean images "
-        "when half of them are distorted (n/a: a single member has no agreement)."
+        "when half of them are distorted (n/a: a single member has no agreement)"
+        + (
+            "; OOD gate: the distribution-shift score of `edue calibrate` (Mahalanobis "
+            "distance of the pooled encoder features to the training images)."
+            if any(math.isfinite(ood_gate_auroc(r, k)) for r in runs for k in ood_kinds(runs))
+            else "."
+        )
     )
     return table
 
 
+def _calibration_text(runs: Sequence[RunResult]) -> str:
+    parts = set()
+    for run in runs:
+        info = run.info.get("referral") or {}
+        if info:
+            parts.add(
+                f"{info.get('n_calibration', '?')} '{info.get('split', '?')}' images, "
+                f"δ={info.get('delta', float('nan')):g}"
+            )
+    return "; ".join(sorted(parts)) or "unknown"
+
+
+def referral_table(runs: Sequence[RunResult]) -> Table:
+    """Referral with a guarantee: per structure and alpha, the share of test images
+    referred and the realised share of poor among the accepted."""
+    table = _metric_table(
+        runs,
+        "Referral with a guarantee",
+        referral_columns(referral_alphas(runs)),
+        all_structures(runs),
+        "",
+    )
+    levels = []
+    for s in all_structures(runs):
+        values = {run.value(f"referral_poor_level/{s}") for run in runs}
+        values = {v for v in values if math.isfinite(v)}
+        if len(values) == 1:
+            levels.append(f"{s} {values.pop():g}")
+    poor = f"soft Dice below {', '.join(levels)}" if levels else "soft Dice below the level"
+    table.note = (
+        "Thresholds on the SV certified by Learn-then-Test on the calibration split "
+        f"({_calibration_text(runs)}): with probability 1−δ at most α of the accepted "
+        f"segmentations are poor ({poor}); the OOD gate refers images too. Referred: "
+        f"share of test images (lower is better for the same guarantee); poor accepted: "
+        f"realised share of poor among the accepted test images ({MISSING}: none accepted)."
+    )
+    return table
+
+
+def sv_scale_table(runs: Sequence[RunResult]) -> Table:
+    """The SV in the experts' units: linear fit against the experts' SV and the mean
+    absolute error before and after the isotonic map of the calibration split."""
+    return _metric_table(
+        runs,
+        "SV in the experts' units",
+        SV_SCALE_COLUMNS,
+        all_structures(runs),
+        "Least-squares line model SV ≈ slope · expert SV + intercept over the test images "
+        "(1 and 0 when the SV speaks the experts' units); MAE: mean |model SV − expert "
+        "SV|, then after mapping the SV onto the experts' scale by the isotonic fit of the "
+        "calibration split.",
+    )
+
+
 def comparison_tables(runs: Sequence[RunResult]) -> list[Table]:
-    """All tables of the report, in order."""
-    return [main_table(runs), cost_table(runs), qc_ood_table(runs)]
+    """All tables of the report, in order (the referral tables when any run has them)."""
+    tables = [main_table(runs), cost_table(runs), qc_ood_table(runs)]
+    if any(has_referral(r) for r in runs):
+        tables += [referral_table(runs), sv_scale_table(runs)]
+    return tables
 
 
 # --------------------------------------------------------------------------- rendering
@@ -407,14 +503,19 @@ def flat_csv(runs: Sequence[RunResult]) -> str:
             "label": run.label,
             "folder": str(run.folder),
         }
+        referral = referral_columns(referral_alphas(runs)) if any(map(has_referral, runs)) else []
         for s in structures:
-            for column in (*MAIN_COLUMNS, QC_COLUMN):
+            for column in (*MAIN_COLUMNS, QC_COLUMN, *referral):
                 row.update({k: run.value(k) for k in column.keys(s)})
+            if referral:
+                row.update({k: run.value(k) for c in SV_SCALE_COLUMNS for k in c.keys(s)})
         row.update(cost)
         for kind in kinds:
             for s in structures:
                 for score in ("agreement", "sv"):
                     row[f"ood_auroc_{score}/{kind}/{s}"] = ood_auroc(run, kind, score, s)
+            if any(math.isfinite(ood_gate_auroc(r, kind)) for r in runs):
+                row[f"ood_auroc_gate/{kind}"] = ood_gate_auroc(run, kind)
         rows.append(row)
     handle = io.StringIO()
     writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")

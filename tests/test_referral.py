@@ -1,0 +1,311 @@
+"""``edue calibrate`` end to end on the tiny run: the calibration file, the decisions and
+gallery of ``edue predict`` on a folder of new images, the referral outcome of ``edue
+evaluate`` / ``edue compare``, the gate reading the prediction's own forward pass, and
+one clear error for every bad or missing calibration file."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edue.cli import main
+from edue.data.synthetic import FundusConfig, generate_cases
+from edue.engine.calibrate import REASON_SHIFT, REASON_UNCERTAIN, Calibration
+from edue.engine.infer import Predictor
+from edue.engine.ood_gate import FeatureTap, encoder_block_names
+
+POOR = ["disc=0.5", "cup=0.3"]
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny run, calibrated (calibration.json beside its checkpoint). With
+    four calibration images only a false-alarm rate of 1/2 lets the gate flag anything."""
+    run = tmp_path_factory.mktemp("calibrated") / "run"
+    shutil.copytree(tiny_run, run)
+    args = ["calibrate", str(run), "--poor", *POOR, "--alpha", "0.2", "--false-alarm", "0.5"]
+    assert main([*args, "--device", "cpu"]) == 0
+    return run
+
+
+def _fundus_pngs(folder: Path, n: int, seed: int = 5) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, case in enumerate(generate_cases(n, seed, FundusConfig(size=32, n_raters=2))):
+        rgb = np.clip(np.moveaxis(case.image, 0, -1) * 255 + 0.5, 0, 255).astype(np.uint8)
+        paths.append(folder / f"fundus{i}.png")
+        Image.fromarray(rgb).save(paths[-1])
+    return paths
+
+
+def test_calibrate_writes_thresholds_scale_and_gate(calibrated_run: Path) -> None:
+    data = json.loads((calibrated_run / "calibration.json").read_text())
+    assert data["format"] == "edue-calibration" and data["split"] == "val"
+    assert data["n_calibration"] == 4 and data["n_train"] == 12
+    assert data["alpha"] == 0.2 and data["delta"] == 0.1
+    assert data["poor"] == {"disc": 0.5, "cup": 0.3}
+    assert "Learn-then-Test" in data["procedure"]
+    for s in ("disc", "cup"):
+        entry = data["per_structure"][s]
+        assert len(entry["calibration"]["sv"]) == 4
+        assert entry["grid"][-1] == "inf"
+        assert entry["threshold"] == "-inf"  # 4 images can never certify alpha 0.2
+        assert entry["expected_referral_rate"] == 1.0
+        assert np.all(np.diff(entry["isotonic"]["y"]) >= 0)
+    gate = data["ood_gate"]
+    assert gate["modules"] == ["network.backbone.encoder.1", "network.backbone.encoder.2"]
+    assert gate["features"] == 8 + 16 and gate["n_train"] == 12
+    assert (calibrated_run / gate["file"]).is_file()
+    assert len(gate["calibration_scores"]) == 4
+    # rank ceil(5 * 0.5) = 3 of the 4 calibration scores
+    assert float(gate["threshold"]) == sorted(gate["calibration_scores"])[2]
+    assert data["expected_referral_rate"]["any"] == 1.0
+
+
+def test_predict_on_new_images_decides_and_draws_the_gallery(
+    calibrated_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = tmp_path / "new"
+    _fundus_pngs(inputs, 3)
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(inputs / "noise.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(calibrated_run), str(inputs), "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    summary = json.loads((out / "predictions.json").read_text())
+    entries = {Path(e["input"]).name: e for e in summary["predictions"]}
+    assert len(entries) == 4
+    for entry in entries.values():
+        assert entry["refer"] is True  # nothing could be certified on four images
+        assert REASON_UNCERTAIN in entry["reasons"]
+        for s in ("disc", "cup"):
+            decision = entry["structures"][s]
+            assert decision["sv"] == pytest.approx(entry["sv"][s])
+            assert decision["percentile"] in (0.0, 25.0, 50.0, 75.0, 100.0)
+            low, high = decision["expected_expert_sv_range"]
+            assert 0 <= low <= high
+            assert decision["expected_expert_sv"] >= 0
+        assert entry["ood"]["available"] and np.isfinite(entry["ood"]["score"])
+    noisy = entries["noise.png"]
+    assert noisy["ood"]["unlike_training"] and REASON_SHIFT in noisy["reasons"]
+    assert noisy["ood"]["score"] > max(
+        e["ood"]["score"] for n, e in entries.items() if n != "noise.png"
+    )
+    referral = summary["referral"]
+    assert referral["n_images"] == 4 and referral["n_referred"] == 4
+    n_shift = sum(REASON_SHIFT in e["reasons"] for e in entries.values())
+    assert referral["by_reason"] == {REASON_UNCERTAIN: 4, REASON_SHIFT: n_shift}
+    assert (
+        f"referred 4 of 4 image(s) to a second expert (alpha 0.2): 4 {REASON_UNCERTAIN}" in stdout
+    )
+    assert f"{n_shift} {REASON_SHIFT}" in stdout
+    page = (out / "predictions.html").read_text()
+    assert page.count('<div class="card refer"') == 4
+    assert page.count("data:image/png;base64,") == 8
+    assert 'id="referred-only"' in page and 'src="http' not in page
+    # sorted by the expected experts' disagreement, highest first
+    order = re.findall(r"<h3>([^<]+)</h3>", page)
+    keys = [
+        sum(entries[n]["structures"][s]["expected_expert_sv"] for s in ("disc", "cup"))
+        for n in order
+    ]
+    assert keys == sorted(keys, reverse=True)
+
+
+def test_predict_without_calibration_says_so(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = tmp_path / "new"
+    _fundus_pngs(inputs, 1)
+    out = tmp_path / "out"
+    args = ["predict", str(tiny_run), str(inputs), "--out", str(out), "--no-figures"]
+    assert main(args) == 0
+    assert "no calibration.json beside the checkpoint" in capsys.readouterr().out
+    entry = json.loads((out / "predictions.json").read_text())["predictions"][0]
+    assert set(entry) == {"input", "sv"}
+    assert "no referral decision" in (out / "predictions.html").read_text()
+
+
+def _corrupt(run: Path, how: str) -> Path:
+    """Damage the calibration of ``run``; returns the file the error must name."""
+    path = run / "calibration.json"
+    data = json.loads(path.read_text())
+    if how == "garbage":
+        path.write_text("{ not json")
+    elif how == "foreign":
+        path.write_text(json.dumps({"thresholds": [1, 2]}))
+    elif how == "malformed":
+        del data["per_structure"]["cup"]
+        path.write_text(json.dumps(data))
+    elif how == "other checkpoint":
+        data["weights_sha256"] = "0" * 64
+        path.write_text(json.dumps(data))
+    elif how == "gate altered":
+        gate = run / data["ood_gate"]["file"]
+        gate.write_bytes(gate.read_bytes() + b"\0")
+        return gate
+    elif how == "gate missing":
+        gate = run / data["ood_gate"]["file"]
+        gate.unlink()
+        return gate
+    return path
+
+
+@pytest.mark.parametrize(
+    "how, expected",
+    [
+        ("garbage", "not a readable calibration file"),
+        ("foreign", "not an edue calibration file"),
+        ("malformed", "malformed calibration file"),
+        ("other checkpoint", "was fitted for another checkpoint"),
+        ("gate altered", "does not match the SHA-256"),
+        ("gate missing", "arrays are missing"),
+    ],
+)
+def test_bad_calibration_beside_the_checkpoint_is_one_clear_error(
+    calibrated_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    how: str,
+    expected: str,
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(calibrated_run, run)
+    named = _corrupt(run, how)
+    inputs = tmp_path / "new"
+    _fundus_pngs(inputs, 1)
+    assert main(["predict", str(run), str(inputs), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"edue: error: {named}: ") and expected in err[0]
+    assert not (tmp_path / "out" / "predictions.json").exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_missing_calibration_file_is_one_clear_error(
+    calibrated_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    missing = tmp_path / "nowhere" / "calibration.json"
+    target = [str(tmp_path)] if command == "predict" else []
+    _fundus_pngs(tmp_path, 1)
+    args = [command, str(calibrated_run), *target, "--out", str(tmp_path / "o")]
+    assert main([*args, "--calibration", str(missing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"edue: error: {missing}: calibration file not found (run `edue calibrate` first)"
+    ]
+
+
+def test_calibrate_refuses_the_training_split(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "c.json"
+    assert main(["calibrate", str(tiny_run), "--split", "train", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "never trained on" in err[0]
+    assert main(["calibrate", str(tiny_run), "--poor", "rim=0.5", "--out", str(out)]) == 2
+    assert "the model predicts ['disc', 'cup']" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_the_gate_reads_the_prediction_s_own_forward_pass(tiny_run: Path) -> None:
+    predictor = Predictor.from_checkpoint(tiny_run, device="cpu")
+    names = encoder_block_names(predictor.method)
+    assert names == predictor.feature_module_names()
+    assert names == [
+        "network.backbone.encoder.0",
+        "network.backbone.encoder.1",
+        "network.backbone.encoder.2",
+    ]
+    modules = [dict(predictor.method.named_modules())[n] for n in names]
+    passes: list[int] = []
+    predictor.method.network.register_forward_hook(lambda *_: passes.append(1))
+    images = [c.image for c in generate_cases(3, 1, FundusConfig(size=32, n_raters=2))]
+    plain = predictor.predict_batch(images)
+    assert len(passes) == 1
+    outputs: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for m in modules]
+    preds, features = predictor.predict_batch_with_features(images, tap=names)
+    for handle in handles:
+        handle.remove()
+    assert len(passes) == 2  # one forward pass for predictions and features together
+    assert features is not None and features.shape == (3, 4 + 8 + 16)
+    # each block's output, averaged over space, in encoder order
+    torch.testing.assert_close(features, torch.cat([o.mean((2, 3)) for o in outputs], 1))
+    for a, b in zip(plain, preds, strict=True):
+        torch.testing.assert_close(a.members, b.members)
+    assert all(len(m._forward_hooks) == 0 for m in modules)  # every hook removed
+
+
+def test_feature_tap_pools_repeated_calls_and_windows() -> None:
+    block = torch.nn.Conv2d(1, 2, 1)
+    with FeatureTap([block]) as tap:
+        block(torch.ones(3, 1, 4, 4))
+        block(torch.zeros(3, 1, 4, 4))  # a second sample of the same images: averaged
+    expected = (block(torch.ones(1, 1, 4, 4)) + block(torch.zeros(1, 1, 4, 4))).mean((2, 3)) / 2
+    torch.testing.assert_close(tap.features(3), expected.detach().expand(3, 2))
+    with FeatureTap([block]) as tap:
+        block(torch.ones(4, 1, 2, 2))  # four windows of one image
+    assert tap.features(1) is not None and tap.features(1).shape == (1, 2)
+    assert tap.features(2) is None  # windows of two images mixed: unknown
+
+
+def test_evaluate_and_compare_report_the_referral(
+    calibrated_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval"
+    assert (
+        main(["evaluate", str(calibrated_run), "--out", str(out), "--ood", "--device", "cpu"]) == 0
+    )
+    stdout = capsys.readouterr().out
+    assert "referral (calibrated on 4 'val' image(s), delta 0.1)" in stdout
+    info = json.loads((out / "metrics.json").read_text())
+    assert info["referral"]["poor"] == {"disc": 0.5, "cup": 0.3}
+    assert info["referral"]["alphas"] == [0.05, 0.1, 0.2]
+    m = info["metrics"]
+    assert m["qc_threshold/disc"] == 0.5  # the calibration's poor levels
+    for s in ("disc", "cup"):
+        for a in ("0.05", "0.1", "0.2"):
+            assert m[f"referral_rate/{s}/alpha_{a}"] == 1.0  # four calibration images
+            assert np.isnan(m[f"referral_poor_share/{s}/alpha_{a}"])
+            assert 0 <= m[f"referral_oracle_rate/{s}/alpha_{a}"] <= 1
+        assert np.isfinite(m[f"sv_slope/{s}"]) and m[f"sv_mae/{s}"] >= 0
+        assert m[f"sv_mae_isotonic/{s}"] >= 0
+    ood = json.loads((out / "ood.json").read_text())["results"]["noise@0.5"]
+    assert len(ood["gate_score"]) == len(ood["is_distorted"]) and 0 <= ood["auroc_gate"] <= 1
+    report = tmp_path / "report"
+    assert main(["compare", str(out), "--out", str(report)]) == 0
+    table = (report / "table.md").read_text()
+    assert "### Referral with a guarantee" in table and "α=0.1 referred" in table
+    assert "### SV in the experts' units" in table and "OOD gate" in table
+    assert (report / "figures" / "referral.png").is_file()
+    assert "Referral rate against the guarantee level" in (report / "report.html").read_text()
+    assert "referral_rate/disc/alpha_0.1" in (report / "table.csv").read_text()
+
+
+def test_evaluate_calibrates_in_memory_without_a_file(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(tiny_run), "--out", str(out), "--device", "cpu"]) == 0
+    info = json.loads((out / "metrics.json").read_text())
+    assert info["referral"]["calibration"] is None and info["referral"]["n_calibration"] == 4
+    assert any("not saved" in n for n in info["referral"]["notes"])
+    assert not (tiny_run / "calibration.json").exists()
+    assert main(["evaluate", str(tiny_run), "--out", str(out), "--no-calibration"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["referral"] is None
+
+
+def test_calibration_round_trips(calibrated_run: Path) -> None:
+    calibration = Calibration.load(calibrated_run / "calibration.json")
+    decision = calibration.decide([1.0, 2.0], ood_score=1e9)
+    assert decision["refer"] and decision["reasons"] == [REASON_UNCERTAIN, REASON_SHIFT]
+    assert decision["ood"]["unlike_training"]
+    assert calibration.decide([1.0, 2.0], ood_score=None)["ood"]["available"] is False
