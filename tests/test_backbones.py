@@ -371,5 +371,9 @@ def test_two_gloo_ranks_train_the_backbone_in_step(backbone, tmp_path):
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert rank0.keys() == rank1.keys()
-    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "ranks diverged"
+    # the weights move in step; batch-norm running statistics are each rank's own until
+    # DDP broadcasts rank 0's at the next forward (rank 0 writes the checkpoint)
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    weights = [k for k in rank0 if not k.endswith(statistics)]
+    assert weights and all(torch.equal(rank0[k], rank1[k]) for k in weights), "ranks diverged"
     assert (tmp_path / "run" / "last.pt").is_file()
