@@ -35,6 +35,16 @@ def make_case(
     return MultiRaterCase(image=image, masks=masks, case_id=case_id, structures=structures)
 
 
+def find_chromium() -> str | None:
+    """A headless-capable Chromium or Chrome on PATH, or ``None``."""
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if found := shutil.which(name):
+            return found
+    return None
+
+
 def free_port() -> int:
     """A free TCP port on the loopback address (for a gloo process group)."""
     import socket

@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from PIL import Image
 
 from edue.report.gallery import GALLERY_FILE, write_gallery
+from tests.conftest import find_chromium
 
 
 def _entry(path: Path, sv: float, expected: float, refer: bool) -> dict[str, Any]:
@@ -91,14 +91,7 @@ def test_a_missing_input_still_gives_a_card(gallery: Path) -> None:
 
 
 # --------------------------------------------------------------------------- browser
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        if found := shutil.which(name):
-            return found
-    return None
-
-
-CHROMIUM = _chromium()
+CHROMIUM = find_chromium()
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium/chrome on PATH to render the gallery"
 )

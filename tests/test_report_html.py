@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 from edue.report.compare import compare_runs
 from edue.report.html import CSS, FigureEntry, ReportContent, render_report
 from edue.report.tables import Cell, Table
+from tests.conftest import find_chromium
 from tests.test_report import write_eval_folder
 
 KINDS = ("noise", "blur", "hue")
@@ -144,14 +144,7 @@ def test_css_keeps_wide_content_inside_the_page() -> None:
 
 
 # --------------------------------------------------------------------------- browser
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        if found := shutil.which(name):
-            return found
-    return None
-
-
-CHROMIUM = _chromium()
+CHROMIUM = find_chromium()
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium/chrome on PATH to lay the page out"
 )
