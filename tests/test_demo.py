@@ -28,10 +28,13 @@ RUNS = {
 }
 EVAL_FILES = {"metrics.json", "per_case.csv", "curves.json", "samples.npz", "ood.json"}
 RUN_FILES = {"config.yaml", "split.json", "log.jsonl", "last.pt", "best.pt", "eval"}
+#: written by the demo's calibration on the validation split, beside the checkpoint
+CALIBRATION_FILES = {"calibration.json", "calibration_gate.npz"}
 FIGURES = [
     "ood_agreement.png",
     "ood_sv.png",
     "qc_curves.png",
+    "referral.png",
     "reliability.png",
     "samples.png",
     "sv_scatter.png",
@@ -118,12 +121,15 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys):
         assert info["timing"] == "side by side, interleaved"
         infos[run] = info
         if run not in ("deep_ensemble", "deep_supervision_heads"):
-            assert {p.name for p in (out / run).iterdir()} == RUN_FILES, run
+            assert {p.name for p in (out / run).iterdir()} == RUN_FILES | CALIBRATION_FILES, run
+        # every method was calibrated on the validation split and its referral evaluated
+        assert info["referral"]["split"] == "val", run
     # the head-variance read-out reuses the deep-supervised network: nothing trained anew
     assert {p.name for p in (out / "deep_supervision_heads").iterdir()} == {
         "config.yaml",
         "best.pt",
         "eval",
+        *CALIBRATION_FILES,
     }
     assert infos["deep_supervision_heads"]["parameters"] == infos["deep_supervision"]["parameters"]
     # member 0 of the Deep Ensemble is the plain U-Net: only member 1 is trained anew
@@ -132,6 +138,7 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys):
         "ensemble.pt",
         "member_1",
         "eval",
+        *CALIBRATION_FILES,
     }
     assert (out / "deep_ensemble" / "member_1" / "best.pt").is_file()
     assert infos["deep_ensemble"]["parameters"] == 2 * infos["plain"]["parameters"]

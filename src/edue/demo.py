@@ -93,6 +93,7 @@ def run_demo(
     """Train, evaluate and compare; print where the outputs are and how long it took."""
     import torch
 
+    from edue.engine.calibrate import calibrate_checkpoint
     from edue.engine.data import build_datasets, open_configured_source, split_indices
     from edue.engine.evaluate import evaluate_predictor
     from edue.engine.infer import Predictor
@@ -113,6 +114,9 @@ def run_demo(
     eval_dirs = []
     for method in chosen:
         predictor = Predictor.from_checkpoint(checkpoints[method], device="cpu")
+        # referral: SV thresholds certified on the validation split (calibration.json
+        # beside the checkpoint, so `edue predict` with it decides too)
+        calibration = calibrate_checkpoint(checkpoints[method], device="cpu")
         result = evaluate_predictor(
             predictor,
             cases,
@@ -120,6 +124,7 @@ def run_demo(
             ood=True,
             seed=config.train.seed,
             extra={"label": method},
+            calibration=calibration,
         )
         eval_dirs.append(out / method / "eval")
         m = result["metrics"]
