@@ -28,6 +28,7 @@ import bench_inference  # noqa: E402
 import bench_loader  # noqa: E402
 import bench_predict  # noqa: E402
 import bench_readers  # noqa: E402
+import bench_referral  # noqa: E402
 import bench_training  # noqa: E402
 import bench_volume  # noqa: E402
 
@@ -77,6 +78,7 @@ def plan(quick: bool, threads: int) -> list[tuple[str, str, Callable[[], dict[st
         ("evaluate", "evaluate", partial(bench_evaluate.run, quick=quick, threads=threads)),
         ("volume", "volume", partial(bench_volume.run, quick=quick, threads=threads)),
         ("predict", "predict", partial(bench_predict.run, quick=quick, threads=threads)),
+        ("referral", "referral", partial(bench_referral.run, quick=quick, threads=threads)),
         # the smp half needs segmentation-models-pytorch (`.venv-backbones`); without it
         # that half is reported as skipped and the DynUNet half still runs
         ("backbones", "backbones", partial(bench_backbones.run, quick=quick, threads=threads)),

@@ -19,7 +19,7 @@ from edue.cli import main
 from edue.data.synthetic import FundusConfig, generate_cases
 from edue.engine.calibrate import REASON_SHIFT, REASON_UNCERTAIN, Calibration
 from edue.engine.infer import Predictor
-from edue.engine.ood_gate import FeatureTap, encoder_block_names
+from edue.engine.ood_gate import FeatureTap, OODGate, encoder_block_names
 
 POOR = ["disc=0.5", "cup=0.3"]
 
@@ -241,11 +241,24 @@ def test_the_gate_reads_the_prediction_s_own_forward_pass(tiny_run: Path) -> Non
     torch.testing.assert_close(features, torch.cat([o.mean((2, 3)) for o in outputs], 1))
     for a, b in zip(plain, preds, strict=True):
         torch.testing.assert_close(a.members, b.members)
-    assert all(len(m._forward_hooks) == 0 for m in modules)  # every hook removed
+    # the predictor's hooks stay on the blocks, one each, and do nothing outside a pass
+    # that asks for features: no output or mean is kept by a plain prediction
+    assert all(len(m._forward_hooks) == 1 for m in modules)
+    predictor.predict_batch(images)
+    predictor.predict_batch_with_features(images, tap=names)
+    tap = predictor._tap(tuple(names))
+    predictor.predict_batch(images)
+    assert tap._calls == [[], [], []]
+    assert all(len(m._forward_hooks) == 1 for m in modules)
+    tap.close()
+    assert all(len(m._forward_hooks) == 0 for m in modules)
 
 
 def test_feature_tap_pools_repeated_calls_and_windows() -> None:
     block = torch.nn.Conv2d(1, 2, 1)
+    with FeatureTap([block]):
+        assert len(block._forward_hooks) == 1
+    assert len(block._forward_hooks) == 0  # not persistent: removed on exit
     with FeatureTap([block]) as tap:
         block(torch.ones(3, 1, 4, 4))
         block(torch.zeros(3, 1, 4, 4))  # a second sample of the same images: averaged
@@ -253,8 +266,34 @@ def test_feature_tap_pools_repeated_calls_and_windows() -> None:
     torch.testing.assert_close(tap.features(3), expected.detach().expand(3, 2))
     with FeatureTap([block]) as tap:
         block(torch.ones(4, 1, 2, 2))  # four windows of one image
-    assert tap.features(1) is not None and tap.features(1).shape == (1, 2)
+    pooled = tap.features(1)
+    assert pooled is not None and pooled.shape == (1, 2)
+    assert tap.features(1) is None  # read once: what was kept is released
+    with FeatureTap([block]) as tap:
+        block(torch.ones(4, 1, 2, 2))
     assert tap.features(2) is None  # windows of two images mixed: unknown
+
+
+def test_gate_score_matches_the_float64_mahalanobis_distance() -> None:
+    rng = np.random.default_rng(3)
+    cov = np.array([[2.0, 0.8, 0.0], [0.8, 1.0, 0.3], [0.0, 0.3, 0.5]])
+    train = rng.multivariate_normal([5.0, -2.0, 40.0], cov, 400)
+    gate = OODGate.fit(["a"], train, train[:60], 0.05)
+    fit = gate.gaussian
+    # the whitening matrix reproduces the precision: W Wᵀ = diag(1/s) P diag(1/s)
+    w = fit.whitening()
+    np.testing.assert_allclose(w @ w.T, fit.precision / np.outer(fit.scale, fit.scale), rtol=1e-9)
+    queries = np.vstack([train[:5], [[5.0, -2.0, 40.0], [9.0, 3.0, 30.0]]])
+    reference = fit.distance(queries)
+    for given in (queries, torch.as_tensor(queries, dtype=torch.float32)):
+        scores = gate.score(given)
+        assert scores.dtype == np.float64 and scores.shape == (7,)
+        np.testing.assert_allclose(scores, reference, rtol=1e-5, atol=1e-5)
+    assert gate.score(queries[-1]).shape == (1,)  # one feature vector
+    assert np.isnan(gate.score(np.array([[np.nan, 0.0, 0.0]]))[0])  # never flagged
+    assert not gate.flags(gate.score(np.array([[np.nan, 0.0, 0.0]])))[0]
+    with pytest.raises(ValueError, match="3 per row"):
+        gate.score(np.zeros((2, 4)))
 
 
 def test_evaluate_and_compare_report_the_referral(
@@ -309,3 +348,22 @@ def test_calibration_round_trips(calibrated_run: Path) -> None:
     assert decision["refer"] and decision["reasons"] == [REASON_UNCERTAIN, REASON_SHIFT]
     assert decision["ood"]["unlike_training"]
     assert calibration.decide([1.0, 2.0], ood_score=None)["ood"]["available"] is False
+
+
+def test_a_batch_is_decided_as_each_image_alone(calibrated_run: Path) -> None:
+    calibration = Calibration.load(calibrated_run / "calibration.json")
+    disc, cup = (s.sv for s in calibration.structures)
+    sv = np.array([[disc.min(), cup.max()], [np.median(disc), np.nan], [1e9, 0.0]])
+    scores: list[float | None] = [0.0, None, 1e9]
+    batch = calibration.decide_many(sv, scores)
+    alone = [calibration.decide(v.tolist(), s) for v, s in zip(sv, scores, strict=True)]
+    assert json.dumps(batch) == json.dumps(alone)  # nan included
+    first = batch[0]["structures"]
+    assert first["disc"]["percentile"] == 25.0 and first["cup"]["percentile"] == 100.0
+    low, high = first["disc"]["expected_expert_sv_range"]
+    assert 0 <= low <= high
+    second = batch[1]["structures"]["cup"]
+    assert second["refer"] and second["reasons"] == [REASON_UNCERTAIN]  # nan SV: refer
+    assert np.isnan(second["expected_expert_sv"]) and np.isnan(second["percentile"])
+    assert batch[1]["ood"]["available"] is False
+    assert batch[2]["ood"]["unlike_training"] and not batch[0]["ood"]["unlike_training"]

@@ -297,36 +297,70 @@ class Calibration:
             calibration images, ``threshold``, ``refer``, ``reasons``,
             ``expected_expert_sv`` and ``expected_expert_sv_range``.
         """
-        shift = (
-            self.gate is not None
-            and ood_score is not None
-            and bool(self.gate.flags([ood_score])[0])
-        )
-        per: dict[str, Any] = {}
-        reasons: list[str] = []
-        for value, s in zip(sv, self.structures, strict=True):
-            value = float(value)
-            why = [] if value <= s.decision.threshold else [REASON_UNCERTAIN]
-            why += [REASON_SHIFT] if shift else []
-            low, high = s.scale.interval([value])
-            per[s.name] = {
-                "sv": value,
-                "percentile": float(percentile_of([value], s.sv)[0]),
-                "threshold": encode_float(s.decision.threshold),
-                "refer": bool(why),
-                "reasons": why,
-                "expected_expert_sv": float(s.scale.expected([value])[0]),
-                "expected_expert_sv_range": [float(low[0]), float(high[0])],
-            }
-            reasons += [r for r in why if r not in reasons]
-        ood: dict[str, Any] = {"available": self.gate is not None and ood_score is not None}
+        return self.decide_many([sv], [ood_score])[0]
+
+    def decide_many(
+        self, sv: Sequence[Sequence[float]] | np.ndarray, ood_scores: Sequence[float | None]
+    ) -> list[dict[str, Any]]:
+        """The referral decisions of several images at once (:meth:`decide` of each).
+
+        The arithmetic is done per structure over all images together: a batch of
+        ``edue predict`` is decided in a handful of array operations.
+
+        Args:
+            sv: the model's SV ``[M, K]``.
+            ood_scores: the gate's score per image ``[M]`` (``None``: not available).
+        """
+        values = np.asarray(sv, dtype=np.float64).reshape(len(ood_scores), len(self.structures))
         if self.gate is not None:
-            ood.update(
-                score=None if ood_score is None else float(ood_score),
-                threshold=encode_float(self.gate.threshold),
-                unlike_training=shift,
+            given = np.array([np.nan if s is None else float(s) for s in ood_scores])
+            shift = self.gate.flags(given).tolist()
+        else:
+            shift = [False] * len(ood_scores)
+        columns = []
+        for k, s in enumerate(self.structures):
+            v = values[:, k]
+            low, high = s.scale.interval(v)
+            columns.append(
+                (
+                    v.tolist(),
+                    percentile_of(v, s.sv).tolist(),
+                    s.scale.expected(v).tolist(),
+                    low.tolist(),
+                    high.tolist(),
+                )
             )
-        return {"refer": bool(reasons), "reasons": reasons, "ood": ood, "structures": per}
+        threshold = [encode_float(s.decision.threshold) for s in self.structures]
+        gate_threshold = None if self.gate is None else encode_float(self.gate.threshold)
+        decisions = []
+        for i, score in enumerate(ood_scores):
+            per: dict[str, Any] = {}
+            reasons: list[str] = []
+            for k, s in enumerate(self.structures):
+                value, percentile, expected, low_k, high_k = (c[i] for c in columns[k])
+                why = [] if value <= s.decision.threshold else [REASON_UNCERTAIN]
+                why += [REASON_SHIFT] if shift[i] else []
+                per[s.name] = {
+                    "sv": value,
+                    "percentile": percentile,
+                    "threshold": threshold[k],
+                    "refer": bool(why),
+                    "reasons": why,
+                    "expected_expert_sv": expected,
+                    "expected_expert_sv_range": [low_k, high_k],
+                }
+                reasons += [r for r in why if r not in reasons]
+            ood: dict[str, Any] = {"available": self.gate is not None and score is not None}
+            if self.gate is not None:
+                ood.update(
+                    score=None if score is None else float(score),
+                    threshold=gate_threshold,
+                    unlike_training=bool(shift[i]),
+                )
+            decisions.append(
+                {"refer": bool(reasons), "reasons": reasons, "ood": ood, "structures": per}
+            )
+        return decisions
 
     # ---------------------------------------------------------------- files
     def to_dict(self, gate_sha256: str | None = None) -> dict[str, Any]:

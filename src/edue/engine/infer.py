@@ -14,6 +14,7 @@ from edue.data.case import MultiRaterCase
 from edue.data.source import CaseSource
 from edue.data.transforms import resize_image
 from edue.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from edue.engine.ood_gate import FeatureTap, tapped_modules
 from edue.engine.runtime import resolve_device
 from edue.errors import CheckpointError, ConfigError, DataError
 from edue.methods import Method, build_method, built_method
@@ -71,7 +72,7 @@ class Predictor:
         self.structures = tuple(data_info["structures"])
         self.in_channels = int(data_info["in_channels"])
         self.spatial_dims = int(data_info["spatial_dims"])
-        self._tap_cache: dict[tuple[str, ...], list[torch.nn.Module]] = {}
+        self._taps: dict[tuple[str, ...], FeatureTap] = {}
 
     @property
     def name(self) -> str:
@@ -221,13 +222,13 @@ class Predictor:
         """
         return self.predict_batch_with_features(images, case_ids, tap=None)[0]
 
-    def _tapped(self, names: tuple[str, ...]) -> list[torch.nn.Module]:
-        """The modules ``names`` of the method (looked up once per set of names)."""
-        from edue.engine.ood_gate import tapped_modules
-
-        if names not in self._tap_cache:
-            self._tap_cache[names] = tapped_modules(self.method, names)
-        return self._tap_cache[names]
+    def _tap(self, names: tuple[str, ...]) -> FeatureTap:
+        """The feature tap on the modules ``names`` of the method: made once per set of
+        names, its hooks registered on first use and inert outside a pass that asks
+        for features."""
+        if names not in self._taps:
+            self._taps[names] = FeatureTap(tapped_modules(self.method, names), persistent=True)
+        return self._taps[names]
 
     def feature_module_names(self) -> list[str]:
         """The modules whose pooled outputs the distribution-shift gate reads: the
@@ -271,9 +272,7 @@ class Predictor:
         if tap is None:
             members = self.members(batch)  # [S, B, K, *size]
         else:
-            from edue.engine.ood_gate import FeatureTap
-
-            with FeatureTap(self._tapped(tuple(tap))) as hook:
+            with self._tap(tuple(tap)) as hook:
                 members = self.members(batch)
             features = hook.features(len(tensors))
         if tuple(members.shape[3:]) != shape:

@@ -21,9 +21,11 @@ The fitted arrays are kept beside ``calibration.json`` in ``calibration_gate.npz
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -74,29 +76,36 @@ def encoder_block_names(model: nn.Module) -> list[str]:
 class FeatureTap:
     """Per-image channel means of some modules' outputs, captured while the model runs.
 
-    Use as a context manager around the forward pass: the hooks are registered on entry
-    and removed on exit. Each call of a module contributes its output ``[b, C,
-    *spatial]`` averaged over space, ``[b, C]``. The hook only keeps a reference to the
-    latest output of each module and averages the one before it (several samples or
-    windows), so a single pass is averaged once it is done and no more than one output
-    per module is held beyond its use in the pass.
+    Use as a context manager around the forward pass: inside it, each call of a module
+    contributes its output ``[b, C, *spatial]`` averaged over space, ``[b, C]``, reduced
+    in the hook while the output is fresh, so no output is held beyond the module's call.
+    Outside it the hooks do nothing.
+
+    By default the hooks are registered on entry and removed on exit. A ``persistent``
+    tap registers them on its first entry and keeps them until :meth:`close` (what a
+    :class:`~edue.engine.infer.Predictor` does: on a 64² prediction, registering and
+    removing two hooks per call costs more than their work).
 
     Args:
         modules: the modules to read (e.g. the encoder blocks), in feature order.
+        persistent: keep the hooks registered between passes.
     """
 
-    def __init__(self, modules: Sequence[nn.Module]) -> None:
+    def __init__(self, modules: Sequence[nn.Module], persistent: bool = False) -> None:
         self.modules = list(modules)
+        self.persistent = persistent
         self._calls: list[list[torch.Tensor]] = [[] for _ in self.modules]
-        self._latest: list[torch.Tensor | None] = [None for _ in self.modules]
+        self._armed = False
         self._handles: list[Any] = []
 
     def __enter__(self) -> FeatureTap:
         self._calls = [[] for _ in self.modules]
-        self._latest = [None for _ in self.modules]
-        self._handles = [
-            module.register_forward_hook(self._keeper(k)) for k, module in enumerate(self.modules)
-        ]
+        if not self._handles:
+            self._handles = [
+                module.register_forward_hook(self._keeper(k))
+                for k, module in enumerate(self.modules)
+            ]
+        self._armed = True
         return self
 
     def __exit__(
@@ -105,29 +114,27 @@ class FeatureTap:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
+        self._armed = False
+        if not self.persistent:
+            self.close()
+
+    def close(self) -> None:
+        """Remove the hooks (a later entry registers them again)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
 
     def _keeper(self, k: int):  # type: ignore[no-untyped-def]
         def keep(_module: nn.Module, _inputs: object, output: object) -> None:
-            self.keep(k, output)
+            if self._armed:
+                self.keep(k, output)
 
         return keep
 
     def keep(self, k: int, output: object) -> None:
-        """What the hook of module ``k`` does with its output: keep it, and average the
-        one it replaces."""
-        if not isinstance(output, torch.Tensor) or output.ndim < 3:
-            return
-        self._flush(k)
-        self._latest[k] = output.detach()
-
-    def _flush(self, k: int) -> None:
-        latest = self._latest[k]
-        if latest is not None:
-            self._calls[k].append(_spatial_mean(latest))
-            self._latest[k] = None
+        """What the hook of module ``k`` does with its output: its mean over space."""
+        if isinstance(output, torch.Tensor) and output.ndim >= 3:
+            self._calls[k].append(_spatial_mean(output.detach()))
 
     def features(self, batch: int) -> torch.Tensor | None:
         """The pooled features of the ``batch`` images of the pass ``[batch, ΣC]``.
@@ -135,33 +142,36 @@ class FeatureTap:
         Per module: calls with one row per image (several samples or members of one
         network) are averaged; a single image predicted window by window gets the mean
         over its windows; anything else (windows of several images mixed) gives ``None``.
+        What was kept is released.
         """
-        latest = self._latest
-        if not any(self._calls) and all(o is not None and o.shape[0] == batch for o in latest):
-            # the usual case, one call of each module with a row per image: one pass of
-            # reductions and one concatenation
-            pooled = torch.cat([_spatial_mean(o) for o in latest], 1)  # type: ignore[arg-type]
-            self._latest = [None for _ in self.modules]
-            return pooled.cpu()
+        calls, self._calls = self._calls, [[] for _ in self.modules]
         parts = []
-        for k, calls in enumerate(self._calls):
-            self._flush(k)
-            if not calls:
+        for kept in calls:
+            if not kept:
                 return None
-            if len(calls) == 1 and calls[0].shape[0] == batch:
-                parts.append(calls[0])
-            elif all(c.shape[0] == batch for c in calls):
-                parts.append(torch.stack(calls).mean(0))
+            if len(kept) == 1 and kept[0].shape[0] == batch:
+                parts.append(kept[0])  # the usual case: one call with a row per image
+            elif all(c.shape[0] == batch for c in kept):
+                parts.append(torch.stack(kept).mean(0))
             elif batch == 1:
-                parts.append(torch.cat(calls).mean(0, keepdim=True))
+                parts.append(torch.cat(kept).mean(0, keepdim=True))
             else:
                 return None
-        return torch.cat(parts, 1).cpu() if parts else None
+        if not parts:
+            return None
+        pooled = torch.cat(parts, 1)
+        return pooled if pooled.device.type == "cpu" else pooled.cpu()
 
 
 def _spatial_mean(output: torch.Tensor) -> torch.Tensor:
-    """``[b, C, *spatial]`` -> ``[b, C]``."""
-    return output.float().flatten(2).mean(2)
+    """``[b, C, *spatial]`` -> ``[b, C]`` in float32.
+
+    A float32 output takes one reduction (``mean`` with a ``dtype`` would take a sum, a
+    division and a copy); a half-precision one (AMP) is averaged in float32."""
+    dims = tuple(range(2, output.ndim))
+    if output.dtype == torch.float32:
+        return output.mean(dims)
+    return output.float().mean(dims)
 
 
 @dataclass(frozen=True)
@@ -193,14 +203,47 @@ class OODGate:
         """Fit on training features ``[N, C]``, set the threshold on calibration features
         ``[M, C]``."""
         gaussian = ShrunkGaussian.fit(train_features)
-        scores = gaussian.distance(calibration_features)
+        # the threshold is set on the very scores predict will compute (:meth:`score`)
+        unset = cls(tuple(modules), gaussian, math.inf, float(false_alarm), 0)
+        scores = unset.score(calibration_features)
         threshold = conformal_upper_threshold(scores, false_alarm)
         return cls(tuple(modules), gaussian, threshold, float(false_alarm), int(scores.size))
 
+    @cached_property
+    def _projection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fit as ``(bias [F], weights [F, F])`` in float32, with distance
+        ``‖x · weights + bias‖``: ``weights`` from :meth:`ShrunkGaussian.whitening`,
+        ``bias = −mean · weights`` (in float64, then rounded)."""
+        weights = self.gaussian.whitening()
+        return (
+            torch.as_tensor(-(self.gaussian.mean @ weights), dtype=torch.float32),
+            torch.as_tensor(weights, dtype=torch.float32),
+        )
+
     def score(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Distance of each row of ``features`` ``[M, C]`` to the training images ``[M]``."""
-        array = features.numpy() if isinstance(features, torch.Tensor) else features
-        return self.gaussian.distance(array)
+        """Distance of each row of ``features`` ``[M, F]`` (or one ``[F]``) to the
+        training images ``[M]``.
+
+        The number of :meth:`ShrunkGaussian.distance` up to float32 rounding, in two
+        torch operations (one matrix product with its bias, one norm) on the
+        prediction's own threads: right after a 64² pass, each extra operation, and
+        NumPy's more so, costs more than its arithmetic.
+
+        Raises:
+            ValueError: the rows do not have the gate's ``F`` features.
+        """
+        x = torch.as_tensor(features)
+        if x.ndim == 1:
+            x = x[None]
+        if x.ndim != 2 or x.shape[1] != self.gaussian.dims:
+            raise ValueError(
+                f"features have shape {tuple(x.shape)}, the gate {self.gaussian.dims} per row"
+            )
+        if x.dtype != torch.float32 or x.device.type != "cpu":
+            x = x.detach().to("cpu", torch.float32)
+        bias, weights = self._projection
+        distance = torch.linalg.vector_norm(torch.addmm(bias, x.detach(), weights), dim=1)
+        return distance.numpy().astype(np.float64)
 
     def flags(self, scores: object) -> np.ndarray:
         """Whether each score is above the threshold (nan is never flagged) ``[M]``."""

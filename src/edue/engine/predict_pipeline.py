@@ -361,33 +361,47 @@ class _Pipeline:
                 raise
             self._record(batch[0].index, batch[0].path, exc)
             return
-        scores: list[float | None] = [None] * len(batch)
-        gate = self.calibration.gate if self.calibration is not None else None
-        if gate is not None and features is not None:
-            scores = [float(s) for s in gate.score(features)]
-        for item, pred, score in zip(batch, preds, scores, strict=True):
+        # the members are copied out of the batch, so each prediction is laid out (and
+        # its derived arrays computed) exactly as when predicted alone, and the batch's
+        # memory goes as soon as its images are written
+        own = [
+            Prediction(
+                pred.members.contiguous(),
+                case_id=pred.case_id,
+                method=pred.method,
+                structures=pred.structures,
+            )
+            for pred in preds
+        ]
+        arrays = [pred.to_numpy() for pred in own]  # mean, variance, …, SV: cached
+        decisions: list[dict[str, Any] | None] = [None] * len(batch)
+        if self.calibration is not None:
+            scores: list[float | None] = [None] * len(batch)
+            gate = self.calibration.gate
+            if gate is not None and features is not None:
+                scores = [float(s) for s in gate.score(features)]
+            sv = np.stack([a["sv"] for a in arrays])  # the batch decided at once
+            decisions = list(self.calibration.decide_many(sv, scores))
+        for item, pred, values, decision in zip(batch, own, arrays, decisions, strict=True):
             self.at = item.index
-            writer.submit(self._job(item, pred, score))
+            writer.submit(self._job(item, pred, values, decision))
 
-    def _job(self, item: _Loaded, pred: Prediction, ood_score: float | None = None) -> _Job:
+    def _job(
+        self,
+        item: _Loaded,
+        pred: Prediction,
+        arrays: dict[str, np.ndarray],
+        decision: dict[str, Any] | None = None,
+    ) -> _Job:
         """Everything a writer needs, every tensor computed here on the model's thread.
 
-        The members are copied out of the batch, so each prediction is laid out (and its
-        derived arrays computed) exactly as when predicted alone, and the batch's memory
-        goes as soon as its images are written. With a calibration, the entry also holds
-        the image's referral decision (:meth:`Calibration.decide`).
+        With a calibration, the entry also holds the image's referral decision
+        (:meth:`Calibration.decide_many`).
         """
-        pred = Prediction(
-            pred.members.contiguous(),
-            case_id=pred.case_id,
-            method=pred.method,
-            structures=pred.structures,
-        )
-        arrays = pred.to_numpy()  # mean, variance, uncertainty, entropy, SV: cached
         with_figure = self.figure_writer is not None
         entry = prediction_entry(pred, item.path)
-        if self.calibration is not None:
-            entry.update(self.calibration.decide(arrays["sv"].tolist(), ood_score))
+        if decision is not None:
+            entry.update(decision)
         return _Job(
             index=item.index,
             path=item.path,

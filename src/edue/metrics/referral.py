@@ -392,15 +392,18 @@ class ExpertScale:
     def interval(self, values: object) -> tuple[np.ndarray, np.ndarray]:
         """Low and high ends of the range ``[M]`` each (nan for a non-finite value)."""
         v = as_array_1d(values)
-        centre = self.mapping(v)
         low, high = np.full(v.shape, np.nan), np.full(v.shape, np.nan)
+        finite = np.isfinite(v)
+        if self.scores.size == 0 or not finite.any():
+            return low, high
         tail = (1 - self.coverage) / 2
-        for i, value in enumerate(v):
-            if not np.isfinite(value) or self.scores.size == 0:
-                continue
-            near = np.argsort(np.abs(self.scores - value), kind="stable")[: self.neighbours]
-            lo, hi = np.quantile(self.residuals[near], [tail, 1 - tail])
-            low[i], high[i] = max(centre[i] + lo, 0.0), max(centre[i] + hi, 0.0)
+        f = v[finite]
+        # each value's nearest calibration images (ties in calibration order) ``[M, n]``
+        gaps = np.abs(self.scores[None, :] - f[:, None])
+        near = np.argsort(gaps, axis=1, kind="stable")[:, : self.neighbours]
+        lo, hi = np.quantile(self.residuals[near], [tail, 1 - tail], axis=1)
+        centre = self.mapping(f)
+        low[finite], high[finite] = np.maximum(centre + lo, 0.0), np.maximum(centre + hi, 0.0)
         return low, high
 
 
@@ -498,6 +501,15 @@ class ShrunkGaussian:
     def dims(self) -> int:
         """Feature dimensions ``F``."""
         return int(self.mean.size)
+
+    def whitening(self) -> np.ndarray:
+        """The matrix ``W`` ``[F, F]`` with ``distance(x) = ‖(x − mean) · W‖``.
+
+        ``W = diag(1 / scale) · V · diag(√λ)`` for the eigendecomposition ``V diag(λ) Vᵀ``
+        of the precision (positive semi-definite; negative rounding clipped to 0).
+        """
+        values, vectors = np.linalg.eigh(self.precision)
+        return vectors * np.sqrt(np.clip(values, 0.0, None)) / self.scale[:, None]
 
     def distance(self, features: object) -> np.ndarray:
         """Mahalanobis distance of each row of ``features`` ``[M, F]`` to the fit ``[M]``."""
