@@ -38,6 +38,8 @@ from edue.errors import CheckpointError, EdueError
 from edue.io import write_npz
 from edue.metrics.referral import ShrunkGaussian, conformal_upper_threshold
 
+_CPU = torch.device("cpu")
+
 #: A U-Net encoder block: ``…encoder.<level>`` (see :mod:`edue.nets.unet`).
 _ENCODER_BLOCK = re.compile(r"^(?P<prefix>(?:.*\.)?)encoder\.(?P<level>\d+)$")
 
@@ -94,9 +96,10 @@ class FeatureTap:
     def __init__(self, modules: Sequence[nn.Module], persistent: bool = False) -> None:
         self.modules = list(modules)
         self.persistent = persistent
-        self._calls: list[list[torch.Tensor]] = [[] for _ in self.modules]
+        self._calls: list[list[tuple[torch.Tensor, int]]] = [[] for _ in self.modules]
         self._armed = False
         self._handles: list[Any] = []
+        self._scales: dict[tuple[tuple[int, int], ...], torch.Tensor] = {}
 
     def __enter__(self) -> FeatureTap:
         self._calls = [[] for _ in self.modules]
@@ -132,12 +135,24 @@ class FeatureTap:
         return keep
 
     def keep(self, k: int, output: object) -> None:
-        """What the hook of module ``k`` does with its output: its mean over space."""
+        """What the hook of module ``k`` does with its output ``[b, C, *spatial]``: its
+        sum over space ``[b, C]`` (float32, detached) and the number of positions summed.
+
+        A sum, not a mean: one reduction instead of a reduction and a division; the
+        division is done once for all modules (:meth:`features`).
+        """
         if isinstance(output, torch.Tensor) and output.ndim >= 3:
-            self._calls[k].append(_spatial_mean(output.detach()))
+            if output.requires_grad:
+                output = output.detach()
+            if output.dtype != torch.float32:
+                output = output.float()
+            dims = _SPATIAL.get(output.ndim) or tuple(range(2, output.ndim))
+            count = output[0, 0].numel()
+            self._calls[k].append((output.sum(dims), count))
 
     def features(self, batch: int) -> torch.Tensor | None:
-        """The pooled features of the ``batch`` images of the pass ``[batch, ΣC]``.
+        """The pooled features of the ``batch`` images of the pass ``[batch, ΣC]``: per
+        module, each channel's mean over space.
 
         Per module: calls with one row per image (several samples or members of one
         network) are averaged; a single image predicted window by window gets the mean
@@ -145,33 +160,36 @@ class FeatureTap:
         What was kept is released.
         """
         calls, self._calls = self._calls, [[] for _ in self.modules]
+        if calls and all(len(kept) == 1 and kept[0][0].shape[0] == batch for kept in calls):
+            # the usual case, one call of each module with a row per image: one
+            # concatenation of the sums, one division by the positions summed
+            sums = [kept[0][0] for kept in calls]
+            key = tuple((int(t.shape[1]), count) for ((t, count),) in calls)
+            scale = self._scales.get(key)
+            if scale is None or scale.device != sums[0].device:
+                scale = torch.cat([torch.full((c,), 1.0 / n) for c, n in key]).to(sums[0].device)
+                self._scales[key] = scale
+            pooled = torch.cat(sums, 1).mul_(scale)
+            return pooled if pooled.device == _CPU else pooled.cpu()
         parts = []
         for kept in calls:
-            if not kept:
+            means = [total / count for total, count in kept]
+            if not means:
                 return None
-            if len(kept) == 1 and kept[0].shape[0] == batch:
-                parts.append(kept[0])  # the usual case: one call with a row per image
-            elif all(c.shape[0] == batch for c in kept):
-                parts.append(torch.stack(kept).mean(0))
+            if all(m.shape[0] == batch for m in means):
+                parts.append(torch.stack(means).mean(0))
             elif batch == 1:
-                parts.append(torch.cat(kept).mean(0, keepdim=True))
+                parts.append(torch.cat(means).mean(0, keepdim=True))
             else:
                 return None
         if not parts:
             return None
         pooled = torch.cat(parts, 1)
-        return pooled if pooled.device.type == "cpu" else pooled.cpu()
+        return pooled if pooled.device == _CPU else pooled.cpu()
 
 
-def _spatial_mean(output: torch.Tensor) -> torch.Tensor:
-    """``[b, C, *spatial]`` -> ``[b, C]`` in float32.
-
-    A float32 output takes one reduction (``mean`` with a ``dtype`` would take a sum, a
-    division and a copy); a half-precision one (AMP) is averaged in float32."""
-    dims = tuple(range(2, output.ndim))
-    if output.dtype == torch.float32:
-        return output.mean(dims)
-    return output.float().mean(dims)
+#: The spatial dimensions of a ``[b, C, *spatial]`` output, by its number of dimensions.
+_SPATIAL = {n: tuple(range(2, n)) for n in range(3, 8)}
 
 
 @dataclass(frozen=True)
@@ -232,17 +250,17 @@ class OODGate:
         Raises:
             ValueError: the rows do not have the gate's ``F`` features.
         """
-        x = torch.as_tensor(features)
+        x = features if isinstance(features, torch.Tensor) else torch.as_tensor(features)
         if x.ndim == 1:
             x = x[None]
         if x.ndim != 2 or x.shape[1] != self.gaussian.dims:
             raise ValueError(
                 f"features have shape {tuple(x.shape)}, the gate {self.gaussian.dims} per row"
             )
-        if x.dtype != torch.float32 or x.device.type != "cpu":
-            x = x.detach().to("cpu", torch.float32)
+        if x.dtype != torch.float32 or x.requires_grad or x.device != _CPU:
+            x = x.detach().to(_CPU, torch.float32)
         bias, weights = self._projection
-        distance = torch.linalg.vector_norm(torch.addmm(bias, x.detach(), weights), dim=1)
+        distance = torch.linalg.vector_norm(torch.addmm(bias, x, weights), dim=1)
         return distance.numpy().astype(np.float64)
 
     def flags(self, scores: object) -> np.ndarray:
