@@ -68,7 +68,7 @@ DEFAULT_SETTINGS: tuple[tuple[int, tuple[int, ...], int], ...] = (
 def random_calibration(predictor: Any, tap: list[str], width: int, seed: int = 0) -> Any:
     """A calibration of random numbers with a gate of ``width`` features (the work of a
     decision does not depend on the values)."""
-    from edue.engine.calibrate import Calibration, StructureCalibration
+    from edue.engine.calibration import Calibration, StructureCalibration
     from edue.engine.ood_gate import OODGate
     from edue.metrics.referral import ExpertScale, learn_then_test, threshold_grid
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from edue.cli import main
 from edue.data.synthetic import FundusConfig, generate_cases
-from edue.engine.calibrate import REASON_SHIFT, REASON_UNCERTAIN, Calibration
+from edue.engine.calibration import REASON_SHIFT, REASON_UNCERTAIN, Calibration
 from edue.engine.infer import Predictor
 from edue.engine.ood_gate import FeatureTap, OODGate, encoder_block_names
 

@@ -390,7 +390,7 @@ def _referral_line(referral: dict | None, disabled: bool) -> str:
             if disabled
             else "referral: no calibration.json beside the checkpoint (run `edue calibrate`)"
         )
-    from edue.engine.calibrate import REASON_SHIFT, REASON_UNCERTAIN
+    from edue.engine.calibration import REASON_SHIFT, REASON_UNCERTAIN
 
     by_reason = referral["by_reason"]
     per = ", ".join(f"{s} {n}" for s, n in referral["uncertain_by_structure"].items())
@@ -403,7 +403,8 @@ def _referral_line(referral: dict | None, disabled: bool) -> str:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from edue.engine.calibrate import REASON_SHIFT, REASON_UNCERTAIN, calibrate_checkpoint
+    from edue.engine.calibrate import calibrate_checkpoint
+    from edue.engine.calibration import REASON_SHIFT, REASON_UNCERTAIN
     from edue.engine.evaluate import parse_poor_thresholds
 
     calibration = calibrate_checkpoint(

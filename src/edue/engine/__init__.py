@@ -30,6 +30,9 @@ _WHERE = {
     "resolve_device": "runtime",
     "time_interleaved": "timing",
     "train_compared": "jobs",
+    "calibrate_checkpoint": "calibrate",
+    "Calibration": "calibration",
+    "find_calibration": "calibration",
 }
 
 __all__ = sorted(_WHERE)

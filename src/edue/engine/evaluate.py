@@ -28,14 +28,8 @@ import numpy as np
 
 from edue.data.case import MultiRaterCase
 from edue.data.distortions import distort_dataset
-from edue.engine.calibrate import (
-    MAX_TRAIN_IMAGES,
-    REPORTED_ALPHAS,
-    Calibration,
-    checkpoint_hash,
-    find_calibration,
-    fit_calibration,
-)
+from edue.engine.calibrate import MAX_TRAIN_IMAGES, REPORTED_ALPHAS, fit_calibration
+from edue.engine.calibration import Calibration, checkpoint_hash, find_calibration
 from edue.engine.infer import Predictor
 from edue.engine.ood_gate import OODGate
 from edue.io import atomic_path, write_json, write_npz

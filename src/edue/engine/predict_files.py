@@ -15,7 +15,7 @@ and ``predictions.json`` lists every image's SV per structure and any failures.
 
 With a calibration (``calibration.json`` beside the checkpoint, written by ``edue
 calibrate``, or a file given explicitly), each image's entry also holds its referral
-decision (:meth:`edue.engine.calibrate.Calibration.decide`): per structure the SV, its
+decision (:meth:`edue.engine.calibration.Calibration.decide`): per structure the SV, its
 percentile among the calibration images, ``refer`` with the reasons, and the expected
 experts' SV with a range; the distribution-shift gate's score is read from the same
 forward pass (hooks on the encoder blocks). ``predictions.json`` then has a ``referral``
@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edue.engine.calibrate import (
+from edue.engine.calibration import (
     Calibration,
     checkpoint_hash,
     find_calibration,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edue.engine.calibrate import Calibration
+from edue.engine.calibration import Calibration
 from edue.engine.infer import Predictor
 from edue.engine.prediction_writers import (
     FigureWriter,
