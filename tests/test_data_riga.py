@@ -14,10 +14,11 @@ import tifffile
 from PIL import Image
 
 from edue.cli import main
-from edue.data import riga
+from edue.data import riga, riga_labels
 from edue.data.folder import FolderSource
-from edue.data.riga import RigaDiscRegionSource, RigaPlusSource, decode_disc_cup
+from edue.data.riga import RigaDiscRegionSource, RigaPlusSource
 from edue.data.riga_extract import extract_riga
+from edue.data.riga_labels import decode_disc_cup
 from edue.data.source import open_source
 from edue.data.splits import preset_split
 from edue.errors import ConfigError, DataError
@@ -394,7 +395,7 @@ def test_discregion_decides_each_mask_file_once(
 ) -> None:
     _discregion(tmp_path)
     calls = {"nesting": 0, "resolve": 0}
-    nesting, resolve = riga._nesting, riga.resolve_path
+    nesting, resolve = riga_labels._nesting, riga.resolve_path
 
     def counted_nesting(*args: Any) -> str:
         calls["nesting"] += 1
@@ -404,7 +405,7 @@ def test_discregion_decides_each_mask_file_once(
         calls["resolve"] += 1
         return resolve(*args)
 
-    monkeypatch.setattr(riga, "_nesting", counted_nesting)
+    monkeypatch.setattr(riga_labels, "_nesting", counted_nesting)
     monkeypatch.setattr(riga, "resolve_path", counted_resolve)
     src = RigaDiscRegionSource(tmp_path)
     first = src.load(0)

@@ -20,13 +20,13 @@ import numpy as np
 
 from edue.data.case import MultiRaterCase
 from edue.data.riga import (
-    LOSSY_SUFFIXES,
     STRUCTURES,
     read_rgb,
     safe_id,
     select_sites,
     site_of,
 )
+from edue.data.riga_labels import LOSSY_SUFFIXES
 from edue.data.transforms import resize_case
 from edue.errors import DataError
 from edue.io import suffix_of
