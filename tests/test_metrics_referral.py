@@ -21,6 +21,7 @@ from edue.metrics.referral import (
     oracle_referral_rate,
     percentile_of,
     referral_outcome,
+    row_quantiles,
     threshold_grid,
 )
 
@@ -176,6 +177,17 @@ def test_expert_scale_recovers_a_monotone_map_and_its_spread() -> None:
     assert np.all(low >= 0) and np.all(high >= low)
     slope, intercept = linear_fit(expert, model)
     assert slope == pytest.approx(2.0, rel=0.05)
+
+
+def test_row_quantiles_match_numpy() -> None:
+    rng = np.random.default_rng(4)
+    for n in (1, 2, 5, 15):
+        rows = rng.normal(size=(7, n))
+        rows[0] = 3.0  # ties
+        levels = (0.0, 0.05, 0.25, 0.5, 0.95, 1.0)
+        ours = row_quantiles(rows, levels)
+        for q, got in zip(levels, ours, strict=True):
+            np.testing.assert_allclose(got, np.quantile(rows, q, axis=1), rtol=1e-12, atol=1e-12)
 
 
 def test_linear_fit_and_mae() -> None:

@@ -39,6 +39,7 @@ Conventions: docs/referral.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -401,10 +402,30 @@ class ExpertScale:
         # each value's nearest calibration images (ties in calibration order) ``[M, n]``
         gaps = np.abs(self.scores[None, :] - f[:, None])
         near = np.argsort(gaps, axis=1, kind="stable")[:, : self.neighbours]
-        lo, hi = np.quantile(self.residuals[near], [tail, 1 - tail], axis=1)
+        lo, hi = row_quantiles(self.residuals[near], (tail, 1 - tail))
         centre = self.mapping(f)
         low[finite], high[finite] = np.maximum(centre + lo, 0.0), np.maximum(centre + hi, 0.0)
         return low, high
+
+
+def row_quantiles(rows: np.ndarray, levels: Sequence[float]) -> list[np.ndarray]:
+    """Quantiles of each row of ``rows`` ``[M, n]`` at ``levels``, one ``[M]`` each.
+
+    NumPy's default (``linear``) definition, ``np.quantile(rows, q, axis=1)`` to
+    rounding: one sort of the rows and two columns read per level, without
+    ``np.quantile``'s overhead (it dominated a single image's referral decision).
+    """
+    ordered = np.sort(rows, axis=1)
+    last = ordered.shape[1] - 1
+    out = []
+    for q in levels:
+        position = q * last
+        below = min(int(math.floor(position)), last)
+        above = min(below + 1, last)
+        weight = position - below
+        low, high = ordered[:, below], ordered[:, above]
+        out.append(low + weight * (high - low))
+    return out
 
 
 def linear_fit(expert: object, model: object) -> tuple[float, float]:
