@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edue.errors import DataError
+from edue.errors import DataError, EdueError
 
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -255,6 +255,26 @@ def fsync_dir(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_json(path: str | Path, what: str, where: str | Path | None = None) -> Any:
+    """The content of the JSON file ``path``.
+
+    Args:
+        path: the file.
+        what: what the file is, for the message (e.g. ``"a readable calibration file"``).
+        where: the file or folder the message names (default: ``path``).
+
+    Raises:
+        EdueError: the file cannot be read or is not JSON: "not {what} (the error)".
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EdueError(
+            f"not {what} ({type(exc).__name__}: {exc})", path if where is None else where
+        ) from None
 
 
 def write_json(path: str | Path, obj: object) -> None:

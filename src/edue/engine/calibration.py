@@ -17,7 +17,6 @@ calibration images and the expected experts' SV with its range.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 from edue.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from edue.engine.ood_gate import OODGate
 from edue.errors import EdueError
-from edue.io import write_json
+from edue.io import read_json, write_json
 from edue.metrics.referral import (
     INTERVAL_COVERAGE,
     ExpertScale,
@@ -356,12 +355,7 @@ class Calibration:
         path = Path(path)
         if not path.is_file():
             raise EdueError("calibration file not found (run `edue calibrate` first)", path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise EdueError(
-                f"not a readable calibration file ({type(exc).__name__}: {exc})", path
-            ) from None
+        data = read_json(path, "a readable calibration file")
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise EdueError("not an edue calibration file (written by `edue calibrate`)", path)
         if data.get("version") != VERSION:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edue.errors import EdueError
+from edue.io import read_json
 from edue.methods.registry import get_method, method_label, method_names, method_with_role
 
 
@@ -115,12 +116,7 @@ def _read_metrics(folder: Path) -> dict[str, Any]:
         raise EdueError(
             "no metrics.json in this evaluation folder (run `edue evaluate` first)", folder
         )
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EdueError(
-            f"metrics.json is unreadable ({type(exc).__name__}: {exc})", folder
-        ) from None
+    info = read_json(path, "a readable metrics.json", folder)
     if not isinstance(info, dict) or not isinstance(info.get("metrics"), dict):
         raise EdueError(
             "metrics.json has no 'metrics' table (not written by `edue evaluate`?)", folder
