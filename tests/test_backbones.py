@@ -16,7 +16,7 @@ import torch
 from edue.config import load_config
 from edue.engine.checkpoint import load_checkpoint
 from edue.errors import ConfigError
-from edue.methods.registry import BuildRequest, get_method, method_names
+from edue.methods.registry import BuildRequest, backbone_blocks, get_method, method_names
 from edue.nets.dynunet_backbone import nnunet_filters, plan_kernels_strides
 from tests.conftest import free_port, join_process_group_env
 
@@ -307,6 +307,24 @@ def test_dynunet_explicit_plan_is_checked():
         load_config(None, ["model.backbone=dynunet", "model.strides=[[1, 1], [2, 2]]"])
     with pytest.raises(ConfigError, match="3 widths for 4 levels"):
         _build("dynunet-2d", "plain", ["model.filters=[4, 8, 16]"])
+
+
+def test_a_3d_dynunet_without_a_patch_size_is_valid_for_every_head_method():
+    """The block names come from the dimensions the model options fix (3 here), not
+    from a guessed 2-D patch."""
+    plan = [
+        "model.backbone=dynunet",
+        "model.kernel_size=[[3, 3, 3], [3, 3, 3], [3, 3, 3]]",
+        "model.strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]]",
+    ]
+    config = load_config(None, [*plan, "method.name=layer_ensembles", "method.skip_first=0"])
+    assert backbone_blocks(config) == (
+        ["encoder.0", "encoder.1", "encoder.2"],
+        ["decoder.0", "decoder.1"],
+    )
+    assert get_method("edue").members(load_config(None, [*plan, "method.name=edue"])) == 2
+    anisotropic = load_config(None, ["model.backbone=dynunet", "model.spacing=[1, 1, 3]"])
+    assert len(backbone_blocks(anisotropic)[0]) >= 3
 
 
 # -------------------------------------------------------------------------- model show

@@ -10,6 +10,7 @@ from torch import nn
 
 from edue.config import Config
 from edue.errors import ConfigError
+from edue.methods.edue import head_names
 from edue.methods.registry import backbone_spec
 from edue.nets.backbones import BackboneError, build_backbone, count_parameters
 
@@ -40,16 +41,6 @@ class BackboneSummary:
     total_parameters: int
     blocks: list[BlockRow]
     size_divisor: int
-
-
-def head_names(config: Config, encoder: list[str], decoder: list[str]) -> list[str]:
-    """The blocks ``method.heads`` names: ``decoder``, ``encoder+decoder`` or a list."""
-    heads = config.method.heads
-    if heads == "decoder":
-        return list(decoder)
-    if heads == "encoder+decoder":
-        return list(encoder) + list(decoder)
-    return list(heads)
 
 
 def summarize_backbone(
@@ -91,7 +82,7 @@ def summarize_backbone(
         handle.remove()
     encoder = list(backbone.encoder_names)  # type: ignore[arg-type]
     decoder = list(backbone.decoder_names)  # type: ignore[arg-type]
-    with_heads = set(head_names(config, encoder, decoder))
+    with_heads = set(head_names(config.method.heads, encoder, decoder))
     unknown = sorted(with_heads - set(taps))
     if unknown:
         raise ConfigError(

@@ -16,12 +16,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from edue.config import Config, MethodConfig
 
 
-def head_blocks(backbone: Backbone, heads: str | Sequence[str]) -> list[str]:
-    """Block names of a head placement (``decoder``, ``encoder+decoder`` or a list)."""
+def head_names(
+    heads: str | Sequence[str], encoder: Sequence[str], decoder: Sequence[str]
+) -> list[str]:
+    """Block names of a head placement (``decoder``, ``encoder+decoder`` or a list),
+    given a backbone's encoder and decoder block names."""
     if heads == "decoder":
-        return backbone.decoder_names
+        return list(decoder)
     if heads == "encoder+decoder":
-        return backbone.block_names
+        return list(encoder) + list(decoder)
     return list(heads)
 
 
@@ -63,7 +66,7 @@ class EDUE(Method):
         super().__init__(
             MultiHeadNet(
                 backbone,
-                head_blocks(backbone, heads),
+                head_names(heads, backbone.encoder_names, backbone.decoder_names),
                 out_channels,
                 backbone.spatial_dims,
                 backbone.in_channels,
@@ -87,10 +90,9 @@ def _build(request: BuildRequest) -> EDUE:
 def head_count(config: Config) -> int:
     """Heads of the configured placement on the configured backbone."""
     heads = config.method.heads
-    if heads not in ("decoder", "encoder+decoder"):
+    if not isinstance(heads, str):  # a list: no backbone to look at
         return len(heads)
-    encoder, decoder = backbone_blocks(config)
-    return len(decoder) if heads == "decoder" else len(encoder) + len(decoder)
+    return len(head_names(heads, *backbone_blocks(config)))
 
 
 SPEC = register_method(

@@ -106,16 +106,26 @@ def backbone_spec(
     )
 
 
-def backbone_blocks(config: Config) -> tuple[list[str], list[str]]:
-    """``(encoder block names, decoder block names)`` of the configured backbone.
+def configured_spatial_dims(config: Config) -> int:
+    """The spatial dimensions a configuration fixes before any data is read: those of
+    ``model.strides``, ``model.kernel_size`` or ``model.spacing`` where given, else of a
+    2- or 3-value ``data.patch_size``, else 2."""
+    m, patch = config.model, config.data.patch_size
+    for given in (m.strides[0] if m.strides else None, m.kernel_size[0] if m.kernel_size else None):
+        if given and len(given) in (2, 3):
+            return len(given)
+    if m.spacing and len(m.spacing) in (2, 3):
+        return len(m.spacing)
+    return len(patch) if patch and len(patch) in (2, 3) else 2
 
-    The spatial dimensions are those of ``data.patch_size`` where it is set, else 2.
-    """
+
+def backbone_blocks(config: Config) -> tuple[list[str], list[str]]:
+    """``(encoder block names, decoder block names)`` of the configured backbone, at the
+    spatial dimensions of :func:`configured_spatial_dims` (the names do not depend on
+    them otherwise)."""
     from edue.nets.backbones import BackboneError, tap_layout
 
-    dims = len(config.data.patch_size) if config.data.patch_size else 2
-    if config.data.patch_size and len(config.data.patch_size) == 1:
-        dims = 2
+    dims = configured_spatial_dims(config)
     try:
         return tap_layout(backbone_spec(config, dims, for_training=False))
     except BackboneError as error:

@@ -18,8 +18,7 @@ The choice is made by :class:`BackboneSpec` (built from ``model.*`` of a configu
 from __future__ import annotations
 
 import functools
-import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -154,24 +153,14 @@ def tap_layout(spec: BackboneSpec) -> tuple[list[str], list[str]]:
     if spec.kind == "unet":
         depth = len(spec.channels)
         return [f"encoder.{i}" for i in range(depth)], [f"decoder.{i}" for i in range(depth - 1)]
-    key = json.dumps(asdict(replace(spec, out_channels=0, load_weights=False, dropout=0.0)))
-    encoder, decoder = _layout_of(key)
+    encoder, decoder = _layout_of(replace(spec, out_channels=0, load_weights=False, dropout=0.0))
     return list(encoder), list(decoder)
 
 
 @functools.lru_cache(maxsize=32)
-def _layout_of(key: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    fields = json.loads(key)
-    for name in ("channels", "decoder_channels", "input_mean", "input_std", "filters"):
-        if fields[name] is not None:
-            fields[name] = tuple(fields[name])
-    for name in ("kernel_size", "strides"):
-        if fields[name] is not None:
-            fields[name] = tuple(tuple(v) for v in fields[name])
-    for name in ("patch_size", "spacing"):
-        if fields[name] is not None:
-            fields[name] = tuple(fields[name])
-    backbone = build_backbone(BackboneSpec(**fields))
+def _layout_of(spec: BackboneSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Block names of a feature-only build of ``spec`` (a frozen, hashable spec)."""
+    backbone = build_backbone(spec)
     return tuple(backbone.encoder_names), tuple(backbone.decoder_names)
 
 
