@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from edue.data.synthetic import FundusConfig, generate_cases
 from edue.engine.calibration import REASON_SHIFT, REASON_UNCERTAIN, Calibration
 from edue.engine.infer import Predictor
 from edue.engine.ood_gate import FeatureTap, OODGate, encoder_block_names
+from edue.errors import EdueError
 
 POOR = ["disc=0.5", "cup=0.3"]
 
@@ -367,3 +369,17 @@ def test_a_batch_is_decided_as_each_image_alone(calibrated_run: Path) -> None:
     assert np.isnan(second["expected_expert_sv"]) and np.isnan(second["percentile"])
     assert batch[1]["ood"]["available"] is False
     assert batch[2]["ood"]["unlike_training"] and not batch[0]["ood"]["unlike_training"]
+
+
+def test_a_gate_reading_a_block_the_model_lacks_is_refused(calibrated_run: Path) -> None:
+    calibration = Calibration.load(calibrated_run / "calibration.json")
+    predictor = Predictor.from_checkpoint(calibrated_run, device="cpu")
+    assert predictor.weights_sha256 == calibration.weights_sha256
+    calibration.check_model(predictor)  # its own model: accepted
+    assert calibration.gate is not None
+    calibration.gate = replace(calibration.gate, modules=("network.backbone.nope",))
+    with pytest.raises(EdueError, match="calibration.json: .*network.backbone.nope"):
+        calibration.check_model(predictor)
+    predictor.weights_sha256 = "0" * 64
+    with pytest.raises(EdueError, match="fitted for another checkpoint"):
+        calibration.check_model(predictor)

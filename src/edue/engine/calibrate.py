@@ -38,7 +38,6 @@ from edue.engine.calibration import (
     CALIBRATION_FILE,
     Calibration,
     StructureCalibration,
-    checkpoint_hash,
 )
 from edue.engine.checkpoint import resolve_checkpoint
 from edue.engine.infer import Predictor
@@ -266,7 +265,7 @@ def calibrate_checkpoint(
         delta,
         false_alarm,
         checkpoint=str(path),
-        weights_sha256=checkpoint_hash(path) or "",
+        weights_sha256=predictor.weights_sha256 or "",
         split=f"every case of {data}" if all_cases else split,
         gate_blocks=gate_blocks,
     )

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edue.engine.checkpoint import load_checkpoint, resolve_checkpoint
-from edue.engine.ood_gate import OODGate
-from edue.errors import EdueError
+from edue.engine.checkpoint import resolve_checkpoint
+from edue.engine.ood_gate import OODGate, tapped_modules
+from edue.errors import CheckpointError, EdueError
 from edue.io import read_json, write_json
 from edue.metrics.referral import (
     INTERVAL_COVERAGE,
@@ -201,13 +201,16 @@ class Calibration:
             REASON_SHIFT: float(shift.mean()),
         }
 
-    def check_model(self, predictor: Predictor, weights_sha256: str | None) -> None:
+    def check_model(self, predictor: Predictor) -> None:
         """Refuse a calibration fitted for another model.
 
         Raises:
-            EdueError: other weights or other structures (names the calibration file).
+            EdueError: other weights (by the checkpoint's recorded hash), other
+                structures, or a gate reading modules the model lacks (names the
+                calibration file).
         """
-        if weights_sha256 is not None and weights_sha256 != self.weights_sha256:
+        recorded = predictor.weights_sha256
+        if recorded is not None and recorded != self.weights_sha256:
             raise EdueError(
                 "was fitted for another checkpoint (its weights differ); run "
                 "`edue calibrate` on this checkpoint again",
@@ -219,6 +222,11 @@ class Calibration:
                 f"{list(predictor.structures)}",
                 self.path,
             )
+        if self.gate is not None:
+            try:
+                tapped_modules(predictor.method, self.gate.modules)
+            except CheckpointError as exc:
+                raise EdueError(exc.reason, self.path) from None
 
     def decide(self, sv: Sequence[float], ood_score: float | None) -> dict[str, Any]:
         """The referral decision of one image.
@@ -427,13 +435,6 @@ def find_calibration(
         return Calibration.load(explicit)
     path = calibration_path(checkpoint)
     return Calibration.load(path) if path.exists() else None
-
-
-def checkpoint_hash(checkpoint: str | Path) -> str | None:
-    """The recorded weights hash of a checkpoint."""
-    state = load_checkpoint(checkpoint, verify=False)
-    value = state.get("weights_sha256")
-    return str(value) if value is not None else None
 
 
 def referral_summary(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

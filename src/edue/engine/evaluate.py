@@ -29,7 +29,7 @@ import numpy as np
 from edue.data.case import MultiRaterCase
 from edue.data.distortions import distort_dataset
 from edue.engine.calibrate import MAX_TRAIN_IMAGES, REPORTED_ALPHAS, fit_calibration
-from edue.engine.calibration import Calibration, checkpoint_hash, find_calibration
+from edue.engine.calibration import Calibration, find_calibration
 from edue.engine.infer import Predictor
 from edue.engine.ood_gate import OODGate
 from edue.io import atomic_path, write_json, write_npz
@@ -311,7 +311,7 @@ def evaluate_checkpoint(
     if use_calibration:
         found = find_calibration(checkpoint, calibration)
         if found is not None:
-            found.check_model(predictor, checkpoint_hash(checkpoint))
+            found.check_model(predictor)
             levels = {**found.poor_levels, **levels}
         elif not data and not all_cases and calibration_split != split:
             found = _calibrate_in_memory(predictor, checkpoint, calibration_split, levels)
@@ -342,12 +342,9 @@ def _calibrate_in_memory(
         predictor,
         cases[split],
         cases["train"],
-        {
-            s: poor_threshold_for(s, {**DEFAULT_POOR_THRESHOLDS, **levels})
-            for s in predictor.structures
-        },
+        levels,
         checkpoint=str(checkpoint),
-        weights_sha256=checkpoint_hash(checkpoint) or "",
+        weights_sha256=predictor.weights_sha256 or "",
         split=split,
     )
     calibration.notes.append(f"fitted during the evaluation on split '{split}' (not saved)")

@@ -14,7 +14,7 @@ from edue.data.case import MultiRaterCase
 from edue.data.source import CaseSource
 from edue.data.transforms import resize_image
 from edue.engine.checkpoint import load_checkpoint, resolve_checkpoint
-from edue.engine.ood_gate import FeatureTap, tapped_modules
+from edue.engine.ood_gate import FeatureTap, encoder_block_names, tapped_modules
 from edue.engine.runtime import resolve_device
 from edue.errors import CheckpointError, ConfigError, DataError
 from edue.methods import Method, build_method, built_method
@@ -60,10 +60,17 @@ class Predictor:
         config: its training configuration.
         data_info: ``in_channels``, ``structures``, ``spatial_dims``, ``image_size``.
         device: where to run.
+        weights_sha256: the checkpoint's recorded weights hash (``None``: not from a
+            checkpoint, or none recorded).
     """
 
     def __init__(
-        self, method: Method, config: Config, data_info: dict[str, Any], device: torch.device
+        self,
+        method: Method,
+        config: Config,
+        data_info: dict[str, Any],
+        device: torch.device,
+        weights_sha256: str | None = None,
     ) -> None:
         self.method = method.to(device).eval()
         self.config = config
@@ -72,6 +79,7 @@ class Predictor:
         self.structures = tuple(data_info["structures"])
         self.in_channels = int(data_info["in_channels"])
         self.spatial_dims = int(data_info["spatial_dims"])
+        self.weights_sha256 = weights_sha256
         self._taps: dict[tuple[str, ...], FeatureTap] = {}
 
     @property
@@ -108,7 +116,14 @@ class Predictor:
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"incomplete or malformed checkpoint ({exc!r})", path) from None
         load_weights(method, state["model"], path, built_method(config).name)
-        return cls(method, config, info, resolve_device(device))
+        recorded = state.get("weights_sha256")
+        return cls(
+            method,
+            config,
+            info,
+            resolve_device(device),
+            None if recorded is None else str(recorded),
+        )
 
     # ------------------------------------------------------------------ checks
     def check_image(self, image: np.ndarray | torch.Tensor, where: str = "image") -> torch.Tensor:
@@ -233,8 +248,6 @@ class Predictor:
     def feature_module_names(self) -> list[str]:
         """The modules whose pooled outputs the distribution-shift gate reads: the
         encoder blocks of the method's first network, fine to coarse (none: empty)."""
-        from edue.engine.ood_gate import encoder_block_names
-
         return encoder_block_names(self.method)
 
     @torch.no_grad()

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,7 +36,9 @@ from torch import nn
 
 from edue.errors import CheckpointError, EdueError
 from edue.io import write_npz
-from edue.metrics.referral import ShrunkGaussian, conformal_upper_threshold
+
+if TYPE_CHECKING:  # the fit's math is imported where a gate is fitted or read
+    from edue.metrics.referral import ShrunkGaussian
 
 _CPU = torch.device("cpu")
 
@@ -220,6 +222,8 @@ class OODGate:
     ) -> OODGate:
         """Fit on training features ``[N, C]``, set the threshold on calibration features
         ``[M, C]``."""
+        from edue.metrics.referral import ShrunkGaussian, conformal_upper_threshold
+
         gaussian = ShrunkGaussian.fit(train_features)
         # the threshold is set on the very scores predict will compute (:meth:`score`)
         unset = cls(tuple(modules), gaussian, math.inf, float(false_alarm), 0)
@@ -298,6 +302,8 @@ class OODGate:
         Raises:
             EdueError: the file is missing, unreadable or inconsistent with the summary.
         """
+        from edue.metrics.referral import ShrunkGaussian
+
         if not path.is_file():
             raise EdueError("the distribution-shift gate's arrays are missing", path)
         try:

@@ -47,14 +47,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edue.engine.calibration import (
-    Calibration,
-    checkpoint_hash,
-    find_calibration,
-    referral_summary,
-)
 from edue.engine.infer import Predictor
 from edue.engine.predict_pipeline import DEFAULT_WRITER_THREADS, _Pipeline
 from edue.engine.prediction_writers import (
@@ -67,6 +61,9 @@ from edue.engine.prediction_writers import (
 )
 from edue.errors import ConfigError, DataError
 from edue.io import SUPPORTED_SUFFIXES, suffix_of, write_json
+
+if TYPE_CHECKING:
+    from edue.engine.calibration import Calibration
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -224,6 +221,8 @@ def predict_files(
         "failed": result.failed,
     }
     if referral is not None:
+        from edue.engine.calibration import referral_summary
+
         result.calibration = referral.path
         result.referral = {
             "calibration": str(referral.path),
@@ -245,16 +244,9 @@ def _checked_calibration(
     predictor: Predictor, checkpoint: str | Path, explicit: str | Path | None
 ) -> Calibration | None:
     """The calibration to decide with, checked against the model (see ``predict_files``)."""
-    from edue.engine.ood_gate import tapped_modules
-    from edue.errors import CheckpointError, EdueError
+    from edue.engine.calibration import find_calibration
 
     found = find_calibration(checkpoint, explicit)
-    if found is None:
-        return None
-    found.check_model(predictor, checkpoint_hash(checkpoint))
-    if found.gate is not None:
-        try:
-            tapped_modules(predictor.method, found.gate.modules)
-        except CheckpointError as exc:
-            raise EdueError(str(exc), found.path) from None
+    if found is not None:
+        found.check_model(predictor)
     return found

@@ -10,11 +10,10 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edue.engine.calibration import Calibration
 from edue.engine.infer import Predictor
 from edue.engine.prediction_writers import (
     FigureWriter,
@@ -26,6 +25,9 @@ from edue.engine.prediction_writers import (
 from edue.errors import DataError
 from edue.io import NIFTI_SUFFIXES, read_image, suffix_of
 from edue.prediction import Prediction
+
+if TYPE_CHECKING:
+    from edue.engine.calibration import Calibration
 
 #: At most this many input values (channels × pixels or voxels) go through the model in
 #: one pass (eight RGB images of 512²); a larger image makes a batch of its own. The
@@ -374,14 +376,14 @@ class _Pipeline:
             for pred in preds
         ]
         arrays = [pred.to_numpy() for pred in own]  # mean, variance, …, SV: cached
-        decisions: list[dict[str, Any] | None] = [None] * len(batch)
+        decisions: Sequence[dict[str, Any] | None] = [None] * len(batch)
         if self.calibration is not None:
             scores: list[float | None] = [None] * len(batch)
             gate = self.calibration.gate
             if gate is not None and features is not None:
                 scores = [float(s) for s in gate.score(features)]
             sv = np.stack([a["sv"] for a in arrays])  # the batch decided at once
-            decisions = list(self.calibration.decide_many(sv, scores))
+            decisions = self.calibration.decide_many(sv, scores)
         for item, pred, values, decision in zip(batch, own, arrays, decisions, strict=True):
             self.at = item.index
             writer.submit(self._job(item, pred, values, decision))
