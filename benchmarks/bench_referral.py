@@ -52,7 +52,6 @@ from bench_predict import write_checkpoint  # noqa: E402
 TARGET = 1.05
 PREDICTION, GATE, DECISION = "prediction", "prediction + gate", "prediction + gate + decision"
 GATE_ALONE = "the gate's own work"
-STRUCTURES = ("disc", "cup")
 #: The batch of ``edue predict`` (its ``--batch-size`` default).
 PREDICT_BATCH = 8
 #: (image size, model.channels, images per call) of the default settings: the demo's

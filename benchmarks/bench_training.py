@@ -35,12 +35,16 @@ from edue.methods import get_method, method_names, method_specs  # noqa: E402
 PHASES = ("forward", "loss", "backward", "adam")
 
 
-def make_batch(size: int, batch: int, seed: int = 0, n_raters: int = 6) -> dict[str, Any]:
-    """A real training batch: synthetic cases through ``CaseDataset`` and ``collate_cases``."""
+def make_batch(
+    size: int, batch: int, seed: int = 0, n_raters: int = 6, dims: int = 2
+) -> dict[str, Any]:
+    """A real training batch: synthetic cases (2D fundus or 3D volumes) through
+    ``CaseDataset`` and ``collate_cases``."""
     from edue.data.case import CaseDataset, collate_cases
-    from edue.data.synthetic_source import SyntheticSource
+    from edue.data.synthetic_source import Synthetic3DSource, SyntheticSource
 
-    source = SyntheticSource(n=batch, seed=seed, size=size, n_raters=n_raters)
+    kind = SyntheticSource if dims == 2 else Synthetic3DSource
+    source = kind(n=batch, seed=seed, size=size, n_raters=n_raters)
     dataset = CaseDataset(source.loaders())
     return collate_cases([dataset[i] for i in range(batch)])
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from edue.io import atomic_path
+from edue.report.runs import as_float
 
 GALLERY_FILE = "predictions.html"
 #: The long side of each picture, in pixels.
@@ -261,7 +262,7 @@ def _card_html(card: Card) -> str:
         ood = entry.get("ood", {})
         shift = (
             f'<p class="note">distribution-shift score {_number(ood.get("score"), 2)} '
-            f"(flagged above {_number(_float(ood.get('threshold')), 2)})</p>"
+            f"(flagged above {_number(as_float(ood.get('threshold')), 2)})</p>"
             if ood.get("available")
             else ""
         )
@@ -279,7 +280,7 @@ def _card_html(card: Card) -> str:
         shift = ""
     note = f'<p class="note">{esc(card.note)}</p>' if card.note else ""
     return (
-        f'<div class="card {kind}" data-refer="{int(kind == "refer")}">'
+        f'<div class="card {kind}">'
         f'<div class="pics">{pictures}</div><h3>{esc(card.name)}</h3>{decision}{table}'
         f"{shift}{note}</div>"
     )
@@ -288,22 +289,17 @@ def _card_html(card: Card) -> str:
 def _structure_decision(decision: Mapping[str, Any]) -> str:
     """``accept``, or ``refer`` with why: the SV above its threshold, no threshold
     certified, or the image unlike the training images."""
+    from edue.engine.calibration import REASON_SHIFT, REASON_UNCERTAIN
+
     if not decision.get("refer"):
         return "accept"
     why = []
-    if "uncertain segmentation" in decision.get("reasons", []):
-        threshold = _float(decision.get("threshold"))
+    if REASON_UNCERTAIN in decision.get("reasons", []):
+        threshold = as_float(decision.get("threshold"))
         why.append(f"SV > {threshold:.4g}" if np.isfinite(threshold) else "none certified")
-    if "unlike the training images" in decision.get("reasons", []):
+    if REASON_SHIFT in decision.get("reasons", []):
         why.append("unlike training")
     return "refer: " + ", ".join(why) if why else "refer"
-
-
-def _float(value: object) -> float:
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 def render_gallery(cards: Sequence[Card], summary: Mapping[str, Any]) -> str:

@@ -73,7 +73,7 @@ class RunResult:
 
     def value(self, key: str) -> float:
         """A metric by key (``"soft_dice/disc/mean"``), nan when absent or not a number."""
-        return _as_float(self.metrics.get(key))
+        return as_float(self.metrics.get(key))
 
     @property
     def n_members(self) -> int:
@@ -91,15 +91,16 @@ class RunResult:
     @property
     def seconds_per_image(self) -> float:
         """Median single-image inference time in seconds (nan when not recorded)."""
-        return _as_float(self.info.get("seconds_per_image"))
+        return as_float(self.info.get("seconds_per_image"))
 
     @property
     def parameters(self) -> float:
         """Trainable parameters (nan when not recorded)."""
-        return _as_float(self.info.get("parameters"))
+        return as_float(self.info.get("parameters"))
 
 
-def _as_float(value: object) -> float:
+def as_float(value: object) -> float:
+    """``float(value)``, nan for anything that is not a number (``None``, text)."""
     try:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -143,7 +144,7 @@ def _read_per_case(path: Path) -> dict[str, np.ndarray]:
     for key in rows[0]:
         if key in ("case_id", "method"):
             continue
-        columns[key] = np.array([_as_float(row.get(key)) for row in rows], dtype=np.float64)
+        columns[key] = np.array([as_float(row.get(key)) for row in rows], dtype=np.float64)
     return columns
 
 
@@ -190,7 +191,7 @@ def load_run(folder: str | Path) -> RunResult:
     label = info.get("label")
     if not isinstance(label, str) or not label or label == method:
         label = method_label(method)
-    metrics = {str(k): _as_float(v) for k, v in info["metrics"].items()}
+    metrics = {str(k): as_float(v) for k, v in info["metrics"].items()}
     run = RunResult(
         folder=folder,
         method=method,
@@ -266,7 +267,7 @@ def ood_auroc(
     k = run.structures.index(structure)
     if not isinstance(values, list) or k >= len(values):
         return math.nan
-    return _as_float(values[k])
+    return as_float(values[k])
 
 
 def referral_alphas(runs: Sequence[RunResult]) -> tuple[float, ...]:
@@ -291,4 +292,4 @@ def ood_gate_auroc(run: RunResult, kind: str, fraction: float = 0.5) -> float:
     if run.ood is None:
         return math.nan
     entry = run.ood.get("results", {}).get(ood_key(kind, fraction), {})
-    return _as_float(entry.get("auroc_gate"))
+    return as_float(entry.get("auroc_gate"))

@@ -262,11 +262,16 @@ def qc_ood_table(runs: Sequence[RunResult]) -> Table:
     )
     table.headers = list(structures)
     table.groups = [("QC d-AUC", len(structures))]
+    gate_kinds = {
+        kind
+        for kind in ood_kinds(runs)
+        if any(math.isfinite(ood_gate_auroc(run, kind)) for run in runs)
+    }
     for kind in ood_kinds(runs):
         start = len(table.headers)
         for s in structures:
             table.headers += [f"{s} agreement", f"{s} SV"]
-        gate = any(math.isfinite(ood_gate_auroc(run, kind)) for run in runs)
+        gate = kind in gate_kinds
         table.headers += ["OOD gate"] if gate else []
         for run, (_, cells) in zip(runs, table.rows, strict=True):
             for s in structures:
@@ -279,12 +284,7 @@ def qc_ood_table(runs: Sequence[RunResult]) -> Table:
         for i in range(start, len(table.headers)):
             mark_best(table.column(i), True, 2)
         table.groups.append((f"{kind} @ 50 %: AUROC", len(table.headers) - start))
-    thresholds = []
-    for s in structures:
-        values = {run.value(f"qc_threshold/{s}") for run in runs}
-        values = {v for v in values if math.isfinite(v)}
-        if len(values) == 1:
-            thresholds.append(f"{s} {values.pop():.2f}")
+    thresholds = _shared_levels(runs, structures, "qc_threshold", ".2f")
     poor = f" (poor: soft Dice below {', '.join(thresholds)})" if thresholds else ""
     table.note = (
         f"d-AUC: area between the QC curve and its ideal{poor}; {MISSING}: no image or "
@@ -294,11 +294,25 @@ def qc_ood_table(runs: Sequence[RunResult]) -> Table:
         + (
             "; OOD gate: the distribution-shift score of `edue calibrate` (Mahalanobis "
             "distance of the pooled encoder features to the training images)."
-            if any(math.isfinite(ood_gate_auroc(r, k)) for r in runs for k in ood_kinds(runs))
+            if gate_kinds
             else "."
         )
     )
     return table
+
+
+def _shared_levels(
+    runs: Sequence[RunResult], structures: Sequence[str], metric: str, fmt: str
+) -> list[str]:
+    """``"<structure> <value>"`` for each structure whose ``metric/<structure>`` is one
+    finite value shared by every run that has it (a level to name in a note)."""
+    shared = []
+    for s in structures:
+        values = {run.value(f"{metric}/{s}") for run in runs}
+        values = {v for v in values if math.isfinite(v)}
+        if len(values) == 1:
+            shared.append(f"{s} {values.pop():{fmt}}")
+    return shared
 
 
 def _calibration_text(runs: Sequence[RunResult]) -> str:
@@ -323,12 +337,7 @@ def referral_table(runs: Sequence[RunResult]) -> Table:
         all_structures(runs),
         "",
     )
-    levels = []
-    for s in all_structures(runs):
-        values = {run.value(f"referral_poor_level/{s}") for run in runs}
-        values = {v for v in values if math.isfinite(v)}
-        if len(values) == 1:
-            levels.append(f"{s} {values.pop():g}")
+    levels = _shared_levels(runs, all_structures(runs), "referral_poor_level", "g")
     poor = f"soft Dice below {', '.join(levels)}" if levels else "soft Dice below the level"
     table.note = (
         "Thresholds on the SV certified by Learn-then-Test on the calibration split "
@@ -496,6 +505,8 @@ def to_html(table: Table) -> str:
 def flat_csv(runs: Sequence[RunResult]) -> str:
     """One row per method with every raw number of every table (metric-key columns)."""
     structures, kinds = all_structures(runs), ood_kinds(runs)
+    referral = referral_columns(referral_alphas(runs)) if any(map(has_referral, runs)) else []
+    gate_kinds = [k for k in kinds if any(math.isfinite(ood_gate_auroc(r, k)) for r in runs)]
     rows = []
     for run, cost in zip(runs, cost_numbers(runs), strict=True):
         row: dict[str, object] = {
@@ -503,7 +514,6 @@ def flat_csv(runs: Sequence[RunResult]) -> str:
             "label": run.label,
             "folder": str(run.folder),
         }
-        referral = referral_columns(referral_alphas(runs)) if any(map(has_referral, runs)) else []
         for s in structures:
             for column in (*MAIN_COLUMNS, QC_COLUMN, *referral):
                 row.update({k: run.value(k) for k in column.keys(s)})
@@ -514,7 +524,7 @@ def flat_csv(runs: Sequence[RunResult]) -> str:
             for s in structures:
                 for score in ("agreement", "sv"):
                     row[f"ood_auroc_{score}/{kind}/{s}"] = ood_auroc(run, kind, score, s)
-            if any(math.isfinite(ood_gate_auroc(r, kind)) for r in runs):
+            if kind in gate_kinds:
                 row[f"ood_auroc_gate/{kind}"] = ood_gate_auroc(run, kind)
         rows.append(row)
     handle = io.StringIO()
