@@ -30,6 +30,27 @@ def as_array_1d(x: object) -> np.ndarray:
     return np.asarray(x, dtype=np.float64).reshape(-1)
 
 
+def finite_pairs(
+    a: object, b: object, names: tuple[str, str] = ("inputs", "")
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs of two equally long 1-D inputs with both values finite, as float64.
+
+    Args:
+        a: first values ``[N]``.
+        b: second values ``[N]``.
+        names: how the error names the two inputs (``("x", "y")``).
+
+    Raises:
+        ValueError: the inputs differ in length.
+    """
+    x, y = as_array_1d(a), as_array_1d(b)
+    if x.shape != y.shape:
+        what = f"{names[0]} and {names[1]}" if names[1] else names[0]
+        raise ValueError(f"{what} differ in length: {x.size} vs {y.size}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    return x[keep], y[keep]
+
+
 def structure_names(n_structures: int, names: Sequence[str] | None) -> tuple[str, ...]:
     """The given names, or ``("0", "1", ...)`` when none are known."""
     if names is None:

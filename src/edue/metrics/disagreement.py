@@ -21,7 +21,13 @@ import numpy as np
 import torch
 from scipy.stats import pearsonr, rankdata, spearmanr
 
-from edue.metrics._utils import as_array_1d, as_tensor, nan_mean_std, structure_names
+from edue.metrics._utils import (
+    as_array_1d,
+    as_tensor,
+    finite_pairs,
+    nan_mean_std,
+    structure_names,
+)
 
 _NAN = float("nan")
 # A map is "constant" when its standard deviation is below this fraction of its largest
@@ -56,11 +62,7 @@ def image_correlation(
         ``spearman``, ``pearson`` (floats), ``spearman_ci``, ``pearson_ci``
         (``(low, high)`` tuples) and ``n`` (number of pairs used).
     """
-    x, y = as_array_1d(model_sv), as_array_1d(expert_sv)
-    if x.shape != y.shape:
-        raise ValueError(f"model_sv and expert_sv differ in length: {x.size} vs {y.size}")
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
+    x, y = finite_pairs(model_sv, expert_sv, ("model_sv", "expert_sv"))
     out: dict[str, object] = {
         "spearman": _NAN,
         "pearson": _NAN,

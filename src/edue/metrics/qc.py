@@ -35,7 +35,7 @@ from types import MappingProxyType
 import numpy as np
 from scipy.integrate import trapezoid
 
-from edue.metrics._utils import as_array_1d
+from edue.metrics._utils import finite_pairs
 
 #: Soft Dice below which a segmentation is "poor": the authors' RIGA values for disc and
 #: cup; for head-and-neck tumours (GTVp, GTVn) the project's choice, near the best
@@ -90,11 +90,7 @@ def qc_curve(
     Raises:
         ValueError: if no image is left.
     """
-    s, d = as_array_1d(scores), as_array_1d(dice)
-    if s.shape != d.shape:
-        raise ValueError(f"scores and dice differ in length: {s.size} vs {d.size}")
-    keep = np.isfinite(s) & np.isfinite(d)
-    s, d = s[keep], d[keep]
+    s, d = finite_pairs(scores, dice, ("scores", "dice"))
     n = int(s.size)
     if n == 0:
         raise ValueError("qc_curve needs at least one image with a finite score and Dice")

@@ -47,7 +47,7 @@ import numpy as np
 from scipy.optimize import isotonic_regression
 from scipy.stats import binom
 
-from edue.metrics._utils import as_array_1d
+from edue.metrics._utils import as_array_1d, finite_pairs
 
 #: Share of the experts' SV the range of :class:`ExpertScale` is meant to cover.
 INTERVAL_COVERAGE = 0.8
@@ -307,11 +307,7 @@ class IsotonicMap:
         Raises:
             ValueError: no pair with both values finite.
         """
-        a, b = as_array_1d(x), as_array_1d(y)
-        if a.shape != b.shape:
-            raise ValueError(f"x and y differ in length: {a.size} vs {b.size}")
-        keep = np.isfinite(a) & np.isfinite(b)
-        a, b = a[keep], b[keep]
+        a, b = finite_pairs(x, y, ("x", "y"))
         if a.size == 0:
             raise ValueError("IsotonicMap.fit needs at least one finite pair")
         knots, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
@@ -375,10 +371,9 @@ class ExpertScale:
         cls, scores: object, expert: object, coverage: float = INTERVAL_COVERAGE
     ) -> ExpertScale:
         """Fit the map and keep the residuals of the finite pairs."""
-        s, e = as_array_1d(scores), as_array_1d(expert)
+        s, e = finite_pairs(scores, expert, ("scores", "expert"))
         mapping = IsotonicMap.fit(s, e)
-        keep = np.isfinite(s) & np.isfinite(e)
-        return cls(mapping, s[keep], e[keep] - mapping(s[keep]), float(coverage))
+        return cls(mapping, s, e - mapping(s), float(coverage))
 
     @property
     def neighbours(self) -> int:
@@ -434,11 +429,7 @@ def linear_fit(expert: object, model: object) -> tuple[float, float]:
     A score in the experts' units has slope 1 and intercept 0. Pairs with a non-finite
     value are dropped; ``(nan, nan)`` with fewer than two pairs or a constant ``expert``.
     """
-    x, y = as_array_1d(expert), as_array_1d(model)
-    if x.shape != y.shape:
-        raise ValueError(f"expert and model differ in length: {x.size} vs {y.size}")
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
+    x, y = finite_pairs(expert, model, ("expert", "model"))
     if x.size < 2 or np.ptp(x) == 0:
         return float("nan"), float("nan")
     slope, intercept = np.polyfit(x, y, 1)
@@ -447,11 +438,8 @@ def linear_fit(expert: object, model: object) -> tuple[float, float]:
 
 def mean_absolute_error(a: object, b: object) -> float:
     """Mean ``|a − b|`` over the pairs with both finite (nan when none)."""
-    x, y = as_array_1d(a), as_array_1d(b)
-    if x.shape != y.shape:
-        raise ValueError(f"inputs differ in length: {x.size} vs {y.size}")
-    keep = np.isfinite(x) & np.isfinite(y)
-    return float(np.abs(x[keep] - y[keep]).mean()) if keep.any() else float("nan")
+    x, y = finite_pairs(a, b)
+    return float(np.abs(x - y).mean()) if x.size else float("nan")
 
 
 def percentile_of(values: object, reference: object) -> np.ndarray:
