@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 import bench_backbones  # noqa: E402
 import bench_evaluate  # noqa: E402
+import bench_heads  # noqa: E402
 import bench_inference  # noqa: E402
 import bench_loader  # noqa: E402
 import bench_predict  # noqa: E402
@@ -66,6 +67,7 @@ def plan(quick: bool, threads: int) -> list[tuple[str, str, Callable[[], dict[st
         ("inference", "inference", partial(inference, size=256)),
         ("inference_128", "inference", pair_128),
         ("inference_128_1thread", "inference", partial(pair_128, threads=1, memory=False)),
+        ("heads", "inference", partial(bench_heads.run, quick=quick, threads=threads)),
         ("training", "training", partial(training, size=128)),
         ("training_256", "training", partial(training, size=256, methods=pair, rounds=pair_rounds)),
         (

@@ -61,7 +61,17 @@ def test_perfect_prediction_made_of_the_raters() -> None:
     case = _case(1)
     masks = torch.from_numpy(case.masks)
     row = evaluate_case(Prediction(masks.float()), case)
-    assert set(row) == {f"{m}/{s}" for m in CASE_METRICS for s in STRUCTURES}
+    extra = [f"member_soft_dice_{i}" for i in range(masks.shape[0])]
+    extra += ["sv_variance", "sv_bernoulli", "sv_combined"]
+    assert set(row) == {f"{m}/{s}" for m in (*CASE_METRICS, *extra) for s in STRUCTURES}
+    for s in STRUCTURES:  # each member (rater) alone against the soft vote; the scores
+        for i in range(masks.shape[0]):
+            alone = soft_dice(masks[i].float(), soft_vote(masks))[STRUCTURES.index(s)]
+            assert row[f"member_soft_dice_{i}/{s}"] == pytest.approx(float(alone), rel=1e-6)
+        assert row[f"sv_variance/{s}"] == pytest.approx(row[f"model_sv/{s}"], rel=1e-6)
+        assert row[f"sv_combined/{s}"] == pytest.approx(
+            row[f"sv_variance/{s}"] + row[f"sv_bernoulli/{s}"], rel=1e-6
+        )
     for s in STRUCTURES:
         assert row[f"soft_dice/{s}"] == pytest.approx(1.0)
         assert row[f"hard_dice/{s}"] == pytest.approx(1.0)

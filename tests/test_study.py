@@ -238,16 +238,73 @@ def test_a_study_folder_can_be_extended_not_changed(tmp_path):
     from edue.study import _claim_folder
 
     config = load_config(None, ["train.epochs=3"])
-    assert _claim_folder(tmp_path, config, ["edue", "plain"], [0]) == (["edue", "plain"], [0])
+    assert _claim_folder(tmp_path, config, ["edue", "plain"], [0], {}) == (
+        ["edue", "plain"],
+        [0],
+        {},
+    )
     # written by an older version: keys added since (with their defaults) are no change
     request = tmp_path / "study-request.json"
     old = json.loads(request.read_text())
     del old["config"]["model"]["backbone"]
+    del old["arms"]  # older folders have no arms
     request.write_text(json.dumps(old))
-    merged = _claim_folder(tmp_path, config, ["mc_dropout", "edue"], [1, 0])
-    assert merged == (["edue", "plain", "mc_dropout"], [0, 1])  # earlier first, then the new
-    assert json.loads(request.read_text())["methods"] == ["edue", "plain", "mc_dropout"]
+    arm = {"final": {"segmentation": "final"}}
+    merged = _claim_folder(tmp_path, config, ["mc_dropout", "edue", "final"], [1, 0], arm)
+    # earlier first, then the new
+    assert merged == (["edue", "plain", "mc_dropout", "final"], [0, 1], arm)
+    assert json.loads(request.read_text())["methods"] == ["edue", "plain", "mc_dropout", "final"]
     # naming only some methods or seeds keeps the others: they are in the folder
-    assert _claim_folder(tmp_path, config, ["plain"], [1]) == merged
+    assert _claim_folder(tmp_path, config, ["plain"], [1], {}) == merged
     with pytest.raises(ConfigError, match="holds another study"):
-        _claim_folder(tmp_path, load_config(None, ["train.epochs=4"]), ["edue", "plain"], [0, 1])
+        _claim_folder(
+            tmp_path, load_config(None, ["train.epochs=4"]), ["edue", "plain"], [0, 1], {}
+        )
+    with pytest.raises(ConfigError, match="arm final with other values"):
+        _claim_folder(tmp_path, config, ["final"], [0], {"final": {"segmentation": "mean"}})
+
+
+def test_a_study_runs_arms_and_reuses_the_weights_of_read_out_variants(tmp_path):
+    from edue.errors import ConfigError
+    from edue.study import parse_arm, run_config, run_study
+
+    config = load_config(None, [*TINY_OVERRIDES, "train.epochs=1"])
+    arms = dict(
+        parse_arm(a)
+        for a in (
+            "final:segmentation=final",
+            "separate:uncertainty_heads=separate,segmentation=final",
+            "paper:preset=paper",
+        )
+    )
+    assert arms["separate"] == {"uncertainty_heads": "separate", "segmentation": "final"}
+    assert run_config(config, "paper", arms).method.guidance_weight == 5.0  # the preset
+    with pytest.raises(ConfigError, match="arm bad"):
+        run_config(config, "bad", {"bad": {"segmentation": "median"}})
+    for text in ("", "x:y", ":segmentation=final"):
+        with pytest.raises(ConfigError, match="--arm"):
+            parse_arm(text)
+    with pytest.raises(ConfigError, match="--subject"):
+        run_study(config, ["plain"], [0], tmp_path / "x", n_boot=20, subject="nope")
+    summary = run_study(
+        config, ["plain", "edue"], [0], tmp_path / "s", n_boot=20, arms=arms, subject="separate"
+    )
+    assert summary["methods"] == ["plain", "edue", "final", "separate", "paper"]
+    assert summary["subject"] == "separate"
+    assert set(summary["differences"]) == {"plain", "edue", "final", "paper"}
+    seed = tmp_path / "s" / "seed0"
+    edue, final = load_checkpoint(seed / "edue" / "best.pt"), load_checkpoint(
+        seed / "final" / "best.pt"
+    )
+    assert final["config"]["method"]["segmentation"] == "final"
+    for key, value in edue["model"].items():  # read differently, not trained again
+        assert torch.equal(value, final["model"][key])
+    assert not (seed / "final" / "log.jsonl").exists() and (seed / "paper" / "log.jsonl").exists()
+    metrics = json.loads((seed / "final" / "eval" / "metrics.json").read_text())
+    assert metrics["label"] == "final" and metrics["training"]["max_epochs"] == 1
+    text = (tmp_path / "s" / "study.md").read_text()
+    assert "* separate: uncertainty_heads=separate, segmentation=final" in text
+    assert "Subject of the paired differences: separate." in text
+    # per-head Dice and every image-level score are in the per-case table
+    header = (seed / "edue" / "eval" / "per_case.csv").read_text().splitlines()[0]
+    assert "member_soft_dice_0/disc" in header and "sv_combined/cup" in header

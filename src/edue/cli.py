@@ -200,6 +200,17 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=1, help="seeds trained side by side")
     p.add_argument("--ood", action="store_true", help="also run the distortion study")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap draws of the intervals")
+    p.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,…",
+        help="a named variant: method.* values over the study's (name=METHOD, default "
+        "edue; preset=paper); repeatable",
+    )
+    p.add_argument(
+        "--subject", default=None, help="the run compared with every other (default: EDUE)"
+    )
     p.set_defaults(func=cmd_study)
 
 
@@ -293,16 +304,25 @@ def cmd_study(args: argparse.Namespace) -> int:
     from edue.config import load_config
     from edue.errors import ConfigError
     from edue.methods.registry import method_names
-    from edue.study import run_study
+    from edue.study import parse_arm, run_study
 
     config = load_config(args.config, list(args.overrides))
+    arms = dict(parse_arm(a) for a in args.arm)
     methods = args.methods.split(",") if args.methods else list(method_names())
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise ConfigError(f"--seeds '{args.seeds}': expected comma-separated integers") from None
     summary = run_study(
-        config, methods, seeds, args.out, jobs=args.jobs, ood=args.ood, n_boot=args.n_boot
+        config,
+        methods,
+        seeds,
+        args.out,
+        jobs=args.jobs,
+        ood=args.ood,
+        n_boot=args.n_boot,
+        arms=arms,
+        subject=args.subject,
     )
     print(f"study of {len(methods)} methods x {len(seeds)} seeds: {args.out}/study.md")
     for target in summary.get("targets", []):

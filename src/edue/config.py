@@ -204,6 +204,9 @@ PAPER_PRESET: dict[str, Any] = {
     "guidance_weight": 5.0,
     "guidance_norm": "none",
     "guidance_detach_final": False,
+    "segmentation": "mean",
+    "uncertainty_heads": "shared",
+    "score": "variance",
 }
 
 
@@ -230,6 +233,17 @@ class MethodConfig(_Section):
             by the experts' RMS variance over the batch); see
             :func:`edue.losses.guidance_term` and ``docs/method.md``.
         guidance_detach_final: keep the guidance's gradient out of the final head.
+        segmentation: EDUE's segmentation: ``mean`` over the heads (the published
+            read-out) or the ``final`` head alone; the uncertainty is the spread across
+            heads either way (docs/method.md, "Where the segmentation comes from").
+        uncertainty_heads: ``shared`` (the published method: the heads are both the
+            segmentation and the uncertainty) or ``separate`` (segmentation heads trained
+            as the deep-supervised U-Net, and a second set of 1×1 heads on the same blocks
+            trained with the EDUE loss).
+        uncertainty_gradient: with separate heads, the scale of the uncertainty heads'
+            gradient into the shared network (0: stopped; 1: unscaled).
+        score: the image-level score's map: ``variance`` across heads, ``bernoulli``
+            ``p (1 − p)`` of the segmentation, or ``combined`` (their sum).
         skip_first: Layer Ensembles: heads skipped at prediction (the first T).
         mc_dropout: dropout probability of MC dropout.
         mc_samples: MC dropout samples at prediction.
@@ -248,6 +262,10 @@ class MethodConfig(_Section):
     guidance_weight: Annotated[float, Field(ge=0.0)] = 50.0
     guidance_norm: Literal["none", "expert_rms", "mse"] = "mse"
     guidance_detach_final: bool = False
+    segmentation: Literal["mean", "final"] = "mean"
+    uncertainty_heads: Literal["shared", "separate"] = "shared"
+    uncertainty_gradient: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    score: Literal["variance", "bernoulli", "combined"] = "variance"
     skip_first: NonNegativeInt = 4
     mc_dropout: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
     mc_samples: Annotated[int, Field(ge=2)] = 10

@@ -6,6 +6,10 @@ U-Net. Everything derived from it (mean probability, variance map, entropy, imag
 score) is computed here and nowhere else, so metrics and reports never need to know
 which method produced a prediction.
 
+A method may also give its segmentation separately from the members (EDUE's
+``method.segmentation: final`` or its separate uncertainty heads): the segmentation
+probability is then that map, and the uncertainty is still the spread of the members.
+
 Conventions: docs/method.md, section "Inference".
 """
 
@@ -19,6 +23,8 @@ import torch
 from edue.variance import leading_variance
 
 _EPS = 1e-7
+#: the uncertainty maps a prediction can score with (``Prediction.score``)
+SCORES = ("variance", "bernoulli", "combined")
 
 
 def bernoulli_entropy(p: torch.Tensor) -> torch.Tensor:
@@ -37,12 +43,20 @@ class Prediction:
         case_id: identifier of the case, when known.
         method: name of the method that produced it (informational only).
         structures: names of the ``K`` structures, when known.
+        segmentation: the segmentation probability ``[K, *spatial]`` when the method
+            gives it apart from the members (``None``: the members' mean).
+        score: the uncertainty map behind :attr:`uncertainty` and :attr:`sv`:
+            ``variance`` (across members; ``p (1 − p)`` of a single member),
+            ``bernoulli`` (``p (1 − p)`` of the segmentation probability) or ``combined``
+            (their sum). See :data:`SCORES`.
     """
 
     members: torch.Tensor
     case_id: str | None = None
     method: str | None = None
     structures: tuple[str, ...] | None = None
+    segmentation: torch.Tensor | None = None
+    score: str = "variance"
     _cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -52,6 +66,15 @@ class Prediction:
                 f"{tuple(self.members.shape)}"
             )
         self.members = self.members.detach().float()
+        if self.segmentation is not None:
+            self.segmentation = self.segmentation.detach().float()
+            if self.segmentation.shape != self.members.shape[1:]:
+                raise ValueError(
+                    f"Prediction.segmentation must be [K, *spatial] = "
+                    f"{tuple(self.members.shape[1:])}, got {tuple(self.segmentation.shape)}"
+                )
+        if self.score not in SCORES:
+            raise ValueError(f"Prediction.score {self.score!r}: expected one of {SCORES}")
 
     @property
     def n_members(self) -> int:
@@ -70,7 +93,10 @@ class Prediction:
 
     @property
     def mean(self) -> torch.Tensor:
-        """Mean probability over members ``[K, *spatial]``."""
+        """The segmentation probability ``[K, *spatial]``: the mean over members, or the
+        method's own segmentation map where it gives one."""
+        if self.segmentation is not None:
+            return self.segmentation
         return self._cached("mean", lambda: self.members.mean(0))
 
     @property
@@ -89,16 +115,33 @@ class Prediction:
         return self._cached("entropy", lambda: bernoulli_entropy(self.mean))
 
     @property
-    def uncertainty(self) -> torch.Tensor:
-        """The method's uncertainty map ``[K, *spatial]``.
-
-        The variance across members when there are several; for a single member the
-        Bernoulli variance ``p (1 − p)`` of its probability, the natural one-pass map of a
-        plain network.
-        """
-        if self.n_members >= 2:
-            return self.variance
+    def bernoulli(self) -> torch.Tensor:
+        """Bernoulli variance ``p (1 − p)`` of the segmentation probability ``[K, *spatial]``."""
         return self._cached("bernoulli", lambda: self.mean * (1 - self.mean))
+
+    @property
+    def uncertainty(self) -> torch.Tensor:
+        """The method's uncertainty map ``[K, *spatial]`` (chosen by :attr:`score`).
+
+        ``variance``: the variance across members when there are several; for a single
+        member the Bernoulli variance ``p (1 − p)`` of its probability, the natural
+        one-pass map of a plain network. ``bernoulli``: ``p (1 − p)`` of the
+        segmentation. ``combined``: the variance across members plus ``p (1 − p)``.
+        """
+        if self.score == "bernoulli" or self.n_members < 2:
+            return self.bernoulli
+        if self.score == "combined":
+            return self._cached("combined", lambda: self.variance + self.bernoulli)
+        return self.variance
+
+    def uncertainty_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per structure ``[K]``: the sum of the variance map (of ``p (1 − p)`` for a
+        single member) and the sum of ``p (1 − p)`` of the segmentation — the
+        image-level scores ``variance`` and ``bernoulli``; ``combined`` is their sum."""
+        bernoulli = self.bernoulli.flatten(1).sum(1)
+        if self.n_members < 2:
+            return bernoulli, bernoulli
+        return self.variance.flatten(1).sum(1), bernoulli
 
     @property
     def sv(self) -> torch.Tensor:

@@ -15,6 +15,12 @@ same seeds. Layout of the study folder::
 A killed study continues where it stopped: finished runs and evaluations are kept, an
 interrupted run resumes from its ``last.pt``. Seeds are independent and run as separate
 processes with ``jobs > 1``.
+
+*Arms* are named variants of a method (``--arm NAME:key=value,…``: ``method.*`` values
+over the study's, ``name=`` picks the method, default ``edue``; ``preset=paper`` starts
+from the published configuration), run and compared like registered methods. An arm
+that differs from a run trained before it only in how predictions are read
+(:data:`READ_OUT_KEYS`) reuses that run's weights instead of training again.
 """
 
 from __future__ import annotations
@@ -47,6 +53,69 @@ CORRELATIONS = ("image_spearman", "image_partial_spearman", "image_spearman_per_
 SPEARMAN_RATIO_VS_ENSEMBLE = 1.3
 SPEARMAN_MARGIN_VS_SOFT_LABEL = 0.05
 DICE_MARGIN_VS_SOFT_LABEL = 0.02
+#: ``method.*`` keys that change how a trained network's outputs are read, not its training
+READ_OUT_KEYS = ("segmentation", "score")
+
+
+def parse_arm(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME:key=value,key=value`` → the arm's name and its ``method.*`` values (YAML
+    scalars: ``true``, ``0.1``, ``final``).
+
+    Raises:
+        ConfigError: no name, or an item that is not ``key=value``.
+    """
+    import yaml
+
+    name, _, rest = text.partition(":")
+    name = name.strip()
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"--arm {text!r}: expected NAME:key=value,… with a plain NAME")
+    values: dict[str, Any] = {}
+    for item in filter(None, (i.strip() for i in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--arm {text!r}: {item!r} is not key=value")
+        values[key.strip()] = yaml.safe_load(value)
+    return name, values
+
+
+def run_config(base: Config, run: str, arms: dict[str, dict[str, Any]]) -> Config:
+    """The configuration of one run of a study: a registered method, or an arm.
+
+    Raises:
+        ConfigError: an arm's values are not a valid method configuration.
+    """
+    from edue.config import PAPER_PRESET
+
+    config = copy.deepcopy(base)
+    if run not in arms:
+        config.method.name = run
+        return config
+    values = dict(arms[run])
+    method = config.to_dict()["method"]
+    if values.get("preset") == "paper":
+        method.update(PAPER_PRESET)
+    method.update({"name": "edue", **values})
+    data = config.to_dict()
+    data["method"] = method
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"arm {run}: {exc}") from None
+
+
+def run_label(run: str, arms: dict[str, dict[str, Any]]) -> str:
+    """Display name of a run: the arm's name, else the method's label."""
+    return run if run in arms else method_label(run)
+
+
+def _training_key(config: Config) -> str:
+    """What decides a run's weights: its configuration less the read-out keys."""
+    data = config.to_dict()
+    for key in READ_OUT_KEYS:
+        data["method"].pop(key, None)
+    data.pop("out_dir", None)
+    return json.dumps(data, sort_keys=True, default=str)
 
 
 def run_study(
@@ -57,8 +126,16 @@ def run_study(
     jobs: int = 1,
     ood: bool = False,
     n_boot: int = 1000,
+    arms: dict[str, dict[str, Any]] | None = None,
+    subject: str | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate and compare ``methods`` over ``seeds``; returns ``study.json``.
+
+    Args:
+        arms: named variants (run name → ``method.*`` values; see :func:`run_config`),
+            run after the registered ``methods`` (or where ``methods`` names them).
+        subject: the run compared with every other one (default: the registered
+            subject, EDUE).
 
     Raises:
         ConfigError: an unknown method, no seeds, or a study folder that holds a study
@@ -66,14 +143,22 @@ def run_study(
             methods and seeds it lacks).
     """
     out = Path(out)
-    methods = [get_method(m).name for m in methods]
+    arms = dict(arms or {})
+    methods = [m if m in arms else get_method(m).name for m in methods]
+    methods += [a for a in arms if a not in methods]
     if not seeds or not methods:
         raise ConfigError("a study needs at least one method and one seed")
+    for arm in arms:
+        run_config(config, arm, arms)  # a wrong arm fails before any work
+    if subject is not None and subject not in methods:
+        raise ConfigError(
+            f"--subject {subject}: not one of the study's runs ({', '.join(methods)})"
+        )
     before = _previous_minutes(out)
-    methods, seeds = _claim_folder(out, config, methods, seeds)
+    methods, seeds, arms = _claim_folder(out, config, methods, seeds, arms)
     started = time.perf_counter()
     threads = max(1, _cores() // max(1, jobs))
-    args = [(config.to_dict(), list(methods), seed, str(out), ood, threads) for seed in seeds]
+    args = [(config.to_dict(), list(methods), seed, str(out), ood, threads, arms) for seed in seeds]
     if jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
             list(pool.map(_study_seed_in_worker, *zip(*args, strict=True)))
@@ -81,7 +166,7 @@ def run_study(
         for item in args:
             _study_seed(*item)
     timing = time_side_by_side(out, methods, seeds[0], config)
-    summary = summarise(out, methods, seeds, n_boot)
+    summary = summarise(out, methods, seeds, n_boot, subject=subject, arms=arms)
     summary["timing"] = timing
     summary["minutes"] = before + (time.perf_counter() - started) / 60
     write_json(out / "study.json", summary)
@@ -108,8 +193,12 @@ def _previous_minutes(out: Path) -> float:
 
 
 def _claim_folder(
-    out: Path, config: Config, methods: list[str], seeds: Sequence[int]
-) -> tuple[list[str], list[int]]:
+    out: Path,
+    config: Config,
+    methods: list[str],
+    seeds: Sequence[int],
+    arms: dict[str, dict[str, Any]],
+) -> tuple[list[str], list[int], dict[str, dict[str, Any]]]:
     """Claim ``out`` for this study, or check that it holds the same one.
 
     A study may be *extended*: methods or seeds not in it are added, those it has are
@@ -118,10 +207,11 @@ def _claim_folder(
     count as a change); what was trained is reused.
 
     Returns:
-        the study's methods and seeds (an extension's: the earlier ones, then the new).
+        the study's runs, seeds and arms (an extension's: the earlier ones, then the new).
 
     Raises:
-        ConfigError: ``out`` holds a study of another configuration.
+        ConfigError: ``out`` holds a study of another configuration, or an arm of the
+            same name with other values.
     """
     from edue.config import config_from_dict
 
@@ -137,11 +227,22 @@ def _claim_folder(
                 f"{out} holds another study (its configuration differs); choose another "
                 "--out, or pass the same configuration to add methods or seeds"
             )
+        earlier = dict(before.get("arms") or {})
+        changed = [a for a in arms if a in earlier and earlier[a] != arms[a]]
+        if changed:
+            raise ConfigError(
+                f"{out} holds arm {changed[0]} with other values ({earlier[changed[0]]}); "
+                "give the new variant another name"
+            )
+        arms = {**earlier, **arms}
         methods = [*before["methods"], *(m for m in methods if m not in before["methods"])]
         seeds = [*before["seeds"], *(s for s in seeds if s not in before["seeds"])]
     out.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"config": config.to_dict(), "methods": methods, "seeds": list(seeds)})
-    return list(methods), [int(s) for s in seeds]
+    write_json(
+        path,
+        {"config": config.to_dict(), "methods": methods, "seeds": list(seeds), "arms": arms},
+    )
+    return list(methods), [int(s) for s in seeds], arms
 
 
 def _study_seed_in_worker(*args: Any) -> None:
@@ -152,40 +253,57 @@ def _study_seed_in_worker(*args: Any) -> None:
 
 
 def _study_seed(
-    config_dict: dict[str, Any], methods: list[str], seed: int, out: str, ood: bool, threads: int
+    config_dict: dict[str, Any],
+    methods: list[str],
+    seed: int,
+    out: str,
+    ood: bool,
+    threads: int,
+    arms: dict[str, dict[str, Any]] | None = None,
 ) -> None:
-    """Train and evaluate every method for one seed (one process of the study)."""
+    """Train and evaluate every run for one seed (one process of the study)."""
     import torch
 
+    from edue.engine.checkpoint import reconfigured_checkpoint
     from edue.engine.data import build_datasets, open_configured_source, split_indices
     from edue.engine.evaluate import evaluate_predictor
     from edue.engine.infer import Predictor
     from edue.engine.jobs import train_compared, training_order
 
     torch.set_num_threads(threads)
+    arms = arms or {}
     base = config_from_dict(config_dict)
     trained: dict[str, Path] = {}
-    for method in training_order(methods):
-        config = copy.deepcopy(base)
-        config.method.name = method
+    keys: dict[str, str] = {}
+    registered = training_order([m for m in methods if m not in arms])
+    for run in [*registered, *(m for m in methods if m in arms)]:
+        config = run_config(base, run, arms)
         config.train.seed = seed
         config.train.threads = threads
-        config.out_dir = str(Path(out) / f"seed{seed}" / method)
+        config.out_dir = str(Path(out) / f"seed{seed}" / run)
         started = time.perf_counter()
-        trained[method] = train_compared(config, trained)
-        log.info(f"[study] seed {seed}: {method} trained ({time.perf_counter() - started:.0f} s)")
+        key = _training_key(config)
+        same = next((r for r, k in keys.items() if k == key), None)
+        if run in arms and same is not None:  # read differently, trained the same
+            trained[run] = reconfigured_checkpoint(trained[same], config)
+            log.info(f"[study] seed {seed}: {run} reuses the weights of {same}")
+        else:
+            trained[run] = train_compared(config, trained)
+            log.info(f"[study] seed {seed}: {run} trained ({time.perf_counter() - started:.0f} s)")
+        keys.setdefault(run, key)
     source = open_configured_source(base)
     test = build_datasets(base, source, split_indices(base, source))["test"]
     cases = [test.load(i) for i in range(len(test))]
-    for method in methods:
-        folder = Path(out) / f"seed{seed}" / method / "eval"
+    for run in methods:
+        folder = Path(out) / f"seed{seed}" / run / "eval"
         if (folder / "metrics.json").is_file():
             continue
-        predictor = Predictor.from_checkpoint(trained[method], device=base.train.device)
+        predictor = Predictor.from_checkpoint(trained[run], device=base.train.device)
+        label = run if run in arms else None
         evaluate_predictor(
-            predictor, cases, folder, ood=ood, seed=seed, extra={"label": None, "seed": seed}
+            predictor, cases, folder, ood=ood, seed=seed, extra={"label": label, "seed": seed}
         )
-        log.info(f"[study] seed {seed}: {method} evaluated")
+        log.info(f"[study] seed {seed}: {run} evaluated")
 
 
 def time_side_by_side(
@@ -229,10 +347,16 @@ def _per_case(path: Path) -> dict[str, np.ndarray]:
 
 
 def summarise(
-    out: Path, methods: Sequence[str], seeds: Sequence[int], n_boot: int = 1000
+    out: Path,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    n_boot: int = 1000,
+    subject: str | None = None,
+    arms: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Mean ± std over seeds of every method, and paired differences of the subject
-    (EDUE) against every other method, with the targets checked."""
+    """Mean ± std over seeds of every run, and paired differences of the subject
+    (``subject``, default the registered one: EDUE) against every other run, with the
+    targets checked."""
     from edue.metrics.paired import mean_statistic, paired_difference, spearman_statistic
 
     metrics = {
@@ -260,34 +384,39 @@ def summarise(
                 values = [float(info["metrics"].get(key, np.nan)) for info in metrics[m]]
                 table[m][key] = [float(np.nanmean(values)), float(np.nanstd(values))]
     summary["mean_std"] = table
-    subject = method_with_role("subject")
-    if subject is None or subject.name not in methods:
+    summary["labels"] = {m: run_label(m, arms or {}) for m in methods}
+    summary["arms"] = dict(arms or {})
+    if subject is None:
+        registered = method_with_role("subject")
+        subject = registered.name if registered is not None else None
+    if subject is None or subject not in methods:
         summary["differences"] = {}
         return summary
+    summary["subject"] = subject
 
     def stack(m: str, key: str) -> np.ndarray:
         return np.stack([c[key] for c in cases[m]])
 
     differences: dict[str, dict[str, dict[str, float]]] = {}
     for other in methods:
-        if other == subject.name:
+        if other == subject:
             continue
         differences[other] = {}
         for s in structures:
             for k in MEAN_METRICS:
                 differences[other][f"{k}/{s}"] = paired_difference(
-                    (stack(subject.name, f"{k}/{s}"),),
+                    (stack(subject, f"{k}/{s}"),),
                     (stack(other, f"{k}/{s}"),),
                     mean_statistic,
                     n_boot,
                 )
-            sv = (stack(subject.name, f"model_sv/{s}"), stack(subject.name, f"expert_sv/{s}"))
+            sv = (stack(subject, f"model_sv/{s}"), stack(subject, f"expert_sv/{s}"))
             sv_other = (stack(other, f"model_sv/{s}"), stack(other, f"expert_sv/{s}"))
             differences[other][f"image_spearman/{s}"] = paired_difference(
                 sv, sv_other, spearman_statistic, n_boot
             )
     summary["differences"] = differences
-    summary["targets"] = check_targets(summary, subject.name)
+    summary["targets"] = check_targets(summary, subject)
     return summary
 
 
@@ -348,6 +477,11 @@ def _pm(pair: list[float], digits: int) -> str:
 def study_markdown(summary: dict[str, Any]) -> str:
     """The study's tables: mean ± std over seeds, paired differences, targets, time."""
     structures, seeds = summary["structures"], summary["seeds"]
+    labels = summary.get("labels", {})
+
+    def label(run: str) -> str:
+        return str(labels.get(run) or method_label(run))
+
     lines = [
         f"# Study: {len(summary['methods'])} methods, seeds {', '.join(map(str, seeds))}",
         "",
@@ -355,6 +489,14 @@ def study_markdown(summary: dict[str, Any]) -> str:
         "partial: controlling for the structure's area; per boundary: SV per boundary pixel.",
         "",
     ]
+    if summary.get("arms"):
+        lines += ["Arms (`method.*` values over the study's configuration):", ""]
+        for arm, values in summary["arms"].items():
+            text = ", ".join(f"{k}={v}" for k, v in values.items()) or "(none)"
+            lines.append(f"* {arm}: {text}")
+        lines.append("")
+    if summary.get("subject"):
+        lines += [f"Subject of the paired differences: {label(summary['subject'])}.", ""]
     columns = [
         ("soft Dice", "soft_dice/{s}/mean", 3),
         ("NLL", "nll/{s}/mean", 3),
@@ -374,7 +516,7 @@ def study_markdown(summary: dict[str, Any]) -> str:
             row = summary["mean_std"][m]
             ms = summary.get("timing", {}).get(m, float("nan")) * 1000
             cells = [_pm(row[key.format(s=s)], digits) for _, key, digits in columns]
-            lines.append(f"| {method_label(m)} | " + " | ".join(cells) + f" | {ms:.1f} |")
+            lines.append(f"| {label(m)} | " + " | ".join(cells) + f" | {ms:.1f} |")
         lines.append("")
     if summary.get("differences"):
         lines += [
@@ -387,7 +529,7 @@ def study_markdown(summary: dict[str, Any]) -> str:
         for other, entries in summary["differences"].items():
             for key, d in entries.items():
                 lines.append(
-                    f"| {method_label(other)} | {key} | {d['difference']:+.3f} | "
+                    f"| {label(other)} | {key} | {d['difference']:+.3f} | "
                     f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] |"
                 )
         lines.append("")

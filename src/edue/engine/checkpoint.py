@@ -14,10 +14,13 @@ import random
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edue.config import Config
 
 from edue._version import __version__
 from edue.errors import CheckpointError
@@ -102,6 +105,26 @@ def renamed_checkpoint(source: str | Path, out: str | Path, method: str) -> Path
     for key in ("format", "edue_version", "weights_sha256"):
         state.pop(key, None)
     return save_checkpoint(out, state)
+
+
+def reconfigured_checkpoint(source: str | Path, config: Config) -> Path:
+    """Copy a checkpoint into ``config.out_dir`` (``best.pt``, with ``config.yaml``) under
+    ``config``, which must train exactly as the source's and differ only in how the
+    outputs are read (``method.segmentation``, ``method.score``).
+
+    Returns:
+        The checkpoint written.
+    """
+    from edue.config import save_config
+
+    state = load_checkpoint(source)
+    state["config"] = config.to_dict()
+    state["method"] = config.method.name
+    for key in ("format", "edue_version", "weights_sha256"):
+        state.pop(key, None)
+    out = Path(config.out_dir)
+    save_config(config, out / "config.yaml")
+    return save_checkpoint(out / "best.pt", state)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

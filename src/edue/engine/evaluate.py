@@ -125,6 +125,9 @@ def _save_samples(path: Path, cases: list[MultiRaterCase], preds: list[Predictio
         arrays[f"{i}/image"] = case.image
         arrays[f"{i}/masks"] = case.masks
         arrays[f"{i}/members"] = pred.members.numpy().astype(np.float16)
+        if pred.segmentation is not None:
+            arrays[f"{i}/segmentation"] = pred.segmentation.numpy().astype(np.float16)
+        arrays[f"{i}/score"] = np.array(pred.score)
         arrays[f"{i}/case_id"] = np.array(case.case_id)
     arrays["structures"] = np.array(list(cases[0].structures))
     write_npz(path, **arrays)  # type: ignore[arg-type]
@@ -192,6 +195,7 @@ def evaluate_predictor(
         "evaluation_seconds": seconds,
         "structures": list(cases[0].structures),
         "device": str(predictor.device),
+        "training": dict(predictor.training),
         **(extra or {}),
         "referral": referral,
         "metrics": aggregated,

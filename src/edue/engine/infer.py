@@ -81,6 +81,12 @@ class Predictor:
         self.spatial_dims = int(data_info["spatial_dims"])
         self.weights_sha256 = weights_sha256
         self._taps: dict[tuple[str, ...], FeatureTap] = {}
+        #: the training budget behind the weights (reports state it next to every claim)
+        self.training: dict[str, Any] = {
+            "max_epochs": int(config.train.epochs),
+            "patience": int(config.train.patience),
+            "weights_epoch": None,
+        }
 
     @property
     def name(self) -> str:
@@ -117,13 +123,16 @@ class Predictor:
             raise CheckpointError(f"incomplete or malformed checkpoint ({exc!r})", path) from None
         load_weights(method, state["model"], path, built_method(config).name)
         recorded = state.get("weights_sha256")
-        return cls(
+        predictor = cls(
             method,
             config,
             info,
             resolve_device(device),
             None if recorded is None else str(recorded),
         )
+        best = state.get("best_epoch", state.get("epoch"))
+        predictor.training["weights_epoch"] = None if best is None else int(best)
+        return predictor
 
     # ------------------------------------------------------------------ checks
     def check_image(self, image: np.ndarray | torch.Tensor, where: str = "image") -> torch.Tensor:
@@ -169,7 +178,9 @@ class Predictor:
         return tuple(int(r) for r in roi)
 
     def members(self, batch: torch.Tensor) -> torch.Tensor:
-        """Member probabilities ``[S, B, K, *sp]`` of a batch ``[B, C, *sp]``.
+        """The method's predicted stack ``[S', B, K, *sp]`` of a batch ``[B, C, *sp]``:
+        the member probabilities, followed by the segmentation where the method gives it
+        apart (``S' = method.stack_size``; :meth:`~edue.methods.Method.split_stack`).
 
         Inputs larger than the sliding window are predicted window by window (MONAI),
         blending the *member stack* so the variance across members is computed on the
@@ -207,7 +218,7 @@ class Predictor:
         """Member probabilities ``[S, B, K, *sp]`` predicted window by window."""
         from monai.inferers import sliding_window_inference
 
-        n_members, k = self.method.n_members, len(self.structures)
+        n_members, k = self.method.stack_size, len(self.structures)
 
         def stacked(window: torch.Tensor) -> torch.Tensor:
             m = self.method.predict_members(window).float()  # [S, b, K, *roi]
@@ -298,15 +309,22 @@ class Predictor:
             )
         members = members.cpu()
         preds = [
-            Prediction(
-                members[:, i],
-                case_id=(case_ids or [None] * len(tensors))[i],
-                method=self.name,
-                structures=self.structures,
-            )
+            self.prediction(members[:, i], (case_ids or [None] * len(tensors))[i])
             for i in range(len(tensors))
         ]
         return preds, features
+
+    def prediction(self, stack: torch.Tensor, case_id: str | None = None) -> Prediction:
+        """The :class:`Prediction` of one image's predicted stack ``[S', K, *sp]``."""
+        members, segmentation = self.method.split_stack(stack)
+        return Prediction(
+            members,
+            case_id=case_id,
+            method=self.name,
+            structures=self.structures,
+            segmentation=segmentation,
+            score=self.method.score,
+        )
 
     def predict(self, image: np.ndarray | torch.Tensor, case_id: str | None = None) -> Prediction:
         """One forward pass on one image ``[C, *sp]``."""

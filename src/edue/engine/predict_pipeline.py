@@ -372,6 +372,8 @@ class _Pipeline:
                 case_id=pred.case_id,
                 method=pred.method,
                 structures=pred.structures,
+                segmentation=None if pred.segmentation is None else pred.segmentation.contiguous(),
+                score=pred.score,
             )
             for pred in preds
         ]

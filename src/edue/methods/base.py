@@ -21,6 +21,8 @@ class Method(nn.Module):
     """
 
     name = "method"
+    #: the uncertainty map of its predictions (:data:`edue.prediction.SCORES`)
+    score = "variance"
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
@@ -59,3 +61,14 @@ class Method(nn.Module):
     def n_members(self) -> int:
         """Number of members ``S`` at prediction."""
         return 1
+
+    @property
+    def stack_size(self) -> int:
+        """Maps in the stack :meth:`members_from_logits` returns: the members, plus one
+        when the method gives its segmentation apart from them (:meth:`split_stack`)."""
+        return self.n_members
+
+    def split_stack(self, stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The members ``[S, …]`` and the segmentation probability ``[…]`` of a predicted
+        stack ``[stack_size, …]`` (``None``: the segmentation is the members' mean)."""
+        return stack, None

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from edue.losses import edue_loss
 from edue.methods.base import Method
 from edue.methods.registry import BuildRequest, MethodSpec, backbone_blocks, register_method
@@ -40,8 +42,28 @@ def loss_options(m: MethodConfig) -> dict[str, Any]:
     }
 
 
+def head_options(m: MethodConfig) -> dict[str, Any]:
+    """The :class:`EDUE` switches of a method configuration that are not loss options."""
+    return {
+        "segmentation": m.segmentation,
+        "uncertainty_heads": m.uncertainty_heads,
+        "uncertainty_gradient": m.uncertainty_gradient,
+        "score": m.score,
+    }
+
+
 class EDUE(Method):
     """One network, ``S`` heads at different decoder depths.
+
+    With ``uncertainty_heads="shared"`` (the published method) the heads are both the
+    segmentation and the uncertainty: every head is trained with the EDUE loss and the
+    members are the heads. With ``"separate"`` the network has two sets of heads on the
+    same blocks: the *segmentation heads*, trained exactly like the deep-supervised
+    U-Net (every head on the soft vote, auxiliary weight ``aux_weight``), and the
+    *uncertainty heads*, trained with the EDUE loss (rater sampling, guidance) on the
+    blocks' outputs whose gradient into the backbone is scaled by
+    ``uncertainty_gradient`` (0: stopped, the backbone trained as the deep-supervised
+    U-Net's). The members are then the uncertainty heads.
 
     Args:
         backbone: a feature-only U-Net (``out_channels=0``).
@@ -49,9 +71,21 @@ class EDUE(Method):
         heads: ``"decoder"`` (every decoder block), ``"encoder+decoder"`` (every block,
             as the authors' code can), or explicit block names; the last named block
             gives the final head.
+        segmentation: ``"mean"`` (the mean over the segmentation path's heads, the
+            published read-out) or ``"final"`` (its final head alone); the uncertainty is
+            the spread of the members either way.
+        uncertainty_heads: ``"shared"`` or ``"separate"`` (see above).
+        uncertainty_gradient: with separate heads, the scale of the uncertainty heads'
+            gradient into the backbone (0 … 1).
+        score: the predictions' uncertainty map (:data:`edue.prediction.SCORES`).
         loss_options: keyword arguments of :func:`~edue.losses.edue_loss`
             (``aux_weight``, ``label_sampling``, ``guidance``, ``guidance_weight``,
             ``guidance_norm``, ``guidance_detach_final``).
+
+    Shapes:
+        training logits ``[S, B, K, *sp]`` (``[2 S, …]`` with separate heads: the
+        segmentation heads, then the uncertainty heads); predicted stack
+        ``[stack_size, B, K, *sp]`` (:meth:`split_stack` tells members from segmentation).
     """
 
     name = "edue"
@@ -61,8 +95,19 @@ class EDUE(Method):
         backbone: Backbone,
         out_channels: int,
         heads: str | Sequence[str] = "decoder",
+        segmentation: str = "mean",
+        uncertainty_heads: str = "shared",
+        uncertainty_gradient: float = 0.0,
+        score: str = "variance",
         **loss_options: Any,
     ) -> None:
+        if segmentation not in ("mean", "final"):
+            raise ValueError(f"segmentation {segmentation!r}: expected 'mean' or 'final'")
+        if uncertainty_heads not in ("shared", "separate"):
+            raise ValueError(
+                f"uncertainty_heads {uncertainty_heads!r}: expected 'shared' or 'separate'"
+            )
+        self.separate = uncertainty_heads == "separate"
         super().__init__(
             MultiHeadNet(
                 backbone,
@@ -70,21 +115,69 @@ class EDUE(Method):
                 out_channels,
                 backbone.spatial_dims,
                 backbone.in_channels,
+                second_heads=self.separate,
+                second_gradient=uncertainty_gradient,
             )
         )
+        self.segmentation = segmentation
+        self.score = score
         self.loss_options: dict[str, Any] = loss_options
 
+    @property
+    def _n_heads(self) -> int:
+        return len(self.network.heads)  # type: ignore[arg-type]
+
     def loss(self, logits, batch, generator=None):  # type: ignore[no-untyped-def,override]
-        return edue_loss(logits, batch, generator=generator, **self.loss_options)
+        if not self.separate:
+            return edue_loss(logits, batch, generator=generator, **self.loss_options)
+        s = self._n_heads
+        seg_loss, seg_parts = edue_loss(
+            logits[:s],
+            batch,
+            aux_weight=self.loss_options.get("aux_weight", 0.3),
+            label_sampling=False,
+            guidance=False,
+        )
+        unc_loss, unc_parts = edue_loss(logits[s:], batch, generator=generator, **self.loss_options)
+        parts = {f"seg_{k}": v for k, v in seg_parts.items()}
+        parts.update({f"unc_{k}": v for k, v in unc_parts.items()})
+        return seg_loss + unc_loss, parts
+
+    @torch.no_grad()
+    def predict_members(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.separate and self.segmentation == "final"):
+            return super().predict_members(x)
+        s = self._n_heads  # the segmentation's auxiliary heads are not needed: not computed
+        logits = self.network(x, only=[*range(s, 2 * s), s - 1])
+        return torch.sigmoid(logits.float())
+
+    def members_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        probs = torch.sigmoid(logits.float())
+        if not self.separate:
+            return probs
+        seg, unc = probs[: self._n_heads], probs[self._n_heads :]
+        chosen = seg[-1:] if self.segmentation == "final" else seg.mean(0, keepdim=True)
+        return torch.cat([unc, chosen])
+
+    def split_stack(self, stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.separate:
+            return stack[:-1], stack[-1]
+        return stack, (stack[-1] if self.segmentation == "final" else None)
 
     @property
     def n_members(self) -> int:
-        return len(self.network.heads)  # type: ignore[arg-type]
+        return self._n_heads
+
+    @property
+    def stack_size(self) -> int:
+        return self._n_heads + (1 if self.separate else 0)
 
 
 def _build(request: BuildRequest) -> EDUE:
     m = request.config.method
-    return EDUE(request.backbone(0), request.out_channels, m.heads, **loss_options(m))
+    return EDUE(
+        request.backbone(0), request.out_channels, m.heads, **head_options(m), **loss_options(m)
+    )
 
 
 def head_count(config: Config) -> int:

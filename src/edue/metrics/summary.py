@@ -74,7 +74,10 @@ def evaluate_case(
     (binarised at 0.5) vs the rater masks; ``pairwise_dice_var`` across members
     (nan for a single member); ``structure_area`` = sum of the soft vote and
     ``boundary_length`` = boundary pixels of the soft vote binarised at 0.5 (the sizes
-    the size-controlled correlations control for).
+    the size-controlled correlations control for). With two members or more, also
+    ``member_soft_dice_i`` (member ``i`` alone, in the method's order: EDUE's heads
+    coarse → final) and the image-level scores ``sv_variance``, ``sv_bernoulli`` and
+    ``sv_combined`` (:attr:`~edue.prediction.Prediction.score`).
 
     Args:
         prediction: members ``[S, K, *spatial]``.
@@ -126,6 +129,17 @@ def evaluate_case(
     for metric in CASE_METRICS:
         if metric in values:
             for name, value in zip(case.structures, values[metric].tolist(), strict=True):
+                row[f"{metric}/{name}"] = float(value)
+    if members.shape[0] >= 2:  # each member alone, and every image-level score
+        extra = {
+            f"member_soft_dice_{i}": soft_dice(member, vote, thresholds)
+            for i, member in enumerate(members)
+        }
+        extra["sv_variance"] = prediction.variance.flatten(1).sum(1)
+        extra["sv_bernoulli"] = prediction.bernoulli.flatten(1).sum(1)
+        extra["sv_combined"] = extra["sv_variance"] + extra["sv_bernoulli"]
+        for metric, tensor in extra.items():
+            for name, value in zip(case.structures, tensor.tolist(), strict=True):
                 row[f"{metric}/{name}"] = float(value)
     return row
 

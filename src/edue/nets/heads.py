@@ -17,6 +17,31 @@ from torch import nn
 from edue.nets.pointwise import pointwise_conv
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; the gradient multiplied by ``scale`` on the way back."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad * ctx.scale, None
+
+
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` unchanged, its gradient scaled by ``scale`` (0: stopped, 1: unchanged).
+
+    Shapes: any; the output has ``x``'s shape.
+    """
+    if scale == 1.0:
+        return x
+    if scale == 0.0:
+        return x.detach()
+    return _ScaleGradient.apply(x, float(scale))  # type: ignore[no-any-return]
+
+
 class MultiHeadNet(nn.Module):
     """A backbone with a 1×1 convolution head after each of several named blocks.
 
@@ -28,9 +53,16 @@ class MultiHeadNet(nn.Module):
         out_channels: structures ``K``.
         spatial_dims: 2 or 3.
         in_channels: image channels, used to probe the tapped blocks' widths.
+        second_heads: also a second set of heads on the same blocks (EDUE's separate
+            uncertainty heads), reading the blocks' outputs through
+            :func:`scale_gradient`; they are created after the first set, so the
+            backbone and the first heads start from the same weights as without them.
+        second_gradient: scale of the second heads' gradient into the backbone
+            (0: stopped, the backbone trained by the first heads alone).
 
     Shapes:
-        input ``[B, C, *spatial]``; output ``[S, B, K, *spatial]`` logits, ``S = len(block_names)``.
+        input ``[B, C, *spatial]``; output ``[S, B, K, *spatial]`` logits, ``S = len(block_names)``
+        (``2 S`` with ``second_heads``: the first set, then the second, each coarse → final).
     """
 
     def __init__(
@@ -40,6 +72,8 @@ class MultiHeadNet(nn.Module):
         out_channels: int,
         spatial_dims: int,
         in_channels: int,
+        second_heads: bool = False,
+        second_gradient: float = 0.0,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -56,6 +90,12 @@ class MultiHeadNet(nn.Module):
             modules[name].register_forward_hook(self._keeper(name))
         widths = self._probe_widths(spatial_dims, in_channels)
         self.heads = nn.ModuleList(pointwise_conv(spatial_dims, w, out_channels) for w in widths)
+        self.second_heads = (
+            nn.ModuleList(pointwise_conv(spatial_dims, w, out_channels) for w in widths)
+            if second_heads
+            else None
+        )
+        self.second_gradient = float(second_gradient)
         self.mode = "bilinear" if spatial_dims == 2 else "trilinear"
 
     def _keeper(self, name: str):  # type: ignore[no-untyped-def]
@@ -76,15 +116,26 @@ class MultiHeadNet(nn.Module):
         self._features.clear()
         return widths
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, only: Sequence[int] | None = None) -> torch.Tensor:
+        """Logits ``[S, B, K, *spatial]`` of every head (``only``: of these heads alone,
+        by their index in the output, in that order; the others are not computed)."""
         size = x.shape[2:]
         self._features.clear()
         self.backbone(x)
+        features = [self._features[name] for name in self.block_names]
+        self._features.clear()
+        pairs = list(zip(features, self.heads, strict=True))
+        if self.second_heads is not None:
+            pairs += [
+                (scale_gradient(f, self.second_gradient), head)
+                for f, head in zip(features, self.second_heads, strict=True)
+            ]
+        if only is not None:
+            pairs = [pairs[i] for i in only]
         outputs = []
-        for name, head in zip(self.block_names, self.heads, strict=True):
-            logits = head(self._features[name])
+        for feature, head in pairs:
+            logits = head(feature)
             if logits.shape[2:] != size:
                 logits = F.interpolate(logits, size=size, mode=self.mode, align_corners=False)
             outputs.append(logits)
-        self._features.clear()
         return torch.stack(outputs)

@@ -230,20 +230,37 @@ def _average_gain(claims: Sequence[Claim], prefix: str) -> float:
     return sum(gains) / len(gains) if gains else math.nan
 
 
+def budget_note(edue: RunResult, ref: RunResult) -> str:
+    """The budget of a comparison, in words: both runs' training, and whether the numbers
+    may be quoted (only when both were trained to convergence)."""
+    both = f"{edue.label}: {edue.budget}; {ref.label}: {ref.budget}"
+    if edue.converged and ref.converged:
+        return f"converged budget ({both})"
+    return (
+        f"NOT a converged comparison ({both}); do not quote it: the converged study's "
+        f"numbers are in docs/studies.md"
+    )
+
+
 def _group(edue: RunResult, ref: RunResult, claims: list[Claim], targeted: bool) -> dict[str, Any]:
     checked = [c for c in claims if c.passed is not None]
     n_passed = sum(bool(c.passed) for c in checked)
+    budget = budget_note(edue, ref)
+    converged = bool(edue.converged and ref.converged)
+    short = "converged budget" if converged else "quick budget, not converged"
     return {
         "reference": {"method": ref.method, "label": ref.label, "folder": str(ref.folder)},
-        "claims": [{**asdict(c), "mark": c.mark} for c in claims],
+        "claims": [{**asdict(c), "mark": c.mark, "budget": short} for c in claims],
         "passed": n_passed,
         "checked": len(checked),
         "all_passed": bool(checked) and all(c.passed for c in checked),
         "targeted": targeted,
+        "converged": converged,
+        "budget": budget,
         "summary": (
-            f"{edue.label} vs {ref.label}: {n_passed} of {len(checked)} targets met"
+            f"{edue.label} vs {ref.label} ({short}): {n_passed} of {len(checked)} targets met"
             if targeted
-            else f"{edue.label} vs {ref.label}: {edue.label} better on {n_passed} of "
+            else f"{edue.label} vs {ref.label} ({short}): {edue.label} better on {n_passed} of "
             f"{len(checked)} comparisons"
         ),
     }

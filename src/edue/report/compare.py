@@ -43,10 +43,8 @@ def _write_text(path: Path, text: str) -> None:
 
 def _sample_figure(runs: Sequence[RunResult], path: Path) -> tuple[Path | None, str]:
     """The Figure-4 grid of the sample cases all runs share; ``(None, why)`` when none."""
-    import torch
 
     from edue.data.case import MultiRaterCase
-    from edue.prediction import Prediction
     from edue.report.figures import sample_grid
 
     with_samples = [r for r in runs if r.samples]
@@ -72,7 +70,7 @@ def _sample_figure(runs: Sequence[RunResult], path: Path) -> tuple[Path | None, 
             if sample.members.shape[1:] != first.masks.shape[1:]:
                 skipped.add(run.label)
                 continue
-            preds[run.label] = Prediction(torch.from_numpy(sample.members.astype(np.float32)))
+            preds[run.label] = sample.prediction()
         predictions.append(preds)
     left_out = [r.label for r in runs if not r.samples] + sorted(skipped)
     note = f"{len(cases)} shared case(s)"

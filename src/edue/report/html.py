@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edue._version import __version__
+from edue.report.converged import converged_html, load_converged
 from edue.report.tables import Table, to_html
 
 esc = html.escape
@@ -44,6 +45,8 @@ tbody tr:nth-child(even){background:#f7f8fc}td strong{color:#0b4f9c}
 .scroll tbody tr:nth-child(even)>:first-child{background:#f7f8fc}
 table.text th,table.text td{text-align:left}
 .note{font-size:.85em;color:#556;margin-top:.2em}
+.budget{color:#667;font-size:.9em}.budget-warning{background:#fff4e0;border-left:4px solid #d80;
+padding:.4em .7em}
 ul.claims{list-style:none;padding-left:0}ul.claims li{padding:.25em .5em;margin:.15em 0;
  border-radius:4px}li.pass{background:#ebf7ee}li.fail{background:#fcecec}li.unknown{background:#f3f3f3}
 .mark{font-weight:bold;display:inline-block;width:1.4em}li.pass .mark{color:#1b7f3b}
@@ -60,7 +63,11 @@ GUIDES: dict[str, str] = {
         "ensemble's for every structure, pixel NCC at least as high, NLL at most as high, soft "
         "Dice within 0.02, and at most a quarter of its inference time. Against the plain U-Net "
         "there is no target: the lines say whether EDUE is better and by how much. ✓ met or "
-        "better, ✗ not, ? not computable."
+        "better, ✗ not, ? not computable. Every claim carries the budget its runs were "
+        "trained with: a quick demo's runs are not trained to convergence (the baselines "
+        "least of all), so its verdicts are not results. The converged study (every method "
+        "with early stopping on validation, three seeds, paired intervals) is in "
+        "docs/studies.md and its headline below."
     ),
     "Segmentation and uncertainty": (
         "<b>Soft Dice</b> (higher is better): Dice of the prediction against the soft vote of the "
@@ -184,13 +191,16 @@ def _claims_html(claims: dict[str, Any]) -> str:
         items = []
         for c in group["claims"]:
             kind = {"✓": "pass", "✗": "fail"}.get(c["mark"], "unknown")
+            budget = f' <span class="budget">[{esc(c["budget"])}]</span>' if c.get("budget") else ""
             items.append(
                 f'<li class="{kind}"><span class="mark">{esc(c["mark"])}</span>'
-                f"{esc(c['statement'])}</li>"
+                f"{esc(c['statement'])}{budget}</li>"
             )
         parts += [
             f"<h3>{esc(claims['edue']['label'])} {esc(title)}: {group['passed']} of "
             f"{group['checked']}</h3>",
+            f'<p class="{"sub" if group.get("converged") else "budget-warning"}">Budget: '
+            f"{esc(group.get('budget', 'not recorded'))}.</p>",
             f'<ul class="claims">{"".join(items)}</ul>',
         ]
     gains = [
@@ -206,6 +216,7 @@ def _claims_html(claims: dict[str, Any]) -> str:
             + ".</p>"
         )
     parts += [f'<p class="skip">{esc(s)}</p>' for s in claims.get("skipped", [])]
+    parts.append(converged_html(load_converged()))
     return "\n".join(parts)
 
 

@@ -15,12 +15,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edue.errors import EdueError
 from edue.io import read_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edue.prediction import Prediction
 from edue.methods.registry import get_method, method_label, method_names, method_with_role
 
 
@@ -33,12 +36,31 @@ class SampleCase:
         image: ``[C, *spatial]``.
         masks: ``[R, K, *spatial]``.
         members: ``[S, K, *spatial]`` float32.
+        segmentation: ``[K, *spatial]`` float32 where the method gives its segmentation
+            apart from the members (``None``: their mean).
+        score: the uncertainty map of the prediction (``Prediction.score``).
     """
 
     case_id: str
     image: np.ndarray
     masks: np.ndarray
     members: np.ndarray
+    segmentation: np.ndarray | None = None
+    score: str = "variance"
+
+    def prediction(self) -> Prediction:
+        """The :class:`~edue.prediction.Prediction` these arrays hold."""
+        import torch
+
+        from edue.prediction import Prediction
+
+        return Prediction(
+            torch.from_numpy(self.members.astype(np.float32)),
+            segmentation=None
+            if self.segmentation is None
+            else torch.from_numpy(self.segmentation.astype(np.float32)),
+            score=self.score,
+        )
 
 
 @dataclass(eq=False)
@@ -97,6 +119,28 @@ class RunResult:
     def parameters(self) -> float:
         """Trainable parameters (nan when not recorded)."""
         return as_float(self.info.get("parameters"))
+
+    @property
+    def converged(self) -> bool | None:
+        """Whether the weights come from training with early stopping on the validation
+        loss (``None``: the evaluation does not record its training)."""
+        training = self.info.get("training")
+        if not isinstance(training, dict):
+            return None
+        return bool(training.get("patience"))
+
+    @property
+    def budget(self) -> str:
+        """The training budget behind the weights, in words."""
+        training = self.info.get("training")
+        if not isinstance(training, dict):
+            return "training budget not recorded"
+        most, patience = training.get("max_epochs"), training.get("patience")
+        epoch = training.get("weights_epoch")
+        at = f", weights of epoch {epoch}" if epoch is not None else ""
+        if patience:
+            return f"early stopping (patience {patience}, at most {most} epochs{at})"
+        return f"a fixed {most} epochs without early stopping{at}"
 
 
 def as_float(value: object) -> float:
@@ -159,6 +203,10 @@ def _read_samples(path: Path) -> list[SampleCase]:
                     image=np.asarray(data[f"{i}/image"], dtype=np.float32),
                     masks=np.asarray(data[f"{i}/masks"]),
                     members=np.asarray(data[f"{i}/members"], dtype=np.float32),
+                    segmentation=np.asarray(data[f"{i}/segmentation"], dtype=np.float32)
+                    if f"{i}/segmentation" in data.files
+                    else None,
+                    score=str(data[f"{i}/score"]) if f"{i}/score" in data.files else "variance",
                 )
             )
     return cases
