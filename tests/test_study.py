@@ -293,8 +293,9 @@ def test_a_study_runs_arms_and_reuses_the_weights_of_read_out_variants(tmp_path)
     assert summary["subject"] == "separate"
     assert set(summary["differences"]) == {"plain", "edue", "final", "paper"}
     seed = tmp_path / "s" / "seed0"
-    edue, final = load_checkpoint(seed / "edue" / "best.pt"), load_checkpoint(
-        seed / "final" / "best.pt"
+    edue, final = (
+        load_checkpoint(seed / "edue" / "best.pt"),
+        load_checkpoint(seed / "final" / "best.pt"),
     )
     assert final["config"]["method"]["segmentation"] == "final"
     for key, value in edue["model"].items():  # read differently, not trained again
