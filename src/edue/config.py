@@ -77,6 +77,9 @@ class DataConfig(_Section):
         cache_dir: folder of disk caches (``null``: ``$EDUE_CACHE_DIR``, else
             ``$XDG_CACHE_HOME/edue``, else ``~/.cache/edue``); reused by later runs.
         cache_memory_mb: the most ``auto`` keeps in memory.
+        cache_max_gb: the most the disk cache folder may hold; when a new store would
+            pass it, the least recently used whole stores are removed first
+            (``null``: no limit).
         patches_per_volume: patches drawn from each loaded case per epoch (patch
             training): the loader's cost per patch falls with it; ``train.batch_size``
             counts patches and must be a multiple of it.
@@ -97,6 +100,7 @@ class DataConfig(_Section):
     cache: Literal["auto", "memory", "disk", "off"] = "auto"
     cache_dir: str | None = None
     cache_memory_mb: NonNegativeInt = 4096
+    cache_max_gb: Annotated[float, Field(gt=0.0)] | None = None
     patches_per_volume: PositiveInt = 1
 
     @field_validator("format")
@@ -354,12 +358,16 @@ class InferConfig(_Section):
         overlap: overlap of neighbouring windows (fraction of the window, below 1).
         sw_batch_size: windows per forward pass.
         blend: ``gaussian`` or ``constant`` blending of overlapping windows.
+        max_memory_mb: the memory one prediction may use (``null``: derived from the
+            machine's memory); an image whose whole-image pass would need more is
+            predicted tile by tile (docs/method.md, "Inference").
     """
 
     roi_size: Annotated[list[PositiveInt], Field(min_length=1, max_length=3)] | None = None
     overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.25
     sw_batch_size: PositiveInt = 4
     blend: Literal["gaussian", "constant"] = "gaussian"
+    max_memory_mb: PositiveInt | None = None
 
 
 class Config(_Section):
