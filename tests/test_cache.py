@@ -290,3 +290,67 @@ def test_a_disk_entry_read_again_skips_the_npy_header(tmp_path, monkeypatch):
     assert len(loads) > n_arrays
     np.testing.assert_array_equal(reread.image, smaller.image)
     np.testing.assert_array_equal(reread.masks, smaller.masks)
+
+
+def test_disk_arrays_make_tensors_without_a_warning_and_keep_the_file(tmp_path):
+    # mapped copy-on-write: writable, so torch.from_numpy does not warn about a
+    # read-only buffer, and a write into the tensor never reaches the file
+    case = generate_volume(0, seed=3, config=Volume3DConfig(size=16, n_raters=2))
+    store = DiskStore(tmp_path / "store", {})
+    store.folder.mkdir()
+    store.put("a", Entry(case))
+    files = {p.name: p.read_bytes() for p in store.folder.iterdir()}
+    for _ in range(2):  # header parsed, then mapped from the known layout
+        loaded = store.get("a").case
+        for name in ("image", "masks", "affine"):
+            array = getattr(loaded, name)
+            assert isinstance(array, np.memmap) and array.flags.writeable, name
+        masks = torch.from_numpy(loaded.masks)
+        masks.fill_(7)  # in place, as a transform may
+        sample = case_to_sample(loaded)
+        assert torch.all(sample["masks"] == 7)
+    np.testing.assert_array_equal(store.get("a").case.masks, case.masks)
+    assert {p.name: p.read_bytes() for p in store.folder.iterdir()} == files
+
+
+WARNINGS_ARE_ERRORS = """
+import sys
+import torch
+from edue.config import load_config
+from edue.data.case import case_to_sample
+from edue.engine.data import build_datasets, open_configured_source, split_indices
+from edue.engine.data import training_dataset
+
+config = load_config(None, sys.argv[1:])
+source = open_configured_source(config)
+for _ in range(2):  # the run that builds the store, then one that reads it
+    subsets = build_datasets(config, source, split_indices(config, source))
+    assert type(subsets["train"].store).__name__ == "DiskStore"
+    training_dataset(config, subsets["train"])[0]
+    case = subsets["val"].load(0)
+    case_to_sample(case)
+    torch.from_numpy(case.masks), torch.from_numpy(case.image)
+print("clean")
+"""
+
+
+def test_disk_mode_loads_cases_with_warnings_as_errors(tmp_path):
+    # a fresh interpreter: PyTorch gives its non-writable-array warning once per process
+    import subprocess
+    import sys
+
+    overrides = [
+        "data.format=synthetic",
+        "data.options={size: 16}",
+        "data.split={train: 2, val: 1, test: 0}",
+        "data.cache=disk",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.augment=true",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", WARNINGS_ARE_ERRORS, *overrides],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "clean", done.stderr[-2000:]

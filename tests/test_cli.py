@@ -122,7 +122,9 @@ def test_evaluate_poor_threshold_sets_quality_control(tiny_run, tmp_path, capsys
     # a threshold of 1.0 makes every image poor (nothing to rank: no d-AUC), 0.0 none
     out = tmp_path / "eval"
     args = ["evaluate", str(tiny_run), "--out", str(out), "--device", "cpu"]
-    assert main([*args, "--poor-threshold", "disc=1.0", "--poor-threshold", "CUP=0.0"]) == 0
+    assert main([*args, "--poor-threshold", "disc=1.0", "--poor-threshold", "CUP=0.0"]) == 2
+    assert "names CUP; the model predicts disc, cup" in capsys.readouterr().err  # as --poor
+    assert main([*args, "--poor-threshold", "disc=1.0", "--poor-threshold", "cup=0.0"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     n = metrics["n_cases"]
     assert metrics["qc_threshold/disc"] == 1.0 and metrics["qc_n_poor/disc"] == n

@@ -213,8 +213,17 @@ def test_calibrate_refuses_the_training_split(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "never trained on" in err[0]
     assert main(["calibrate", str(tiny_run), "--poor", "rim=0.5", "--out", str(out)]) == 2
-    assert "the model predicts ['disc', 'cup']" in capsys.readouterr().err
+    assert "--poor names rim; the model predicts disc, cup" in capsys.readouterr().err
     assert not out.exists()
+    # evaluate's --poor-threshold is as strict (it was silently ignored), and the gate
+    # reads no more blocks than the encoder has (it was silently clamped)
+    for bad in ("liver=0.9", "Disc=0.9"):
+        argv = ["evaluate", str(tiny_run), "--out", str(tmp_path / "e"), "--poor-threshold", bad]
+        assert main(argv) == 2
+        assert "the model predicts disc, cup" in capsys.readouterr().err
+    assert main(["calibrate", str(tiny_run), "--gate-blocks", "99", "--out", str(out)]) == 2
+    assert "--gate-blocks 99: the model has" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "e" / "metrics.json").exists()
 
 
 def test_the_gate_reads_the_prediction_s_own_forward_pass(tiny_run: Path) -> None:

@@ -19,6 +19,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run folder (same as out_dir=...)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="same as train.device=...")
     p.add_argument("--member", type=int, help="train one Deep Ensemble member (method.member)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="the run folder holds a run: move it aside (<folder>.replaced-<time>) and start anew",
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -158,6 +163,11 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=128)
     s.add_argument("--raters", type=int, default=6)
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="--out holds a dataset: move it aside (<folder>.replaced-<time>) first",
+    )
     s.set_defaults(func=cmd_data_synth)
     c = dsub.add_parser("check", help="read a whole dataset and summarise its problems")
     c.add_argument("root")
@@ -256,6 +266,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``edue``."""
     from edue._version import __version__
+    from edue.data.cache_admin import add_cache_parser
 
     parser = argparse.ArgumentParser(
         prog="edue",
@@ -275,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_model,
         _add_study,
         _add_demo,
+        add_cache_parser,
     ):
         add(sub)
     return parser
@@ -282,32 +294,79 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
-    from edue.config import load_config
-    from edue.engine.train import train, train_method
+    import contextlib
 
+    from edue.config import load_config
+    from edue.engine.run_folder import claim_folder, folder_lock, is_main_rank
+    from edue.engine.train import train, train_method
+    from edue.outputs import check_output_dir
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"out_dir={args.out}")
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    if args.member is not None:
+        overrides.append(f"method.member={args.member}")
+    main_rank = is_main_rank()
     if args.resume:
-        run = train(load_config(), resume=args.resume)
+        config, resume = _resumed(args, overrides, main_rank)
     else:
-        overrides = list(args.overrides)
-        if args.out:
-            overrides.append(f"out_dir={args.out}")
-        if args.device:
-            overrides.append(f"train.device={args.device}")
-        if args.member is not None:
-            overrides.append(f"method.member={args.member}")
-        run = train_method(load_config(args.config, overrides))
+        config, resume = load_config(args.config, overrides), None
+        if main_rank:
+            check_output_dir(config.out_dir, what="run folder (--out)")
+            claim_folder(config.out_dir, args.overwrite)
+    lock = folder_lock(config.out_dir) if main_rank else contextlib.nullcontext()
+    with lock:
+        run = train(config, resume=resume) if resume is not None else train_method(config)
     print(f"run folder: {run}")
     return 0
+
+
+def _resumed(args: argparse.Namespace, overrides: list[str], main_rank: bool) -> tuple:  # type: ignore[type-arg]
+    """The configuration and checkpoint of ``train --resume``: the run's configuration
+    with the changes asked for (only those a resume allows), continuing in the resumed
+    folder or, with ``--out``, in a copy of it."""
+    import shutil
+    from pathlib import Path
+
+    from edue.engine.checkpoint import load_checkpoint
+    from edue.engine.run_folder import check_lock, claim_folder
+    from edue.engine.train import resume_state_path, resumed_config
+    from edue.outputs import check_output_dir
+
+    source = resume_state_path(args.resume)
+    state = load_checkpoint(source)
+    folder = source.parent
+    if not any(o.startswith("out_dir=") for o in overrides):
+        overrides = [f"out_dir={folder}", *overrides]  # where the run is now
+    config = resumed_config(state["config"], args.config, overrides, int(state.get("epoch", 0)))
+    target = Path(config.out_dir)
+    if not main_rank:
+        return config, (target / source.name if target.resolve() != folder.resolve() else source)
+    check_output_dir(target, what="run folder (--out)")
+    if target.resolve() == folder.resolve():
+        check_lock(folder)
+        return config, source
+    claim_folder(target, args.overwrite)  # the copy goes into a folder of its own
+    for name in ("config.yaml", "split.json", "log.jsonl", "best.pt", "last.pt"):
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, target / name)
+    if source.name != "last.pt":
+        shutil.copy2(source, target / source.name)
+    return config, target / source.name
 
 
 def cmd_study(args: argparse.Namespace) -> int:
     from edue.config import load_config
     from edue.errors import ConfigError
     from edue.methods.registry import method_names
+    from edue.outputs import check_output_dir
     from edue.study import parse_arm, run_study
 
     config = load_config(args.config, list(args.overrides))
     arms = dict(parse_arm(a) for a in args.arm)
+    check_output_dir(args.out, what="study folder (--out)")
     methods = args.methods.split(",") if args.methods else list(method_names())
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -373,6 +432,9 @@ def cmd_model_show(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from edue.engine.predict_files import predict_files
+    from edue.outputs import check_output_dir
+
+    check_output_dir(args.out, inputs=args.inputs, what="prediction folder (--out)")
     from edue.report.gallery import write_gallery
     from edue.report.prediction_figures import write_prediction_figure
 
@@ -425,7 +487,7 @@ def _referral_line(referral: dict | None, disabled: bool) -> str:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from edue.engine.calibrate import calibrate_checkpoint
     from edue.engine.calibration import REASON_SHIFT, REASON_UNCERTAIN
-    from edue.engine.evaluate import parse_poor_thresholds
+    from edue.metrics.qc import parse_poor_thresholds
 
     calibration = calibrate_checkpoint(
         args.checkpoint,
@@ -476,7 +538,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from edue.engine.evaluate import evaluate_checkpoint, parse_poor_thresholds
+    from edue.engine.evaluate import evaluate_checkpoint
+    from edue.metrics.qc import parse_poor_thresholds
+    from edue.outputs import check_output_dir
+
+    check_output_dir(args.out, what="evaluation folder (--out)")
 
     result = evaluate_checkpoint(
         args.checkpoint,
@@ -529,7 +595,10 @@ def _percent(value: float) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from edue.outputs import check_output_dir
     from edue.report.compare import compare_runs
+
+    check_output_dir(args.out, inputs=args.runs, what="report folder (--out)")
 
     report = compare_runs(args.runs, args.out)
     print(f"report: {report}")
@@ -539,9 +608,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from edue.data.folder import write_folder_dataset
     from edue.data.synthetic import FundusConfig, generate_cases
+    from edue.engine.run_folder import DATASET_FILES, claim_folder, folder_lock
+    from edue.outputs import check_output_dir
 
-    cases = generate_cases(args.n, args.seed, FundusConfig(size=args.size, n_raters=args.raters))
-    root = write_folder_dataset(cases, args.out, name=f"synthetic-fundus-seed{args.seed}")
+    check_output_dir(args.out, what="dataset folder (--out)")
+    claim_folder(args.out, args.overwrite, "dataset", DATASET_FILES, resume_hint=False)
+    with folder_lock(args.out):
+        cases = generate_cases(
+            args.n, args.seed, FundusConfig(size=args.size, n_raters=args.raters)
+        )
+        root = write_folder_dataset(cases, args.out, name=f"synthetic-fundus-seed{args.seed}")
     print(f"wrote {len(cases)} cases to {root}")
     return 0
 
@@ -562,7 +638,9 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 def cmd_riga_extract(args: argparse.Namespace) -> int:
     from edue.data.riga_extract import extract_riga
+    from edue.outputs import check_output_dir
 
+    check_output_dir(args.out, inputs=[args.src], what="output folder (--out)")
     report = extract_riga(args.src, args.out)
     print(report.format())
     return 0 if report.extracted else 2

@@ -77,9 +77,9 @@ class DataConfig(_Section):
         cache_dir: folder of disk caches (``null``: ``$EDUE_CACHE_DIR``, else
             ``$XDG_CACHE_HOME/edue``, else ``~/.cache/edue``); reused by later runs.
         cache_memory_mb: the most ``auto`` keeps in memory.
-        cache_max_gb: the most the disk cache folder may hold; when a new store would
-            pass it, the least recently used whole stores are removed first
-            (``null``: no limit).
+        cache_max_gb: the most (GiB) the disk cache folder's stores may hold: after a
+            new store is built, the least recently used whole stores are removed until
+            they fit (stores in use or being built are kept; ``null``: no limit).
         patches_per_volume: patches drawn from each loaded case per epoch (patch
             training): the loader's cost per patch falls with it; ``train.batch_size``
             counts patches and must be a multiple of it.
@@ -517,19 +517,67 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     Raises:
         ConfigError: unreadable file, bad YAML, unknown keys or invalid values.
     """
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError("config file not found", path)
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or "cannot be parsed"
-            raise ConfigError(f"invalid YAML{where}: {problem}", path) from None
+    values = read_config_file(path) if path is not None else {}
     return config_from_dict(apply_overrides(values, overrides or []), str(path or ""))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The values a YAML configuration file sets (nothing filled in).
+
+    Raises:
+        ConfigError: a missing or unreadable file, not UTF-8 text, bad YAML, or a
+            document that is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config file not found", path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"not UTF-8 text (byte {exc.start}): a configuration is a YAML text file", path
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot be read ({exc.strerror or exc})", path) from None
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        raise ConfigError(f"invalid YAML{where}: {problem}", path) from None
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"must be a mapping of sections (data, model, …), got {type(values).__name__}", path
+        )
+    return values
+
+
+def merge_values(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with the values of ``extra`` laid over it, section by section."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_values(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def flat_values(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (sections only; lists and option maps of a
+    key, such as ``data.options``, stay whole)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and not prefix.count(".") and name in _SECTIONS:
+            out.update(flat_values(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+_SECTIONS = ("data", "model", "method", "train", "infer")
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -43,13 +43,18 @@ from edue.engine.checkpoint import resolve_checkpoint
 from edue.engine.infer import Predictor
 from edue.engine.ood_gate import OODGate
 from edue.errors import ConfigError
-from edue.metrics.qc import DEFAULT_POOR_THRESHOLDS, poor_threshold_for
+from edue.metrics.qc import (
+    DEFAULT_POOR_THRESHOLDS,
+    check_structure_names,
+    poor_threshold_for,
+)
 from edue.metrics.referral import (
     ExpertScale,
     learn_then_test,
     threshold_grid,
 )
 from edue.metrics.segmentation import soft_dice
+from edue.outputs import check_output_file
 
 DEFAULT_ALPHA = 0.1
 DEFAULT_DELTA = 0.1
@@ -144,9 +149,13 @@ def fit_calibration(
             raise ConfigError(f"the {label} must lie strictly between 0 and 1, got {value}")
     if not calibration_cases or not train_cases:
         raise ConfigError("calibration needs calibration images and training images")
-    if gate_blocks < 1:
-        raise ConfigError(f"the gate reads at least one encoder block, got {gate_blocks}")
-    tap = predictor.feature_module_names()[-gate_blocks:] or None
+    blocks = predictor.feature_module_names()
+    if gate_blocks < 1 or (blocks and gate_blocks > len(blocks)):
+        raise ConfigError(
+            f"--gate-blocks {gate_blocks}: the model has {len(blocks)} encoder blocks "
+            f"(choose 1 … {len(blocks)})"
+        )
+    tap = blocks[-gate_blocks:] or None
     cal = score_cases(predictor, calibration_cases, tap)
     train = score_cases(predictor, train_cases, tap)
     levels = {**DEFAULT_POOR_THRESHOLDS, **(poor_levels or {})}
@@ -242,12 +251,9 @@ def calibrate_checkpoint(
     if unknown:
         raise ConfigError(f"poor levels must be soft Dice values in [0, 1]: {unknown}")
     path = resolve_checkpoint(checkpoint)
+    target = check_output_file(Path(out) if out else path.parent / CALIBRATION_FILE)
     predictor = Predictor.from_checkpoint(path, device=device)
-    missing = sorted(set(poor_levels or {}) - set(predictor.structures))
-    if missing:
-        raise ConfigError(
-            f"--poor names {missing}, the model predicts {list(predictor.structures)}"
-        )
+    check_structure_names(poor_levels or {}, predictor.structures, "--poor")
     if data:
         calibration_cases = split_cases(
             predictor, checkpoint, [split], data, data_format, all_cases
@@ -269,5 +275,5 @@ def calibrate_checkpoint(
         split=f"every case of {data}" if all_cases else split,
         gate_blocks=gate_blocks,
     )
-    calibration.save(Path(out) if out else path.parent / CALIBRATION_FILE)
+    calibration.save(target)
     return calibration

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edue.engine.calibration_schema import check_calibration_file
 from edue.engine.checkpoint import resolve_checkpoint
 from edue.engine.ood_gate import OODGate, tapped_modules
 from edue.errors import CheckpointError, EdueError
@@ -45,6 +46,16 @@ FORMAT = "edue-calibration"
 VERSION = 1
 CALIBRATION_FILE = "calibration.json"
 GATE_FILE = "calibration_gate.npz"
+
+
+def gate_file_for(path: str | Path) -> Path:
+    """The gate's companion file of a calibration file: ``<stem>_gate.npz`` beside it
+    (``calibration.json`` → ``calibration_gate.npz``), so two calibrations in one folder
+    keep their own gates."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_gate.npz")
+
+
 #: Why an image is referred.
 REASON_UNCERTAIN = "uncertain segmentation"
 REASON_SHIFT = "unlike the training images"
@@ -307,13 +318,13 @@ class Calibration:
         return decisions
 
     # ---------------------------------------------------------------- files
-    def to_dict(self, gate_sha256: str | None = None) -> dict[str, Any]:
-        """The content of ``calibration.json``."""
+    def to_dict(self, gate_sha256: str | None = None, gate_file: str = GATE_FILE) -> dict[str, Any]:
+        """The content of ``calibration.json`` (``gate_file``: its gate's file name)."""
         gate: dict[str, Any] | None = None
         if self.gate is not None:
             gate = {
                 **self.gate.summary(),
-                "file": GATE_FILE,
+                "file": gate_file,
                 "sha256": gate_sha256,
                 "calibration_scores": self.gate_scores.tolist(),
                 "expected_false_alarm_rate": float(self.gate_flags().mean()),
@@ -344,11 +355,11 @@ class Calibration:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         digest = None
+        gate_path = gate_file_for(path)
         if self.gate is not None:
-            gate_path = path.with_name(GATE_FILE)
             self.gate.save(gate_path)
             digest = _sha256(gate_path)
-        write_json(path, self.to_dict(digest))
+        write_json(path, self.to_dict(digest, gate_path.name))
         self.path = path
         return path
 
@@ -371,6 +382,7 @@ class Calibration:
                 f"calibration format version {data.get('version')!r}, this edue reads {VERSION}",
                 path,
             )
+        check_calibration_file(data, path)
         try:
             names = [str(n) for n in data["structures"]]
             per = data["per_structure"]

@@ -182,7 +182,12 @@ def open_case_store(
         generated=[data.split, data.split_seed] if generated else None,
     )
     return open_store(
-        data.cache, description, estimate * total, data.cache_memory_mb * 2**20, data.cache_dir
+        data.cache,
+        description,
+        estimate * total,
+        data.cache_memory_mb * 2**20,
+        data.cache_dir,
+        max_gb=data.cache_max_gb,
     )
 
 

@@ -36,7 +36,11 @@ from edue.io import atomic_path, write_json, write_npz
 from edue.metrics import EvaluationAccumulator
 from edue.metrics.cost import time_per_image
 from edue.metrics.ood import pairwise_dice_variance, separation_auroc
-from edue.metrics.qc import DEFAULT_POOR_THRESHOLDS, poor_threshold_for
+from edue.metrics.qc import (
+    DEFAULT_POOR_THRESHOLDS,
+    check_structure_names,
+    poor_threshold_for,
+)
 from edue.metrics.referral import (
     linear_fit,
     mean_absolute_error,
@@ -309,6 +313,7 @@ def evaluate_checkpoint(
             malformed or fitted for another model.
     """
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    check_structure_names(poor_thresholds or {}, predictor.structures, "--poor-threshold")
     cases = split_cases(predictor, checkpoint, [split], data, data_format, all_cases)[split]
     found = None
     levels = dict(poor_thresholds or {})
@@ -413,24 +418,3 @@ def split_cases(
         name: [subsets[name].load(i) for i in range(len(subsets[name]))] if name in subsets else []
         for name in splits
     }
-
-
-def parse_poor_thresholds(items: Sequence[str], flag: str = "--poor-threshold") -> dict[str, float]:
-    """``["GTVp=0.7", ...]`` -> ``{"GTVp": 0.7}`` (``flag`` names the option in errors).
-
-    Raises:
-        ConfigError: an item is not ``NAME=NUMBER`` with the number in [0, 1].
-    """
-    from edue.errors import ConfigError
-
-    out: dict[str, float] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            number = float("nan")
-        if not sep or not name.strip() or not 0.0 <= number <= 1.0:
-            raise ConfigError(f"{flag} '{item}': expected STRUCTURE=DICE with DICE in [0, 1]")
-        out[name.strip()] = number
-    return out

@@ -110,6 +110,10 @@ class Trainer:
         self.best_val = math.inf
         self.best_epoch = 0  # the epoch of best_val (early stopping counts from it)
         self.finished = False  # reached train.epochs or stopped early
+        # running sums of the epoch's training figures (kept in checkpoints, so that a
+        # resumed epoch's averages cover the whole epoch)
+        self.epoch_totals: dict[str, float] = {}
+        self.epoch_count = 0
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ setup
@@ -167,10 +171,33 @@ class Trainer:
         self.global_step, self.best_val = int(state["global_step"]), float(state["best_val"])
         self.best_epoch = int(state.get("best_epoch", self.epoch))
         self.finished = bool(state.get("finished", False))
+        self.epoch_totals = {str(k): float(v) for k, v in state.get("epoch_totals", {}).items()}
+        self.epoch_count = int(state.get("epoch_count", 0))
+        recorded_epochs = int(state["config"]["train"]["epochs"])
+        if self.config.train.epochs != recorded_epochs:
+            self._extend_schedule()
         set_rng_state(state["rng"])
         self.rater_generator.set_state(state["rater_generator"])
         if self.train_dataset.transform is not None and state.get("transforms"):
             self.train_dataset.transform.set_state(state["transforms"])  # type: ignore[attr-defined]
+
+    def _extend_schedule(self) -> None:
+        """A resume with a larger ``train.epochs``: the cosine schedule is stretched to
+        the new length — from the resumed epoch on, the learning rate follows the cosine
+        over the new total (from ``train.lr`` down to 5 % of it), and the run is no
+        longer finished unless its patience ran out."""
+        cfg = self.config.train
+        self.scheduler.T_max = cfg.epochs  # type: ignore[attr-defined]
+        eta_min = cfg.lr * 0.05
+        t = self.scheduler.last_epoch
+        for group in self.optimizer.param_groups:
+            group["lr"] = (
+                eta_min + (cfg.lr - eta_min) * (1 + math.cos(math.pi * t / cfg.epochs)) / 2
+            )
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]  # type: ignore[attr-defined]
+        patience = cfg.patience
+        out_of_patience = bool(patience) and self.epoch - self.best_epoch >= patience
+        self.finished = self.epoch >= cfg.epochs or out_of_patience
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> Path:
@@ -221,12 +248,13 @@ class Trainer:
     def _train_epoch(self, loader: DataLoader) -> dict[str, float]:
         cfg, rt = self.config, self.runtime
         self.model.train()
-        totals: dict[str, float] = {}
-        count = 0
+        if self.step_in_epoch == 0:  # else: a resumed epoch goes on with its sums
+            self.epoch_totals, self.epoch_count = {}, 0
+        totals = self.epoch_totals
         progress = _progress(loader, f"epoch {self.epoch + 1}/{cfg.train.epochs}", rt.is_main)
         for batch in progress:
             loss, parts = self._step(batch)
-            count += 1
+            self.epoch_count += 1
             for key, value in {"loss": loss, **parts}.items():
                 totals[key] = totals.get(key, 0.0) + value
             if rt.is_main and hasattr(progress, "set_postfix"):
@@ -238,7 +266,7 @@ class Trainer:
                 self.save("last.pt")
             if self._stop_signal is not None:
                 raise _Interrupted
-        return {f"train/{k}": v / max(count, 1) for k, v in totals.items()}
+        return {f"train/{k}": v / max(self.epoch_count, 1) for k, v in totals.items()}
 
     def _step(self, batch: dict[str, Any]) -> tuple[float, dict[str, float]]:
         rt = self.runtime
@@ -331,6 +359,8 @@ class Trainer:
             "best_val": self.best_val,
             "best_epoch": self.best_epoch,
             "finished": self.finished,
+            "epoch_totals": dict(self.epoch_totals),
+            "epoch_count": self.epoch_count,
             "rng": rng_state(),
             "rater_generator": self.rater_generator.get_state(),
             "transforms": self.train_dataset.transform.get_state()  # type: ignore[attr-defined]
@@ -384,18 +414,106 @@ def _progress(iterable: DataLoader, desc: str, enabled: bool) -> Any:
     )
 
 
-def train(config: Config, resume: str | Path | None = None) -> Path:
+#: keys a resumed run may change: where the data and the run are, the device and the
+#: workers, how often it checkpoints, and a longer schedule (``train.epochs``); every
+#: other key would change the result, and a resume that changes one is refused
+RESUMABLE_KEYS = (
+    "out_dir",
+    "data.root",
+    "data.num_workers",
+    "data.cache",
+    "data.cache_dir",
+    "data.cache_memory_mb",
+    "data.cache_max_gb",
+    "train.device",
+    "train.threads",
+    "train.checkpoint_every",
+    "train.epochs",
+)
+
+
+def resume_state_path(resume: str | Path) -> Path:
+    """The checkpoint a resume starts from: ``last.pt`` of a run folder, or the file."""
+    path = Path(resume)
+    return path / "last.pt" if path.is_dir() else path
+
+
+def resumed_config(
+    recorded: dict[str, Any],
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+    epochs_done: int = 0,
+) -> Config:
+    """The configuration of a resumed run: the run's own, with what the user asks laid
+    over it (the keys a file sets, then dotted overrides).
+
+    Args:
+        recorded: the configuration saved in the run's checkpoint.
+        config_file: a YAML file whose keys are laid over the run's.
+        overrides: ``key=value`` items.
+        epochs_done: epochs the run has completed (``train.epochs`` may not go below).
+
+    Raises:
+        ConfigError: see :func:`check_resume`.
+    """
+    from edue.config import apply_overrides, config_from_dict, merge_values, read_config_file
+
+    base = config_from_dict(recorded).to_dict()
+    values = merge_values(base, read_config_file(config_file)) if config_file else base
+    values = apply_overrides(copy.deepcopy(values), list(overrides or []))
+    return check_resume(recorded, config_from_dict(values, str(config_file or "")), epochs_done)
+
+
+def check_resume(recorded: dict[str, Any], config: Config, epochs_done: int = 0) -> Config:
+    """``config`` when a run of configuration ``recorded`` may continue with it.
+
+    Raises:
+        ConfigError: a key outside :data:`RESUMABLE_KEYS` differs (named, with both
+            values), or ``train.epochs`` is below the ``epochs_done`` already trained.
+    """
+    from edue.config import config_from_dict, flat_values
+    from edue.errors import ConfigError
+
+    before = flat_values(config_from_dict(recorded).to_dict())
+    for key, value in flat_values(config.to_dict()).items():
+        if before.get(key) != value and key not in RESUMABLE_KEYS:
+            raise ConfigError(
+                f"--resume: {key} = {value!r} differs from the run's {before.get(key)!r}; it "
+                "would change the result, so the run cannot continue with it (start a new "
+                "run with another --out instead)"
+            )
+    if config.train.epochs < epochs_done:
+        raise ConfigError(
+            f"--resume: train.epochs = {config.train.epochs} is below the {epochs_done} "
+            "epochs the run has already trained"
+        )
+    return config
+
+
+def train(config: Config | None, resume: str | Path | None = None) -> Path:
     """Train as configured, or continue the run in ``resume`` exactly where it stopped.
+
+    With ``resume``, ``config`` is the configuration to continue with (``None``: the
+    run's own, saved in its checkpoint); it may differ from the run's only in
+    :data:`RESUMABLE_KEYS` (:func:`resumed_config` builds one from what a user asks). A
+    larger ``train.epochs`` extends the cosine schedule (docs/method.md).
 
     Returns:
         The run folder.
+
+    Raises:
+        ConfigError: ``config`` changes what a resume may not (:func:`check_resume`).
     """
     state = None
     if resume is not None:
-        from edue.config import config_from_dict
-
-        state = load_checkpoint(Path(resume) / "last.pt" if Path(resume).is_dir() else resume)
-        config = config_from_dict(state["config"])
+        state = load_checkpoint(resume_state_path(resume))
+        done = int(state.get("epoch", 0))
+        if config is None:
+            config = resumed_config(state["config"], epochs_done=done)
+        else:
+            config = check_resume(state["config"], config, done)
+    if config is None:
+        raise ValueError("train() needs a configuration or a run to resume")
     trainer = Trainer(config)
     try:
         trainer.setup(state)

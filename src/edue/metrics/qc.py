@@ -29,12 +29,13 @@ Conventions: docs/method.md, section "Segmentation quality control: QC curves an
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 
 import numpy as np
 from scipy.integrate import trapezoid
 
+from edue.errors import ConfigError
 from edue.metrics._utils import finite_pairs
 
 #: Soft Dice below which a segmentation is "poor": the authors' RIGA values for disc and
@@ -114,3 +115,57 @@ def qc_curve(
         "n_poor": n_poor,
         "n": n,
     }
+
+
+def parse_poor_thresholds(
+    items: Sequence[str],
+    flag: str = "--poor-threshold",
+    structures: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """``["GTVp=0.7", ...]`` -> ``{"GTVp": 0.7}`` (``flag`` names the option in errors).
+
+    The one parser of ``--poor`` (calibrate) and ``--poor-threshold`` (evaluate).
+
+    Args:
+        items: ``STRUCTURE=DICE`` items.
+        flag: the option's name, for messages.
+        structures: the structures the model predicts (names must be one of them, in
+            the same case); ``None``: not checked here.
+
+    Raises:
+        ConfigError: an item is not ``NAME=NUMBER`` with the number in [0, 1], names a
+            structure twice, or names one the model does not predict.
+    """
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not sep or not name or not 0.0 <= number <= 1.0:
+            raise ConfigError(f"{flag} '{item}': expected STRUCTURE=DICE with DICE in [0, 1]")
+        if name in out:
+            raise ConfigError(f"{flag} names {name} twice")
+        out[name] = number
+    check_structure_names(out, structures, flag)
+    return out
+
+
+def check_structure_names(
+    names: Iterable[str], structures: Sequence[str] | None, flag: str
+) -> None:
+    """Raise when ``names`` holds one that is not among ``structures`` (exact case).
+
+    Raises:
+        ConfigError: naming the unknown names and the model's structures.
+    """
+    if structures is None:
+        return
+    unknown = sorted(set(names) - set(structures))
+    if unknown:
+        raise ConfigError(
+            f"{flag} names {', '.join(unknown)}; the model predicts "
+            f"{', '.join(structures)} (names are case-sensitive)"
+        )
