@@ -4,7 +4,6 @@ store."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from edue.cli import build_parser, cmd_cache
 from edue.data.cache import (
     LAST_USED,
     DiskStore,
@@ -22,7 +22,6 @@ from edue.data.cache import (
     open_store,
     remove_store,
 )
-from edue.data.cache_admin import add_cache_parser, cmd_cache
 from edue.data.synthetic import FundusConfig, generate_cases
 from edue.errors import ConfigError
 
@@ -55,9 +54,7 @@ def _used_ago(store: DiskStore, days: float) -> None:
 
 
 def _cache(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="edue")
-    add_cache_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["cache", *argv])
+    args = build_parser().parse_args(["cache", *argv])
     assert args.func is cmd_cache
     return cmd_cache(args)
 

@@ -263,10 +263,31 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _add_cache(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cache", help="the prepared-case cache: list or clear its stores")
+    csub = p.add_subparsers(dest="cache_command", required=True)
+    where = (
+        "cache folder (default, as for data.cache_dir: $EDUE_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/edue, else ~/.cache/edue)"
+    )
+    s = csub.add_parser("list", help="one line per store: reader, data root, size, last use")
+    s.add_argument("--dir", metavar="FOLDER", help=where)
+    s.set_defaults(func=cmd_cache)
+    c = csub.add_parser("clear", help="remove stores (those in use are kept)")
+    c.add_argument("--dir", metavar="FOLDER", help=where)
+    c.add_argument(
+        "--older-than",
+        type=float,
+        metavar="DAYS",
+        help="only stores not used for DAYS days (default: every store)",
+    )
+    c.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    c.set_defaults(func=cmd_cache)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``edue``."""
     from edue._version import __version__
-    from edue.data.cache_admin import add_cache_parser
 
     parser = argparse.ArgumentParser(
         prog="edue",
@@ -286,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_model,
         _add_study,
         _add_demo,
-        add_cache_parser,
+        _add_cache,
     ):
         add(sub)
     return parser
@@ -651,6 +672,20 @@ def cmd_ensemble_gather(args: argparse.Namespace) -> int:
 
     path = gather_ensemble(args.members, args.out)
     print(f"ensemble of {len(args.members)} members: {path}")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from edue.data.cache_admin import cache_root, check_days, clear_stores, list_lines
+
+    if args.cache_command == "clear":
+        check_days(args.older_than)
+    root = cache_root(args.dir)
+    if args.cache_command == "list":
+        lines = list_lines(root)
+    else:
+        lines = clear_stores(root, args.older_than, args.dry_run).lines()
+    print("\n".join(lines))
     return 0
 
 

@@ -145,7 +145,8 @@ def read_image(path: str | Path, spatial_dims: int | None = None) -> tuple[np.nd
     if image.ndim == spatial_dims:
         image = image[None]
     elif image.ndim == spatial_dims + 1:
-        image = np.moveaxis(image, -1, 0)  # channels-last files -> channels-first
+        if not _channels_first(suffix, image.shape):
+            image = np.moveaxis(image, -1, 0)  # channels-last files -> channels-first
     else:
         raise DataError(
             f"expected a {spatial_dims}D image (optionally with channels), got shape {array.shape}",
@@ -154,6 +155,19 @@ def read_image(path: str | Path, spatial_dims: int | None = None) -> tuple[np.nd
     if not np.isfinite(image).all():
         raise DataError("image contains NaN or Inf values", path)
     return np.ascontiguousarray(image), meta
+
+
+#: the most channels an array's first axis may hold to be read as channels-first
+MAX_CHANNELS_FIRST = 16
+
+
+def _channels_first(suffix: str, shape: tuple[int, ...]) -> bool:
+    """Whether an array with one axis more than its image's dimensions is already
+    channels-first: image files (PNG, TIFF, …) are channels-last; a ``.npy`` array is
+    channels-first when its first axis is the shorter one and at most
+    :data:`MAX_CHANNELS_FIRST` long (``[3, 512, 512]``), else channels-last
+    (``[512, 512, 3]``)."""
+    return suffix == ".npy" and shape[0] < shape[-1] and shape[0] <= MAX_CHANNELS_FIRST
 
 
 def float_intensities(array: np.ndarray, path: str | Path) -> np.ndarray:

@@ -7,14 +7,12 @@ would free). Only folders that are recognisably stores are considered (see
 :func:`edue.data.cache.read_manifest`); a store that a process has open or is building
 is kept and named. Nothing outside the cache folder is touched.
 
-The command line wires :func:`add_cache_parser` and :func:`cmd_cache` in like its other
-subcommands; importing this module (to build the parser) loads nothing heavy, the cache
-module (NumPy, PyTorch) is imported when a command runs.
+The command line (``edue.cli``) prints what these functions return; importing this module
+loads nothing heavy, the cache module (NumPy, PyTorch) is imported when a command runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,33 +25,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from edue.data.cache import StoreInfo
 
 DAY = 86400.0
-
-
-def add_cache_parser(sub: argparse._SubParsersAction) -> None:
-    """Add ``cache list`` and ``cache clear`` to the ``edue`` subcommands.
-
-    Args:
-        sub: the subparsers of the ``edue`` parser.
-    """
-    p = sub.add_parser("cache", help="the prepared-case cache: list or clear its stores")
-    csub = p.add_subparsers(dest="cache_command", required=True)
-    where = (
-        "cache folder (default, as for data.cache_dir: $EDUE_CACHE_DIR, else "
-        "$XDG_CACHE_HOME/edue, else ~/.cache/edue)"
-    )
-    s = csub.add_parser("list", help="one line per store: reader, data root, size, last use")
-    s.add_argument("--dir", metavar="FOLDER", help=where)
-    s.set_defaults(func=cmd_cache)
-    c = csub.add_parser("clear", help="remove stores (those in use are kept)")
-    c.add_argument("--dir", metavar="FOLDER", help=where)
-    c.add_argument(
-        "--older-than",
-        type=float,
-        metavar="DAYS",
-        help="only stores not used for DAYS days (default: every store)",
-    )
-    c.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
-    c.set_defaults(func=cmd_cache)
 
 
 def cache_root(folder: str | Path | None) -> Path | None:
@@ -180,7 +151,7 @@ def clear_stores(
     """
     from edue.data.cache import folder_usage, in_use, leftovers, remove_store
 
-    _check_days(older_than_days)
+    check_days(older_than_days)
     report = ClearReport(dry_run=dry_run)
     if root is None:
         return report
@@ -199,7 +170,12 @@ def clear_stores(
     return report
 
 
-def _check_days(days: float | None) -> None:
+def check_days(days: float | None) -> None:
+    """Raise unless ``days`` is ``None`` or a number of days ≥ 0.
+
+    Raises:
+        ConfigError: a negative number or NaN.
+    """
     if days is not None and not days >= 0:  # NaN too
         raise ConfigError(f"--older-than {days:g}: expected a number of days >= 0")
 
@@ -211,25 +187,3 @@ def _stores(root: Path) -> list[StoreInfo]:
         return list_stores(root)
     except OSError as exc:
         raise ConfigError(f"cache folder {root} cannot be read ({exc.strerror})") from None
-
-
-def cmd_cache(args: argparse.Namespace) -> int:
-    """Run ``edue cache list`` or ``edue cache clear`` (arguments of
-    :func:`add_cache_parser`); print the result.
-
-    Returns:
-        The exit status (0).
-
-    Raises:
-        ConfigError: a ``--dir`` that does not exist or is not a folder, or negative
-            ``--older-than`` days.
-    """
-    if args.cache_command == "clear":
-        _check_days(args.older_than)
-    root = cache_root(args.dir)
-    if args.cache_command == "list":
-        lines = list_lines(root)
-    else:
-        lines = clear_stores(root, args.older_than, args.dry_run).lines()
-    print("\n".join(lines))
-    return 0

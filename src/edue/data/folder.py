@@ -26,9 +26,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from edue.data.case import MultiRaterCase, distinct_values
 from edue.data.source import CaseSource
@@ -84,6 +85,48 @@ def decode_labels(
     return masks
 
 
+class _CaseEntry(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    id: StrictStr | StrictInt
+    patient: StrictStr | StrictInt | None = None
+
+
+class DatasetSpec(BaseModel):
+    """The typed content of ``dataset.json`` (unknown keys are kept, not refused, so a
+    file written by a newer edue still reads)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    format: StrictStr = "edue-folder"
+    version: StrictInt = 1
+    spatial_dims: Literal[2, 3] = 2
+    structures: Annotated[list[StrictStr], Field(min_length=1)] = Field(
+        default_factory=lambda: ["foreground"]
+    )
+    labels: dict[str, Annotated[list[StrictInt], Field(min_length=1)]] | None = None
+    cases: list[_CaseEntry] | None = None
+
+
+def read_dataset_spec(values: Any, path: Path) -> DatasetSpec:
+    """Check a parsed ``dataset.json`` (``"structures": "disc"`` is refused, not read as
+    four one-letter structures).
+
+    Raises:
+        DataError: one line naming ``path`` and every key at fault.
+    """
+    from edue.config import config_error
+
+    if not isinstance(values, dict):
+        raise DataError(
+            f"must be a JSON object with 'structures', 'labels', …; got a JSON "
+            f"{type(values).__name__} (see docs/dataset-format.md)",
+            path,
+        )
+    try:
+        return DatasetSpec.model_validate(values)
+    except ValidationError as exc:
+        raise DataError(config_error(exc, root=DatasetSpec).reason, path) from None
+
+
 class FolderSource(CaseSource):
     """Reader of the ``edue-folder`` format.
 
@@ -99,22 +142,29 @@ class FolderSource(CaseSource):
         if not spec_path.is_file():
             raise DataError("dataset.json not found (see docs/dataset-format.md)", spec_path)
         try:
-            spec = json.loads(spec_path.read_text(encoding="utf-8"))
+            raw = json.loads(spec_path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"not UTF-8 text (byte {exc.start})", spec_path) from None
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot parse JSON ({exc})", spec_path) from None
-        self.structures = tuple(spec.get("structures", ["foreground"]))
-        self.labels: dict[str, list[int]] = spec.get("labels") or {self.structures[0]: [1, 255]}
+        spec = read_dataset_spec(raw, spec_path)
+        self.structures = tuple(spec.structures)
+        self.labels: dict[str, list[int]] = spec.labels or {self.structures[0]: [1, 255]}
         missing = [s for s in self.structures if s not in self.labels]
         if missing:
             raise DataError(f"'labels' has no entry for structures {missing}", spec_path)
-        self.spatial_dims = int(spec.get("spatial_dims", 2))
-        entries = spec.get("cases") or [
-            {"id": p.name} for p in sorted(self.root.iterdir()) if p.is_dir()
-        ]
+        self.spatial_dims = spec.spatial_dims
+        entries = (
+            [c.model_dump() for c in spec.cases]
+            if spec.cases
+            else [
+                {"id": p.name, "patient": None} for p in sorted(self.root.iterdir()) if p.is_dir()
+            ]
+        )
         if not entries:
             raise DataError("no case folders found", self.root)
         self.case_ids = [str(e["id"]) for e in entries]
-        self.patient_ids = [str(e.get("patient", e["id"])) for e in entries]
+        self.patient_ids = [str(e.get("patient") or e["id"]) for e in entries]
 
     def load(self, index: int) -> MultiRaterCase:
         case_id = self.case_ids[index]

@@ -167,16 +167,42 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
         ) from None
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         raise CheckpointError("not an edue checkpoint", path)
+    lacking = [k for k in ("model", "config") if not isinstance(body.get(k), dict)]
+    if lacking:
+        raise CheckpointError(
+            f"incomplete checkpoint: no {' or '.join(repr(k) for k in lacking)} entry", path
+        )
     if verify and weights_hash(body["model"]) != body.get("weights_sha256"):
         raise CheckpointError(
             "weights do not match their recorded SHA-256 (file altered or corrupt)", path
         )
-    if body.get("edue_version") != __version__:
-        warnings.warn(
-            f"{path}: written by edue {body.get('edue_version')}, this is edue {__version__}",
-            stacklevel=2,
-        )
+    check_version(body.get("edue_version"), path)
     return body  # type: ignore[no-any-return]
+
+
+def _major(version: str) -> int | None:
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def check_version(recorded: object, path: str | Path) -> None:
+    """The version policy of checkpoints: one written by a newer *major* version of edue
+    is refused (its layout may have changed in ways this version cannot read); any other
+    difference (minor or patch, or an unrecorded version) is read with a warning.
+
+    Raises:
+        CheckpointError: the checkpoint's major version is above this edue's.
+    """
+    if recorded == __version__:
+        return
+    mine, theirs = _major(__version__), _major(str(recorded)) if recorded else None
+    if theirs is not None and mine is not None and theirs > mine:
+        raise CheckpointError(
+            f"written by edue {recorded}, a newer major version than this edue "
+            f"{__version__}; upgrade edue to read it",
+            path,
+        )
+    warnings.warn(f"{path}: written by edue {recorded}, this is edue {__version__}", stacklevel=3)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -32,6 +32,7 @@ from edue.engine.calibrate import MAX_TRAIN_IMAGES, REPORTED_ALPHAS, fit_calibra
 from edue.engine.calibration import Calibration, find_calibration
 from edue.engine.infer import Predictor
 from edue.engine.ood_gate import OODGate
+from edue.errors import DataError
 from edue.io import atomic_path, write_json, write_npz
 from edue.metrics import EvaluationAccumulator
 from edue.metrics.cost import time_per_image
@@ -154,6 +155,8 @@ def evaluate_predictor(
     of :data:`edue.metrics.qc.DEFAULT_POOR_THRESHOLDS` for the structures they name; the
     referral outcome (with ``calibration``) uses the same levels.
     """
+    if not cases:
+        raise DataError("no case to evaluate (an empty list of cases was given)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     thresholds = {**DEFAULT_POOR_THRESHOLDS, **(poor_thresholds or {})}
@@ -387,7 +390,7 @@ def split_cases(
     import copy
 
     from edue.engine.data import build_datasets, open_configured_source, split_indices
-    from edue.errors import ConfigError
+    from edue.errors import ConfigError, DataError
 
     config = copy.deepcopy(predictor.config)
     if data:
@@ -414,7 +417,15 @@ def split_cases(
             picked = [picked[i] for i in keep]
         chosen[name] = picked
     subsets = build_datasets(config, source, chosen, require_train=False)
-    return {
+    out = {
         name: [subsets[name].load(i) for i in range(len(subsets[name]))] if name in subsets else []
         for name in splits
     }
+    for name, cases in out.items():
+        if not cases:
+            raise DataError(
+                f"every one of the {len(chosen[name])} case(s) of split '{name}' was skipped as "
+                "unreadable (see the warnings above); nothing to evaluate",
+                config.data.root,
+            )
+    return out

@@ -44,6 +44,7 @@ a method that samples its members at random (MC dropout) draws them per batch.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,9 @@ GalleryWriter = Callable[[Path, Mapping[str, Any]], Path]
 def collect_inputs(inputs: Sequence[str]) -> list[Path]:
     """Expand folders into their supported image files (sorted); keep files as given.
 
-    A file named twice (directly, or also inside a named folder) is predicted once.
+    A folder in the project's own dataset layout (it holds ``dataset.json``) gives each
+    case's ``image.*`` file, not the raters' masks. A file named twice (directly, or
+    also inside a named folder) is predicted once.
 
     Raises:
         DataError: an input that does not exist, a folder with no images, or two
@@ -99,10 +102,14 @@ def collect_inputs(inputs: Sequence[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
+            dataset = (path / "dataset.json").is_file()  # the project's own layout
             found = sorted(
                 p
                 for p in path.rglob("*")
-                if p.is_file() and suffix_of(p) in SUPPORTED_SUFFIXES and not p.name.startswith(".")
+                if p.is_file()
+                and suffix_of(p) in SUPPORTED_SUFFIXES
+                and not p.name.startswith(".")
+                and (not dataset or stem_of(p) == "image")  # not the raters' masks
             )
             if not found:
                 raise DataError("folder holds no supported image files", path)
@@ -112,16 +119,39 @@ def collect_inputs(inputs: Sequence[str]) -> list[Path]:
         else:
             raise DataError("input not found", path)
     unique = list({p.resolve(): p for p in reversed(files)}.values())[::-1]
-    by_stem: dict[str, Path] = {}
-    for path in unique:
-        other = by_stem.setdefault(stem_of(path), path)
+    output_names(unique)  # two inputs that cannot be told apart fail here, before work
+    return unique
+
+
+def output_names(files: Sequence[Path]) -> list[str]:
+    """The name each input's outputs are written under, relative to the output folder.
+
+    Inputs whose file stems differ keep their stem (``scan1.png`` → ``scan1``). When two
+    share a stem — a dataset in the project's own layout, ``case_a/image.png`` and
+    ``case_b/image.png`` — every output mirrors the inputs' folder tree below their
+    common folder (``case_a/image``, ``case_b/image``), so a whole dataset predicts in
+    one call.
+
+    Raises:
+        DataError: two inputs would still write under the same name (``a.png`` and
+            ``a.tif`` in one folder).
+    """
+    stems = [stem_of(p) for p in files]
+    if len(set(stems)) == len(stems):
+        return stems
+    parents = [str(p.resolve().parent) for p in files]
+    common = Path(os.path.commonpath(parents)) if parents else Path()
+    names = [(p.resolve().parent.relative_to(common) / stem_of(p)).as_posix() for p in files]
+    seen: dict[str, Path] = {}
+    for path, name in zip(files, names, strict=True):
+        other = seen.setdefault(name, path)
         if other is not path:
             raise DataError(
-                f"would write its outputs under the same name '{stem_of(path)}' as {other}; "
+                f"would write its outputs under the same name '{name}' as {other}; "
                 "predict them into different folders or rename one",
                 path,
             )
-    return unique
+    return names
 
 
 @dataclass
@@ -210,7 +240,7 @@ def predict_files(
         writer_threads,
         calibration=referral,
     )
-    done, failed = pipeline.run(files)
+    done, failed = pipeline.run(files, output_names(files))
     result.done.extend(done)
     result.failed.extend(failed)
     summary: dict[str, Any] = {

@@ -73,6 +73,7 @@ class _Job:
 
     index: int
     path: Path
+    output: str
     arrays: dict[str, np.ndarray]
     names: tuple[str, ...]
     entry: dict[str, Any]
@@ -210,14 +211,12 @@ class _Writer:
 
     def _write(self, job: _Job) -> None:
         try:
-            write_arrays(job.arrays, job.names, job.path, self._out, job.affine)
+            write_arrays(job.arrays, job.names, job.path, self._out, job.affine, job.output)
             with self._lock:
                 self.done[job.index] = job.entry
             if self._figure_writer is not None:
                 assert job.image is not None and job.prediction is not None
-                self._figure_writer(
-                    job.image, job.prediction, self._out, stem_of(job.path), job.path.name
-                )
+                self._figure_writer(job.image, job.prediction, self._out, job.output, job.path.name)
         except DataError as exc:
             with self._lock:
                 if self._skip_bad:
@@ -274,13 +273,18 @@ class _Pipeline:
         self.failed: dict[int, dict[str, str]] = {}
         self.at = -1  # the input being handled: errors before it win, outputs after it go
 
-    def run(self, files: Sequence[Path]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    def run(
+        self, files: Sequence[Path], outputs: Sequence[str] | None = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
         """Predict ``files``; returns the done and failed entries, in input order.
+
+        ``outputs``: the name each file's outputs are written under (default: its stem).
 
         Raises:
             BaseException: the error of the earliest input that failed (unless
                 ``skip_bad`` and a :class:`DataError`), once every thread has stopped.
         """
+        self.outputs = list(outputs) if outputs is not None else [stem_of(f) for f in files]
         reader = _Reader(files, self.predictor.spatial_dims, self.skip_bad, self.batch_size)
         writer = _Writer(
             self.out, self.writer_threads, self.skip_bad, self.figure_writer, self.batch_size
@@ -403,12 +407,14 @@ class _Pipeline:
         (:meth:`Calibration.decide_many`).
         """
         with_figure = self.figure_writer is not None
-        entry = prediction_entry(pred, item.path)
+        output = self.outputs[item.index]
+        entry = prediction_entry(pred, item.path, output)
         if decision is not None:
             entry.update(decision)
         return _Job(
             index=item.index,
             path=item.path,
+            output=output,
             arrays=arrays,
             names=structure_names(pred),
             entry=entry,

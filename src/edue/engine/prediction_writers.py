@@ -31,10 +31,15 @@ def structure_names(pred: Prediction) -> tuple[str, ...]:
     return pred.structures or tuple(f"s{k}" for k in range(pred.mean.shape[0]))
 
 
-def prediction_entry(pred: Prediction, source: Path) -> dict[str, Any]:
-    """The summary entry of one image in ``predictions.json``: its input and SV."""
+def prediction_entry(pred: Prediction, source: Path, output: str | None = None) -> dict[str, Any]:
+    """The summary entry of one image in ``predictions.json``: its input, the name its
+    outputs are written under (relative to the output folder) and its SV."""
     names = structure_names(pred)
-    return {"input": str(source), "sv": {n: float(v) for n, v in zip(names, pred.sv, strict=True)}}
+    return {
+        "input": str(source),
+        "output": output if output is not None else stem_of(source),
+        "sv": {n: float(v) for n, v in zip(names, pred.sv, strict=True)},
+    }
 
 
 def write_arrays(
@@ -43,6 +48,7 @@ def write_arrays(
     source: Path,
     out: Path,
     affine: np.ndarray | None,
+    stem: str | None = None,
 ) -> None:
     """Write the NPZ and the probability / uncertainty maps of one image.
 
@@ -54,8 +60,11 @@ def write_arrays(
         source: the input file (its name gives the outputs' names, its type their format).
         out: output folder.
         affine: the input's affine (NIfTI), else ``None``.
+        stem: the outputs' name relative to ``out`` (default: the input's stem); a name
+            with folders (``case_a/image``) mirrors the inputs' tree.
     """
-    stem = stem_of(source)
+    stem = stem or stem_of(source)
+    (out / stem).parent.mkdir(parents=True, exist_ok=True)
     # stored, not deflated: float maps shrink ~10 % for ~30x the CPU time of writing
     write_npz(out / f"{stem}.npz", compress=False, **arrays)  # type: ignore[arg-type]
     if suffix_of(source) in NIFTI_SUFFIXES:

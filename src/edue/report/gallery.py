@@ -199,13 +199,14 @@ def _load_card(out_dir: Path, entry: Mapping[str, Any]) -> Card:
     from edue.io import NIFTI_SUFFIXES, read_image, suffix_of
 
     source = Path(str(entry["input"]))
-    card = Card(source.name, _disagreement(entry), entry)
+    output = str(entry.get("output") or stem_of(source))
+    card = Card(source.name if output == stem_of(source) else output, _disagreement(entry), entry)
     try:
-        with np.load(out_dir / f"{stem_of(source)}.npz", allow_pickle=False) as data:
+        with np.load(out_dir / f"{output}.npz", allow_pickle=False) as data:
             mean = np.asarray(data["mean"], dtype=np.float64)
             uncertainty = np.asarray(data["uncertainty"], dtype=np.float64)
     except Exception as exc:  # one unreadable output must not cost the page
-        card.note = f"no picture: {stem_of(source)}.npz is unreadable ({type(exc).__name__})"
+        card.note = f"no picture: {output}.npz is unreadable ({type(exc).__name__})"
         return card
     image: np.ndarray | None = None
     try:
