@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,20 @@ from edue.data.transforms import resize_image
 from edue.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from edue.engine.ood_gate import FeatureTap, encoder_block_names, tapped_modules
 from edue.engine.runtime import resolve_device
+from edue.engine.tiling import (
+    MB,
+    NetworkProfile,
+    TiledPooling,
+    TilePlan,
+    check_stack_fits,
+    default_memory_budget_mb,
+    padded_shape,
+    plan_memory,
+    predict_tiled,
+    probe_side,
+    profile_network,
+    whole_pass_bytes,
+)
 from edue.errors import CheckpointError, ConfigError, DataError
 from edue.methods import Method, build_method, built_method
 from edue.prediction import Prediction
@@ -81,6 +97,9 @@ class Predictor:
         self.spatial_dims = int(data_info["spatial_dims"])
         self.weights_sha256 = weights_sha256
         self._taps: dict[tuple[str, ...], FeatureTap] = {}
+        self._profile: NetworkProfile | None = None
+        self._default_budget_mb: int | None = None
+        self._warned_nonlocal = False
         #: the training budget behind the weights (reports state it next to every claim)
         self.training: dict[str, Any] = {
             "max_epochs": int(config.train.epochs),
@@ -182,14 +201,133 @@ class Predictor:
         the member probabilities, followed by the segmentation where the method gives it
         apart (``S' = method.stack_size``; :meth:`~edue.methods.Method.split_stack`).
 
-        Inputs larger than the sliding window are predicted window by window (MONAI),
-        blending the *member stack* so the variance across members is computed on the
-        whole image afterwards; memory follows the window, not the volume.
+        The one entry that chooses how (:meth:`members_with_features` without features):
+
+        * inputs larger than the sliding window (``infer.roi_size``, else
+          ``data.patch_size``) are predicted window by window (MONAI), blending the
+          *member stack* so the variance across members is computed on the whole image
+          afterwards; memory follows the window, not the volume;
+        * otherwise one whole-image pass (:meth:`padded_members`) when it fits the memory
+          budget (:attr:`memory_budget_mb`), else tile by tile (:meth:`memory_plan`,
+          :meth:`tiled_members`), with the same result as the whole-image pass.
+
+        Raises:
+            DataError: the member stack of the batch alone exceeds the memory budget.
+        """
+        return self.members_with_features(batch)[0]
+
+    def members_with_features(
+        self, batch: torch.Tensor, tap: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`members`, and the pooled outputs of the modules ``tap`` from the same
+        pass: the channel means over space, concatenated ``[B, ΣC]`` (``None`` without
+        ``tap``, or for windows of several images mixed). An image predicted tile by
+        tile gets them pooled over the tiles' centres: the whole-image pass's features.
+
+        Raises:
+            DataError: the member stack of the batch alone exceeds the memory budget.
+            CheckpointError: the method lacks a module of ``tap``.
         """
         roi = self.roi_size()
-        if roi is None or all(s <= r for s, r in zip(batch.shape[2:], roi, strict=True)):
-            return self.padded_members(batch)
-        return self.sliding_members(batch, roi)
+        if roi is not None and not all(s <= r for s, r in zip(batch.shape[2:], roi, strict=True)):
+            window = roi
+
+            def run() -> torch.Tensor:
+                return self.sliding_members(batch, window)
+
+        else:
+            plan = self.memory_plan(batch.shape)
+            if plan is not None:
+                return self.tiled_members(batch, plan, tap)
+
+            def run() -> torch.Tensor:
+                return self.padded_members(batch)
+
+        if tap is None:
+            return run(), None
+        with self._tap(tuple(tap)) as hook:
+            members = run()
+        return members, hook.features(batch.shape[0])
+
+    # ------------------------------------------------------------------ memory ceiling
+    @property
+    def memory_budget_mb(self) -> int:
+        """The memory one prediction may use, in MB: ``infer.max_memory_mb``, else
+        derived from the machine (:func:`~edue.engine.tiling.default_memory_budget_mb`:
+        half its memory, or the GPU's, at least 512 MB)."""
+        configured = self.config.infer.max_memory_mb
+        if configured is not None:
+            return int(configured)
+        if self._default_budget_mb is None:
+            self._default_budget_mb = default_memory_budget_mb(self.device)
+        return self._default_budget_mb
+
+    @property
+    def network_profile(self) -> NetworkProfile:
+        """The network's halo, locality and activation bytes per pixel, measured once
+        by probe passes (:func:`~edue.engine.tiling.profile_network`)."""
+        if self._profile is None:
+            self._profile = profile_network(
+                self.method.predict_members,
+                self.method,
+                self.in_channels,
+                self.spatial_dims,
+                self.size_divisor,
+                self.device,
+            )
+        return self._profile
+
+    def memory_plan(self, batch_shape: Sequence[int]) -> TilePlan | None:
+        """How a batch of shape ``[B, C, *sp]`` is predicted within the memory budget:
+        ``None`` for one whole-image pass, else the tiles.
+
+        A batch no larger than the probe pass (64² px, or 32³ voxels, at least four
+        divisors a side; :func:`~edue.engine.tiling.probe_side`) is always predicted in
+        one pass, without probing. A network that cannot be tiled exactly (an image-wide
+        operation such as instance norm; :attr:`network_profile`) is predicted in one
+        pass with a warning when the pass exceeds the budget.
+
+        Raises:
+            DataError: the member stack ``[S', B, K, *sp]`` float32 and the image alone, or
+                with the smallest tile, exceed the budget (the message says what to set
+                ``infer.max_memory_mb`` to).
+        """
+        b, c = int(batch_shape[0]), int(batch_shape[1])
+        shape = tuple(int(s) for s in batch_shape[2:])
+        budget = self.memory_budget_mb * MB
+        stack, k = self.method.stack_size, len(self.structures)
+        check_stack_fits(shape, b, c, stack, k, budget)
+        divisor = self.size_divisor
+        side = probe_side(divisor, self.spatial_dims)
+        if b * math.prod(padded_shape(shape, divisor)) <= side**self.spatial_dims:
+            return None
+        profile = self.network_profile
+        plan = plan_memory(shape, b, c, stack, k, divisor, profile, budget)
+        if plan is None and not profile.local and not self._warned_nonlocal:
+            whole = whole_pass_bytes(shape, b, c, divisor, profile)
+            if whole > budget:
+                self._warned_nonlocal = True
+                warnings.warn(
+                    f"{self.name}: this network cannot be predicted tile by tile exactly "
+                    f"({profile.reason}); a {'×'.join(map(str, shape))} image is predicted "
+                    f"in one pass of about {whole / MB:,.0f} MB, over infer.max_memory_mb="
+                    f"{self.memory_budget_mb} (infer.roi_size predicts window by window)",
+                    stacklevel=3,
+                )
+        return plan
+
+    def tiled_members(
+        self, batch: torch.Tensor, plan: TilePlan, tap: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The predicted stack ``[S', B, K, *sp]`` of ``batch`` ``[B, C, *sp]`` tile by tile
+        (:func:`~edue.engine.tiling.predict_tiled`), and the pooled features ``[B, ΣC]``
+        of the modules ``tap`` over the tiles' centres (``None`` without ``tap``)."""
+        stack, k = self.method.stack_size, len(self.structures)
+        if tap is None:
+            return predict_tiled(self.method.predict_members, batch, plan, stack, k), None
+        with TiledPooling(tapped_modules(self.method, tuple(tap))) as pooling:
+            members = predict_tiled(self.method.predict_members, batch, plan, stack, k, pooling)
+        return members, pooling.features()
 
     @property
     def size_divisor(self) -> int:
@@ -271,7 +409,10 @@ class Predictor:
         """:meth:`predict_batch`, also returning the pooled outputs of the modules ``tap``.
 
         The features come from the same forward pass, through a forward hook
-        (:class:`~edue.engine.ood_gate.FeatureTap`): no second pass.
+        (:class:`~edue.engine.ood_gate.FeatureTap`): no second pass. An image predicted
+        tile by tile (over the memory budget, :meth:`memory_plan`) gets them pooled over
+        the tiles' centres (:class:`~edue.engine.tiling.TiledPooling`): the same
+        features as a whole-image pass.
 
         Args:
             images: each ``[C, *sp]``.
@@ -284,6 +425,8 @@ class Predictor:
 
         Raises:
             CheckpointError: the method lacks a module of ``tap``.
+            DataError: an image the model cannot take, or whose member stack alone
+                exceeds the memory budget (``infer.max_memory_mb``).
         """
         tensors = [
             self.check_image(img, str(cid or "image"))
@@ -292,13 +435,7 @@ class Predictor:
         shape = tuple(tensors[0].shape[1:])
         size = self._input_size(shape)
         batch = torch.stack([resize_image(t, size) for t in tensors]).to(self.device)
-        features: torch.Tensor | None = None
-        if tap is None:
-            members = self.members(batch)  # [S, B, K, *size]
-        else:
-            with self._tap(tuple(tap)) as hook:
-                members = self.members(batch)
-            features = hook.features(len(tensors))
+        members, features = self.members_with_features(batch, tap)  # [S', B, K, *size]
         if tuple(members.shape[3:]) != shape:
             s, b = members.shape[:2]
             flat = members.reshape(s * b, *members.shape[2:])
