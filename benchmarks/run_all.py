@@ -27,6 +27,7 @@ import bench_evaluate  # noqa: E402
 import bench_heads  # noqa: E402
 import bench_inference  # noqa: E402
 import bench_loader  # noqa: E402
+import bench_memory  # noqa: E402
 import bench_predict  # noqa: E402
 import bench_readers  # noqa: E402
 import bench_referral  # noqa: E402
@@ -80,6 +81,7 @@ def plan(quick: bool, threads: int) -> list[tuple[str, str, Callable[[], dict[st
         ("evaluate", "evaluate", partial(bench_evaluate.run, quick=quick, threads=threads)),
         ("volume", "volume", partial(bench_volume.run, quick=quick, threads=threads)),
         ("predict", "predict", partial(bench_predict.run, quick=quick, threads=threads)),
+        ("memory", "predict", partial(bench_memory.run, quick=quick, threads=threads)),
         ("referral", "referral", partial(bench_referral.run, quick=quick, threads=threads)),
         # the smp half needs segmentation-models-pytorch (`.venv-backbones`); without it
         # that half is reported as skipped and the DynUNet half still runs

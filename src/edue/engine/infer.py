@@ -296,10 +296,10 @@ class Predictor:
         shape = tuple(int(s) for s in batch_shape[2:])
         budget = self.memory_budget_mb * MB
         stack, k = self.method.stack_size, len(self.structures)
-        check_stack_fits(shape, b, c, stack, k, budget)
         divisor = self.size_divisor
         side = probe_side(divisor, self.spatial_dims)
         if b * math.prod(padded_shape(shape, divisor)) <= side**self.spatial_dims:
+            check_stack_fits(shape, b, c, stack, k, budget)
             return None
         profile = self.network_profile
         plan = plan_memory(shape, b, c, stack, k, divisor, profile, budget)
