@@ -131,7 +131,7 @@ def test_predict_without_calibration_says_so(
     assert main(args) == 0
     assert "no calibration.json beside the checkpoint" in capsys.readouterr().out
     entry = json.loads((out / "predictions.json").read_text())["predictions"][0]
-    assert set(entry) == {"input", "sv"}
+    assert set(entry) == {"input", "output", "sv"}
     assert "no referral decision" in (out / "predictions.html").read_text()
 
 
@@ -195,8 +195,8 @@ def test_missing_calibration_file_is_one_clear_error(
     calibrated_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
 ) -> None:
     missing = tmp_path / "nowhere" / "calibration.json"
-    target = [str(tmp_path)] if command == "predict" else []
-    _fundus_pngs(tmp_path, 1)
+    target = [str(tmp_path / "in")] if command == "predict" else []
+    _fundus_pngs(tmp_path / "in", 1)
     args = [command, str(calibrated_run), *target, "--out", str(tmp_path / "o")]
     assert main([*args, "--calibration", str(missing)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
