@@ -181,3 +181,43 @@ def test_the_predictor_reads_a_separate_head_checkpoint(tiny_run, tmp_path):
     stack = method.predict_members(image[None])
     torch.testing.assert_close(pred.mean, stack[-1, 0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(pred.members, stack[:-1, 0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (f"method.name={name}",)
+        for name in (
+            "edue",
+            "deep_supervision",
+            "deep_supervision_heads",
+            "plain",
+            "layer_ensembles",
+            "mc_dropout",
+            "deep_ensemble",
+        )
+    ]
+    + [
+        ("method.name=edue", "method.uncertainty_heads=separate", "method.segmentation=final"),
+        ("method.name=edue", "method.uncertainty_heads=separate", "method.segmentation=mean"),
+        ("method.name=edue", "method.segmentation=final"),
+    ],
+    ids=lambda o: ",".join(x.split("=")[1] for x in o),
+)
+def test_every_method_predicts_the_stack_it_declares(overrides):
+    """The sliding window reshapes by ``stack_size``: it must be what is predicted."""
+    method = _method(
+        *overrides,
+        "method.skip_first=1",
+        "method.mc_samples=3",
+        "method.ensemble_size=2",
+        training=False,
+    ).eval()
+    x, _ = _batch()
+    stack = method.predict_members(x)
+    assert stack.shape[0] == method.stack_size
+    members, segmentation = method.split_stack(stack)
+    assert members.shape[0] == method.n_members
+    assert (segmentation is None) == (method.stack_size == method.n_members) or (
+        "method.segmentation=final" in overrides
+    )

@@ -170,7 +170,7 @@ class EDUE(Method):
 
     @property
     def stack_size(self) -> int:
-        return self._n_heads + (1 if self.separate else 0)
+        return self.n_members + (1 if self.separate else 0)
 
 
 def _build(request: BuildRequest) -> EDUE:
