@@ -58,6 +58,14 @@ def test_the_segmentation_source_changes_only_the_segmentation(heads):
     segmentation_heads = torch.sigmoid(logits[:s])  # shared: the heads; separate: the first set
     assert torch.allclose(_predictions(final, x)[0].mean, segmentation_heads[-1, 0])
     assert torch.allclose(_predictions(mean, x)[0].mean, segmentation_heads[:, 0].mean(0))
+    weighted = _method(f"method.uncertainty_heads={heads}", "method.segmentation=weighted")
+    weighted.load_state_dict(mean.state_dict())
+    w = torch.full((s,), 0.3)
+    w[-1] = 1.0
+    expected = torch.einsum("s,s...->...", w / w.sum(), segmentation_heads[:, 0])
+    pred = _predictions(weighted, x)[0]
+    assert torch.allclose(pred.mean, expected, atol=1e-6)
+    assert torch.equal(pred.variance, _predictions(mean, x)[0].variance)
 
 
 def _backbone_grads(method, x, batch):  # type: ignore[no-untyped-def]

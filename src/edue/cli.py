@@ -203,7 +203,9 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="YAML configuration shared by every method")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.patience=5")
     p.add_argument(
-        "--methods", default=None, help="comma-separated registered methods (default: all)"
+        "--methods",
+        default=None,
+        help='comma-separated registered methods (default: all; "": only the --arm runs)',
     )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--out", required=True, help="study folder (a killed study resumes here)")
@@ -388,7 +390,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     config = load_config(args.config, list(args.overrides))
     arms = dict(parse_arm(a) for a in args.arm)
     check_output_dir(args.out, what="study folder (--out)")
-    methods = args.methods.split(",") if args.methods else list(method_names())
+    methods = (
+        [m for m in args.methods.split(",") if m.strip()]
+        if args.methods is not None
+        else list(method_names())
+    )
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:

@@ -238,7 +238,8 @@ class MethodConfig(_Section):
             :func:`edue.losses.guidance_term` and ``docs/method.md``.
         guidance_detach_final: keep the guidance's gradient out of the final head.
         segmentation: EDUE's segmentation: ``mean`` over the heads (the published
-            read-out) or the ``final`` head alone; the uncertainty is the spread across
+            read-out), the ``final`` head alone, or ``weighted`` (the final head 1, each
+            other ``aux_weight``, normalised); the uncertainty is the spread across
             heads either way (docs/method.md, "Where the segmentation comes from").
         uncertainty_heads: ``shared`` (the published method: the heads are both the
             segmentation and the uncertainty) or ``separate`` (segmentation heads trained
@@ -266,7 +267,7 @@ class MethodConfig(_Section):
     guidance_weight: Annotated[float, Field(ge=0.0)] = 50.0
     guidance_norm: Literal["none", "expert_rms", "mse"] = "mse"
     guidance_detach_final: bool = False
-    segmentation: Literal["mean", "final"] = "mean"
+    segmentation: Literal["mean", "final", "weighted"] = "mean"
     uncertainty_heads: Literal["shared", "separate"] = "shared"
     uncertainty_gradient: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     score: Literal["variance", "bernoulli", "combined"] = "variance"

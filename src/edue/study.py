@@ -147,7 +147,7 @@ def run_study(
     methods = [m if m in arms else get_method(m).name for m in methods]
     methods += [a for a in arms if a not in methods]
     if not seeds or not methods:
-        raise ConfigError("a study needs at least one method and one seed")
+        raise ConfigError("a study needs at least one method or arm, and one seed")
     for arm in arms:
         run_config(config, arm, arms)  # a wrong arm fails before any work
     if subject is not None and subject not in methods:

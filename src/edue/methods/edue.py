@@ -42,6 +42,10 @@ def loss_options(m: MethodConfig) -> dict[str, Any]:
     }
 
 
+#: where EDUE's segmentation comes from (``method.segmentation``)
+SEGMENTATIONS = ("mean", "final", "weighted")
+
+
 def head_options(m: MethodConfig) -> dict[str, Any]:
     """The :class:`EDUE` switches of a method configuration that are not loss options."""
     return {
@@ -72,8 +76,10 @@ class EDUE(Method):
             as the authors' code can), or explicit block names; the last named block
             gives the final head.
         segmentation: ``"mean"`` (the mean over the segmentation path's heads, the
-            published read-out) or ``"final"`` (its final head alone); the uncertainty is
-            the spread of the members either way.
+            published read-out), ``"final"`` (its final head alone) or ``"weighted"``
+            (the heads' mean weighted as the loss weighs them on the soft vote: 1 for the
+            final head, ``aux_weight`` for each other); the uncertainty is the spread of
+            the members either way.
         uncertainty_heads: ``"shared"`` or ``"separate"`` (see above).
         uncertainty_gradient: with separate heads, the scale of the uncertainty heads'
             gradient into the backbone (0 … 1).
@@ -101,8 +107,8 @@ class EDUE(Method):
         score: str = "variance",
         **loss_options: Any,
     ) -> None:
-        if segmentation not in ("mean", "final"):
-            raise ValueError(f"segmentation {segmentation!r}: expected 'mean' or 'final'")
+        if segmentation not in SEGMENTATIONS:
+            raise ValueError(f"segmentation {segmentation!r}: expected one of {SEGMENTATIONS}")
         if uncertainty_heads not in ("shared", "separate"):
             raise ValueError(
                 f"uncertainty_heads {uncertainty_heads!r}: expected 'shared' or 'separate'"
@@ -151,18 +157,34 @@ class EDUE(Method):
         logits = self.network(x, only=[*range(s, 2 * s), s - 1])
         return torch.sigmoid(logits.float())
 
+    def _head_weights(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        """The weights of the ``weighted`` read-out ``[n]`` (summing to 1)."""
+        w = torch.full((n,), float(self.loss_options.get("aux_weight", 0.3)), dtype=like.dtype)
+        w[-1] = 1.0
+        return (w / w.sum()).to(like.device)
+
+    def _segmentation_of(self, heads: torch.Tensor) -> torch.Tensor:
+        """The segmentation ``[…]`` from a stack of head probabilities ``[S, …]``."""
+        if self.segmentation == "final":
+            return heads[-1]
+        if self.segmentation == "weighted":
+            w = self._head_weights(heads.shape[0], heads)
+            return torch.tensordot(w, heads, dims=1)
+        return heads.mean(0)
+
     def members_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         probs = torch.sigmoid(logits.float())
         if not self.separate:
             return probs
         seg, unc = probs[: self._n_heads], probs[self._n_heads :]
-        chosen = seg[-1:] if self.segmentation == "final" else seg.mean(0, keepdim=True)
-        return torch.cat([unc, chosen])
+        return torch.cat([unc, self._segmentation_of(seg)[None]])
 
     def split_stack(self, stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.separate:
             return stack[:-1], stack[-1]
-        return stack, (stack[-1] if self.segmentation == "final" else None)
+        if self.segmentation == "mean":
+            return stack, None
+        return stack, self._segmentation_of(stack)
 
     @property
     def n_members(self) -> int:
