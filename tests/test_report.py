@@ -386,3 +386,27 @@ def test_claims_without_edue_are_skipped(tmp_path: Path) -> None:
     claims = compute_claims(runs, ("disc", "cup"))
     assert claims["edue"] is None and claims["vs_deep_ensemble"] is None
     assert claims["skipped"] == ["no EDUE run among the compared folders: no claims to check"]
+
+
+@pytest.mark.parametrize("patience", [0, 5])
+def test_every_claim_carries_its_budget(tmp_path: Path, patience: int) -> None:
+    from edue.report.converged import load_converged
+
+    runs = [write_eval_folder(tmp_path, m, seed=i) for i, m in enumerate(("edue", "deep_ensemble"))]
+    for run in runs:
+        info = json.loads((run / "metrics.json").read_text())
+        info["training"] = {"max_epochs": 12, "patience": patience, "weights_epoch": 12}
+        (run / "metrics.json").write_text(json.dumps(info))
+    html = compare_runs([str(r) for r in runs], tmp_path / "report")
+    claims = json.loads((tmp_path / "report" / "claims.json").read_text())
+    group = claims["vs_deep_ensemble"]
+    converged = patience > 0
+    assert group["converged"] is converged
+    short = "converged budget" if converged else "quick budget, not converged"
+    assert all(c["budget"] == short for c in group["claims"])
+    assert f"({short})" in group["summary"]
+    assert ("NOT a converged comparison" in group["budget"]) is not converged
+    text = html.read_text(encoding="utf-8")
+    assert text.count(f"[{short}]") == len(group["claims"])
+    if load_converged():  # the package ships the converged studies' headline
+        assert "The converged studies (quote these, not the demo)" in text
