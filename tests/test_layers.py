@@ -16,6 +16,7 @@ RANK = {
     "errors": 0,
     "variance": 0,
     "io": 0,
+    "outputs": 0,
     "data": 1,
     "nets": 2,
     "losses": 3,

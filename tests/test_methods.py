@@ -49,7 +49,8 @@ def test_heads_work_on_a_foreign_backbone():
 # per method: the loss parts it reports and the members it predicts with the overrides below
 # (channels [4, 8, 16]: 2 decoder blocks, 5 blocks in all)
 EXPECTED = {
-    "edue": ({"bce_final", "bce_aux", "guidance"}, 2),
+    # the default: segmentation heads (deep supervision) and separate uncertainty heads
+    "edue": ({"seg_bce_final", "seg_bce_aux", "unc_bce_final", "unc_bce_aux", "unc_guidance"}, 2),
     "layer_ensembles": ({"bce_heads_mean"}, 4),  # 5 heads, the first skipped
     "mc_dropout": ({"bce"}, 3),
     "plain": ({"bce"}, 1),
@@ -87,9 +88,11 @@ def test_every_method_trains_and_predicts_members(name):
     m = cfg.method
     recombined = {
         "edue": lambda: (
-            parts["bce_final"]
-            + m.aux_weight * parts["bce_aux"]
-            + m.guidance_weight * parts["guidance"]
+            parts["seg_bce_final"]
+            + m.aux_weight * parts["seg_bce_aux"]
+            + parts["unc_bce_final"]
+            + m.aux_weight * parts["unc_bce_aux"]
+            + m.guidance_weight * parts["unc_guidance"]
         ),
         "layer_ensembles": lambda: logits.shape[0] * parts["bce_heads_mean"],
     }.get(name, lambda: parts["bce"])()
@@ -99,9 +102,11 @@ def test_every_method_trains_and_predicts_members(name):
     assert params and all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
     predictor = build_method(cfg, 3, 2, 2, for_training=False).eval()
     assert predictor.n_members == n_members
-    members = predictor.predict_members(x)
+    stack = predictor.predict_members(x)
+    assert stack.shape == (predictor.stack_size, 2, 2, 32, 32)
+    members, _ = predictor.split_stack(stack)
     assert members.shape == (n_members, 2, 2, 32, 32)
-    assert members.min() >= 0 and members.max() <= 1
+    assert stack.min() >= 0 and stack.max() <= 1
 
 
 def test_edue_has_one_head_per_decoder_block():

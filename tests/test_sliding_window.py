@@ -28,7 +28,8 @@ def test_single_window_matches_whole_volume_pass():
     volume = torch.rand(1, 2, 12, 16, 20, generator=torch.Generator().manual_seed(0))
     whole = predictor.method.predict_members(volume)
     windowed = predictor.sliding_members(volume, (12, 16, 20))
-    assert windowed.shape == whole.shape == (1, 1, 2, 12, 16, 20)
+    size = predictor.method.stack_size  # one head, and the separate segmentation head
+    assert windowed.shape == whole.shape == (size, 1, 2, 12, 16, 20) and size == 2
     assert torch.allclose(windowed, whole, atol=1e-5)
 
 

@@ -18,7 +18,7 @@ def test_run_folder_contents(tiny_run):
     assert [x["epoch"] for x in lines] == [1, 2]
     assert {
         "train/loss",
-        "train/guidance",
+        "train/unc_guidance",
         "val/loss",
         "val/soft_dice/disc",
         "val/spearman_sv/cup",

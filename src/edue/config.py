@@ -237,16 +237,17 @@ class MethodConfig(_Section):
             by the experts' RMS variance over the batch); see
             :func:`edue.losses.guidance_term` and ``docs/method.md``.
         guidance_detach_final: keep the guidance's gradient out of the final head.
-        segmentation: EDUE's segmentation: ``mean`` over the heads (the published
-            read-out), the ``final`` head alone, or ``weighted`` (the final head 1, each
-            other ``aux_weight``, normalised); the uncertainty is the spread across
+        segmentation: EDUE's segmentation: the ``final`` head alone (default), ``mean``
+            over the heads (the published read-out), or ``weighted`` (the final head 1,
+            each other ``aux_weight``, normalised); the uncertainty is the spread across
             heads either way (docs/method.md, "Where the segmentation comes from").
-        uncertainty_heads: ``shared`` (the published method: the heads are both the
-            segmentation and the uncertainty) or ``separate`` (segmentation heads trained
-            as the deep-supervised U-Net, and a second set of 1×1 heads on the same blocks
-            trained with the EDUE loss).
+        uncertainty_heads: ``separate`` (default: segmentation heads trained as the
+            deep-supervised U-Net, and a second set of 1×1 heads on the same blocks
+            trained with the EDUE loss) or ``shared`` (the published method: the heads
+            are both the segmentation and the uncertainty). The defaults were chosen by
+            the converged studies on validation (docs/studies.md).
         uncertainty_gradient: with separate heads, the scale of the uncertainty heads'
-            gradient into the shared network (0: stopped; 1: unscaled).
+            gradient into the shared network (0: stopped; 1: unscaled; default 0.3).
         score: the image-level score's map: ``variance`` across heads, ``bernoulli``
             ``p (1 − p)`` of the segmentation, or ``combined`` (their sum).
         skip_first: Layer Ensembles: heads skipped at prediction (the first T).
@@ -267,9 +268,9 @@ class MethodConfig(_Section):
     guidance_weight: Annotated[float, Field(ge=0.0)] = 50.0
     guidance_norm: Literal["none", "expert_rms", "mse"] = "mse"
     guidance_detach_final: bool = False
-    segmentation: Literal["mean", "final", "weighted"] = "mean"
-    uncertainty_heads: Literal["shared", "separate"] = "shared"
-    uncertainty_gradient: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    segmentation: Literal["mean", "final", "weighted"] = "final"
+    uncertainty_heads: Literal["shared", "separate"] = "separate"
+    uncertainty_gradient: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3
     score: Literal["variance", "bernoulli", "combined"] = "variance"
     skip_first: NonNegativeInt = 4
     mc_dropout: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2

@@ -113,8 +113,6 @@ def read_dataset_spec(values: Any, path: Path) -> DatasetSpec:
     Raises:
         DataError: one line naming ``path`` and every key at fault.
     """
-    from edue.config import config_error
-
     if not isinstance(values, dict):
         raise DataError(
             f"must be a JSON object with 'structures', 'labels', …; got a JSON "
@@ -124,7 +122,19 @@ def read_dataset_spec(values: Any, path: Path) -> DatasetSpec:
     try:
         return DatasetSpec.model_validate(values)
     except ValidationError as exc:
-        raise DataError(config_error(exc, root=DatasetSpec).reason, path) from None
+        raise DataError(_describe(exc), path) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    """``key = value: what is wrong`` per key at fault, ``;``-joined (one line)."""
+    clauses: dict[str, str] = {}
+    for error in exc.errors():
+        keys = [str(p) for p in error["loc"] if not isinstance(p, int) and "[" not in str(p)]
+        key = ".".join(k for k in keys if k not in ("str", "int")) or "dataset.json"
+        value = error.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        clauses.setdefault(key, f"{key}{shown}: {error['msg']}")
+    return "; ".join(clauses.values())
 
 
 class FolderSource(CaseSource):
