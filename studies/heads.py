@@ -142,6 +142,15 @@ def arms_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def targets_table(summary: dict[str, Any]) -> str:
+    """The study targets of the subject (``edue.study.check_targets``)."""
+    lines = ["| target | structure | value | met |", "|---|---|---|---|"]
+    for t in summary.get("targets", []):
+        mark = {True: "yes", False: "**no**", None: "—"}[t["passed"]]
+        lines.append(f"| {t['target']} | {t['structure']} | {t['value']:+.3f} | {mark} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("studies", nargs="+", type=Path)
@@ -150,6 +159,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/heads.md"))
     parser.add_argument("--headline", type=Path, help="write the package's headline JSON here")
     parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--label", help="the default's name in the headline")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        nargs="+",
+        help="each study's minutes, when study.json's "
+        "are not the whole (a study resumed after a crash counts from its resumption)",
+    )
     args = parser.parse_args()
     names = args.names or [s.name for s in args.studies]
     parts, heads = [], []
@@ -180,7 +197,12 @@ def main() -> None:
             + ".",
             "",
         ]
-        heads.append(headline(summary, name, info.get("minutes")))
+        parts += [f"### Targets of {args.default}", "", targets_table(summary), ""]
+        minutes = args.minutes[len(heads)] if args.minutes else info.get("minutes")
+        entry = headline(summary, name, minutes)
+        if args.label:
+            entry["subject"] = args.label
+        heads.append(entry)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(parts), encoding="utf-8")
     print("\n".join(parts))

@@ -52,7 +52,7 @@ CORRELATIONS = ("image_spearman", "image_partial_spearman", "image_spearman_per_
 #: the study's targets against the references (see docs/method.md, "Study targets")
 SPEARMAN_RATIO_VS_ENSEMBLE = 1.3
 SPEARMAN_MARGIN_VS_SOFT_LABEL = 0.05
-DICE_MARGIN_VS_SOFT_LABEL = 0.02
+DICE_MARGIN_VS_SOFT_LABEL = 0.01
 #: ``method.*`` keys that change how a trained network's outputs are read, not its training
 READ_OUT_KEYS = ("segmentation", "score")
 
