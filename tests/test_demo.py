@@ -49,6 +49,7 @@ CLAIM_FIELDS = {
     "target",
     "passed",
     "mark",
+    "budget",
 }
 # claim id prefix -> (metric key the claim compares, verdict from edue e, reference r, value v)
 CLAIM_RULES = {
@@ -197,11 +198,13 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys):
         assert found["passed"] == n_passed and found["checked"] == len(CLAIM_IDS[group])
         assert found["all_passed"] == (n_passed == len(CLAIM_IDS[group]))
     de, plain, ds = (claims[f"vs_{m}"] for m in ("deep_ensemble", "plain", "deep_supervision"))
+    quick = "(quick budget, not converged)"  # a demo never trains with early stopping
     assert claims["headline"] == [
-        f"EDUE vs Deep Ensemble: {de['passed']} of 9 targets met",
-        f"EDUE vs U-Net: EDUE better on {plain['passed']} of 6 comparisons",
-        f"EDUE vs U-Net + deep supervision: EDUE better on {ds['passed']} of 6 comparisons",
+        f"EDUE vs Deep Ensemble {quick}: {de['passed']} of 9 targets met",
+        f"EDUE vs U-Net {quick}: EDUE better on {plain['passed']} of 6 comparisons",
+        f"EDUE vs U-Net + deep supervision {quick}: EDUE better on {ds['passed']} of 6 comparisons",
     ]
+    assert all(c["budget"] == "quick budget, not converged" for c in de["claims"])
     assert all(claim in html for claim in claims["headline"])
 
     printed = capsys.readouterr().out

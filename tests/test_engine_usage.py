@@ -13,7 +13,7 @@ from edue.config import load_config
 from edue.engine.checkpoint import load_checkpoint, save_checkpoint
 from edue.engine.data import build_datasets, open_configured_source, split_indices
 from edue.engine.infer import Predictor
-from edue.engine.predict_files import collect_inputs
+from edue.engine.predict_files import collect_inputs, output_names
 from edue.engine.runtime import setup_runtime
 from edue.engine.validation import validation_metrics
 from edue.errors import CheckpointError, DataError
@@ -65,13 +65,23 @@ def test_inputs_named_twice_are_predicted_once(tmp_path):
 def test_two_inputs_writing_the_same_names_are_an_error(tmp_path):
     image = np.zeros((8, 8, 3), dtype=np.uint8)
     write_png(tmp_path / "x" / "a.png", image)
-    write_png(tmp_path / "y" / "a.png", image)
+    write_png(tmp_path / "x" / "a.tif", image)
     with pytest.raises(DataError) as info:
-        collect_inputs([str(tmp_path / "x"), str(tmp_path / "y")])
+        collect_inputs([str(tmp_path / "x")])
     assert str(info.value) == (
-        f"{tmp_path / 'y' / 'a.png'}: would write its outputs under the same name 'a' as "
+        f"{tmp_path / 'x' / 'a.tif'}: would write its outputs under the same name 'a' as "
         f"{tmp_path / 'x' / 'a.png'}; predict them into different folders or rename one"
     )
+
+
+def test_equal_names_in_different_folders_mirror_the_tree(tmp_path):
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    for folder in ("x", "y", "y/z"):
+        write_png(tmp_path / folder / "a.png", image)
+    write_png(tmp_path / "y" / "b.png", image)
+    files = collect_inputs([str(tmp_path / "x"), str(tmp_path / "y")])
+    assert output_names(files) == ["x/a", "y/a", "y/b", "y/z/a"]
+    assert output_names([tmp_path / "y" / "b.png", tmp_path / "x" / "a.png"]) == ["b", "a"]
 
 
 @pytest.mark.parametrize("name, passes_per_batch", [("edue", 1), ("mc_dropout", 4)])
@@ -87,8 +97,10 @@ def test_validation_runs_one_forward_per_batch(name, passes_per_batch):
     out = validation_metrics(method, method, subset, runtime, batch_size=2, seed=0)
     batches = (len(subset) + 1) // 2
     assert len(calls) == batches * passes_per_batch  # MC dropout: 1 loss pass + 3 samples
+    scores = ("spearman_sv_variance", "spearman_sv_bernoulli", "spearman_sv_combined")
+    per_score = scores if method.n_members >= 2 else ()  # the score is chosen on validation
     assert set(out) == {"val/loss"} | {
-        f"val/{m}/{s}" for m in ("soft_dice", "spearman_sv") for s in ("disc", "cup")
+        f"val/{m}/{s}" for m in ("soft_dice", "spearman_sv", *per_score) for s in ("disc", "cup")
     }
 
 

@@ -264,14 +264,30 @@ def _study_seed(
     """Train and evaluate every run for one seed (one process of the study)."""
     import torch
 
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _train_and_evaluate_seed(config_dict, methods, seed, out, ood, threads, arms or {})
+    finally:  # run in-process (jobs = 1), the caller keeps its own thread count
+        torch.set_num_threads(previous)
+
+
+def _train_and_evaluate_seed(
+    config_dict: dict[str, Any],
+    methods: list[str],
+    seed: int,
+    out: str,
+    ood: bool,
+    threads: int,
+    arms: dict[str, dict[str, Any]],
+) -> None:
+    """The body of :func:`_study_seed`, with torch's threads already set."""
     from edue.engine.checkpoint import reconfigured_checkpoint
     from edue.engine.data import build_datasets, open_configured_source, split_indices
     from edue.engine.evaluate import evaluate_predictor
     from edue.engine.infer import Predictor
     from edue.engine.jobs import train_compared, training_order
 
-    torch.set_num_threads(threads)
-    arms = arms or {}
     base = config_from_dict(config_dict)
     trained: dict[str, Path] = {}
     keys: dict[str, str] = {}

@@ -90,7 +90,8 @@ def converged_html(studies: list[dict[str, Any]]) -> str:
         seeds = ", ".join(map(str, study.get("seeds", [])))
         parts.append(
             f"<h4>{esc(study['name'])}: {esc(study['subject'])}, seeds {esc(seeds)}</h4>"
-            f'<table class="text"><thead>{head}</thead><tbody>{body}</tbody></table>'
+            f'<div class="scroll"><table class="text"><thead>{head}</thead><tbody>{body}'
+            "</tbody></table></div>"
         )
     return "\n".join(parts)
 
