@@ -127,7 +127,7 @@ def measure(
     """One subprocess per (size, budget): the default budget, then the tight one."""
     out = []
     for size in sizes:
-        for budget in (0, tight_mb):
+        for budget in (0, tight_mb) if tight_mb > 0 else (0,):
             options = {
                 "child_memory": True,
                 "size": size,
@@ -254,7 +254,7 @@ def run(
 ) -> dict[str, Any]:
     """Peak memory and seconds per megapixel of each size at both budgets."""
     sizes = list(sizes or (QUICK_SIZES if quick else SIZES))
-    tight = int(tight_mb or (QUICK_TIGHT_MB if quick else TIGHT_MB))
+    tight = int(tight_mb or (QUICK_TIGHT_MB if quick else TIGHT_MB))  # -1: default budget only
     bench = C.start(threads)
     results = measure(sizes, tight, channels, threads)
     threads_now = torch.get_num_threads()
@@ -283,7 +283,9 @@ def run(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = C.parser(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", help="image sides (default 1024 4096 8192)")
-    parser.add_argument("--tight-mb", type=int, help="the tight budget (default 4096; quick 256)")
+    parser.add_argument(
+        "--tight-mb", type=int, help="the tight budget (default 4096; quick 256; -1: none)"
+    )
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--budget-mb", type=int, default=0, help=argparse.SUPPRESS)
     C.add_channels_argument(parser, DEFAULT_CHANNELS_2D)

@@ -397,8 +397,11 @@ def summarise(
                 *[f"{k}/{s}/mean" for k in MEAN_METRICS],
                 *[f"{k}/{s}" for k in CORRELATIONS],
             ):
-                values = [float(info["metrics"].get(key, np.nan)) for info in metrics[m]]
-                table[m][key] = [float(np.nanmean(values)), float(np.nanstd(values))]
+                values = np.array([float(info["metrics"].get(key, np.nan)) for info in metrics[m]])
+                finite = values[np.isfinite(values)]  # a correlation is nan on constant SVs
+                table[m][key] = (
+                    [float(finite.mean()), float(finite.std())] if finite.size else [np.nan, np.nan]
+                )
     summary["mean_std"] = table
     summary["labels"] = {m: run_label(m, arms or {}) for m in methods}
     summary["arms"] = dict(arms or {})
