@@ -263,7 +263,9 @@ def run(
         f"{label}, 2D `model.channels=[{C.channels_text(channels)}]`, `model.norm=batch`, "
         f"{len(STRUCTURES)} structures, random weights; one random RGB image per size "
         "predicted by `Predictor.predict` at its own size (`data.size: null`); default "
-        f"budget (`infer.max_memory_mb: null`) and a tight one ({tight} MB); device cpu, "
+        f"budget (`infer.max_memory_mb: null`)"
+        + (f" and a tight one ({tight} MB)" if tight > 0 else "")
+        + "; device cpu, "
         f"{threads_now} torch threads; each measurement in a fresh process."
     )
     return bench.result(
