@@ -25,12 +25,13 @@ that differs from a run trained before it only in how predictions are read
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -164,7 +165,8 @@ def run_study(
             list(pool.map(_study_seed_in_worker, *zip(*args, strict=True)))
     else:
         for item in args:
-            _study_seed(*item)
+            with _torch_threads(threads):
+                _study_seed(*item)
     timing = time_side_by_side(out, methods, seeds[0], config)
     summary = summarise(out, methods, seeds, n_boot, subject=subject, arms=arms)
     summary["timing"] = timing
@@ -249,7 +251,22 @@ def _study_seed_in_worker(*args: Any) -> None:
     """:func:`_study_seed` in a worker process, its progress lines on the worker's
     stderr (a spawned process does not inherit the command's log handler)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    _study_seed(*args)
+    with _torch_threads(int(args[5])):
+        _study_seed(*args)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` for the block, restored after it (a
+    seed run in-process, ``jobs = 1``, leaves the caller's count as it was)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _study_seed(
@@ -261,33 +278,15 @@ def _study_seed(
     threads: int,
     arms: dict[str, dict[str, Any]] | None = None,
 ) -> None:
-    """Train and evaluate every run for one seed (one process of the study)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        _train_and_evaluate_seed(config_dict, methods, seed, out, ood, threads, arms or {})
-    finally:  # run in-process (jobs = 1), the caller keeps its own thread count
-        torch.set_num_threads(previous)
-
-
-def _train_and_evaluate_seed(
-    config_dict: dict[str, Any],
-    methods: list[str],
-    seed: int,
-    out: str,
-    ood: bool,
-    threads: int,
-    arms: dict[str, dict[str, Any]],
-) -> None:
-    """The body of :func:`_study_seed`, with torch's threads already set."""
+    """Train and evaluate every run for one seed (one process of the study; the caller
+    sets torch's threads, :func:`_torch_threads`)."""
     from edue.engine.checkpoint import reconfigured_checkpoint
     from edue.engine.data import build_datasets, open_configured_source, split_indices
     from edue.engine.evaluate import evaluate_predictor
     from edue.engine.infer import Predictor
     from edue.engine.jobs import train_compared, training_order
 
+    arms = arms or {}
     base = config_from_dict(config_dict)
     trained: dict[str, Path] = {}
     keys: dict[str, str] = {}
