@@ -190,7 +190,7 @@ def test_smp_unet_encoder_and_decoder_heads_one_per_stage(backbone):
     assert names == [f"encoder.{i}" for i in range(5)] + [f"decoder.{j}" for j in range(5)]
     assert edue.n_members == 10 == get_method("edue").members(config)
     logits = edue.network(torch.rand(1, 3, 64, 64))
-    assert logits.shape == (10, 1, 2, 64, 64)
+    assert logits.shape == (20, 1, 2, 64, 64)  # segmentation heads, then uncertainty heads
     # the heads see different depths: widths of the resnet18 stages and decoder blocks
     assert [h.in_channels for h in edue.network.heads] == [64, 64, 128, 256, 512, 32, 16, 16, 8, 8]
 
