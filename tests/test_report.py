@@ -410,3 +410,35 @@ def test_every_claim_carries_its_budget(tmp_path: Path, patience: int) -> None:
     assert text.count(f"[{short}]") == len(group["claims"])
     if load_converged():  # the package ships the converged studies' headline
         assert "The converged studies (quote these, not the demo)" in text
+
+
+def test_the_converged_headline_is_made_from_a_study_summary() -> None:
+    from edue.report.converged import converged_html, headline
+
+    target = "Spearman >= best soft-label baseline (U-Net) + 0.05, interval above 0"
+    summary = {
+        "subject": "mine",
+        "labels": {"mine": "EDUE (mine)"},
+        "seeds": [0, 1],
+        "structures": ["disc"],
+        "mean_std": {
+            "mine": {"soft_dice/disc/mean": [0.95, 0.0], "image_spearman/disc": [0.9, 0.0]},
+            "plain": {"soft_dice/disc/mean": [0.96, 0.0], "image_spearman/disc": [0.8, 0.0]},
+            "deep_supervision": {
+                "soft_dice/disc/mean": [0.97, 0.0],
+                "image_spearman/disc": [0.7, 0.0],
+            },
+        },
+        "targets": [
+            {"target": target, "structure": "disc", "value": 0.1, "passed": True},
+            {"target": "pixel NCC >= …", "structure": "disc", "value": -0.1, "passed": False},
+        ],
+    }
+    entry = headline(summary, "a study", 12.0)
+    row = entry["rows"][0]
+    assert entry["subject"] == "EDUE (mine)" and entry["minutes"] == 12.0
+    assert row["best_soft_label_dice"] == 0.97 and row["spearman_vs_best_soft_label"] == 0.1
+    assert (row["targets_met"], row["targets"]) == (1, 2)
+    html = converged_html([entry])
+    assert "a study: EDUE (mine), seeds 0, 1" in html and "0.970" in html and "+0.100" in html
+    assert converged_html([]) == ""
