@@ -52,23 +52,23 @@ def folder_dataset(root: Path, n: int, size: int, seed: int = 0) -> Path:
 
 def training_dataset_for(config: Any) -> Any:
     """The training ``CaseDataset`` the trainer would build for ``config`` (all cases)."""
-    from edue.data.source import open_source
-    from edue.engine.data import (
+    from edue.data.pipeline import (
         PreparedSource,
         open_configured_source,
         split_indices,
         training_dataset,
     )
+    from edue.data.source import open_source
 
     if config.data.format == "synthetic":
-        source = open_configured_source(config)
-        indices = split_indices(config, source)["train"]
+        source = open_configured_source(config.data)
+        indices = split_indices(config.data, source)["train"]
     else:
         source = open_source(config.data.format, config.data.root, **config.data.options)
         indices = list(range(len(source)))
     subset = PreparedSource(source, indices, config.data.size, config.data.strict)
     subset.drop_bad()  # the trainer's set-up pass: reads (and caches) every case once
-    return training_dataset(config, subset)
+    return training_dataset(config.data, config.train.seed, subset)
 
 
 def loader_rate(dataset: Any, batch: int, workers: int, epochs: int) -> dict[str, float]:
@@ -76,7 +76,7 @@ def loader_rate(dataset: Any, batch: int, workers: int, epochs: int) -> dict[str
     from torch.utils.data import DataLoader
 
     from edue.data.case import collate_cases
-    from edue.engine.train import EpochSampler
+    from edue.engine.training.trainer import EpochSampler
 
     sampler = EpochSampler(len(dataset), seed=0)
     loader = DataLoader(

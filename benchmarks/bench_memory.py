@@ -4,7 +4,7 @@ A 2D EDUE (the registry's subject) of the default size (``model.channels=[16,32,
 batch norm, random weights: memory and time do not depend on training) predicts one
 random RGB image of each size through ``Predictor.predict`` — the call ``edue predict``
 makes, at the image's own size (``data.size: null``): one whole-image pass when the
-pass fits the memory budget, else tile by tile (``edue.engine.tiling``; docs/method.md,
+pass fits the memory budget, else tile by tile (``edue.engine.inference.tiling``; docs/method.md,
 "Memory ceiling: tiled prediction"). Each size is predicted twice:
 
 * at the **default budget** (``infer.max_memory_mb: null``: half the machine's memory);
@@ -52,7 +52,7 @@ def subject() -> str:
 
 def predictor(channels: Sequence[int], budget_mb: int | None, seed: int = 0) -> Any:
     """A 2D ``Predictor`` of the subject on RGB images at their own size."""
-    from edue.engine.infer import Predictor
+    from edue.engine.inference.predictor import Predictor
 
     extra = [] if budget_mb is None else [f"infer.max_memory_mb={int(budget_mb)}"]
     config = C.method_config(subject(), channels, extra)
@@ -89,7 +89,7 @@ def child_memory(
     except DataError as exc:
         return {**out, "error": exc.reason}
     profile = pred._profile
-    from edue.engine.tiling import MB, whole_pass_bytes
+    from edue.engine.inference.tiling import MB, whole_pass_bytes
 
     if plan is None:
         estimate = (
@@ -229,7 +229,7 @@ def notes(results: Sequence[Mapping[str, Any]]) -> list[str]:
         "(the growth column is the prediction's own memory, what the budget covers).",
     ]
     if found:
-        from edue.engine.tiling import OVERHEAD_BYTES, SAFETY
+        from edue.engine.inference.tiling import OVERHEAD_BYTES, SAFETY
 
         r = found[0]
         out.append(

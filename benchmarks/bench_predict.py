@@ -106,7 +106,7 @@ def predict_run(
     checkpoint: Path, inputs: Sequence[Path], out: Path, device: str, batch: int, figures: bool
 ) -> Callable[[], object]:
     """``predict_files`` on ``inputs`` (as ``edue predict`` calls it)."""
-    from edue.engine.predict_files import predict_files
+    from edue.engine.inference.files import predict_files
     from edue.report.prediction_figures import write_prediction_figure
 
     def run() -> object:
@@ -127,7 +127,7 @@ def writing_alone(
 ) -> Callable[[], object]:
     """The outputs of ``inputs`` written one after the other on this thread, from their
     predictions made beforehand (what the writer threads have to do, without figures)."""
-    from edue.engine.predict_files import write_prediction
+    from edue.engine.inference.files import write_prediction
 
     out.mkdir(parents=True, exist_ok=True)
     preds = [predictor.predict_batch([t])[0] for t in tensors[: len(inputs)]]
@@ -161,7 +161,7 @@ def run(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Images/s of the model alone and of ``predict_files`` with and without figures."""
-    from edue.engine.infer import Predictor
+    from edue.engine.inference.predictor import Predictor
     from edue.io import read_image
 
     bench = C.start(threads)

@@ -541,7 +541,7 @@ READER_KEYS = (
 # --------------------------------------------------------------------------- 1. cases/s
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The trainer's order of an epoch (``EpochSampler``)."""
-    from edue.engine.train import EpochSampler
+    from edue.engine.training.trainer import EpochSampler
 
     sampler = EpochSampler(n, seed)
     sampler.set_epoch(epoch)
@@ -569,13 +569,13 @@ def build(reader: Reader, mode: str, work: Path) -> tuple[Built, float, float]:
         The built subset, the seconds opening the source took and those of
         ``build_datasets`` (the first epoch's preparation).
     """
-    from edue.engine.data import build_datasets, open_configured_source
+    from edue.data.pipeline import build_datasets, open_configured_source
 
     cache_dir = Path(tempfile.mkdtemp(prefix=f"store-{mode}-", dir=work))
     config = reader.config(mode, cache_dir)
-    source, open_s = C.timed_once(lambda: open_configured_source(config))
+    source, open_s = C.timed_once(lambda: open_configured_source(config.data))
     indices = all_cases(source)
-    subsets, build_s = C.timed_once(lambda: build_datasets(config, source, indices))
+    subsets, build_s = C.timed_once(lambda: build_datasets(config.data, source, indices))
     return Built(config, subsets["train"], cache_dir), open_s, build_s
 
 
@@ -584,9 +584,9 @@ def later_epoch(built: Built, epoch: int, budget_s: float | None) -> tuple[float
 
     With ``budget_s`` the epoch stops once that long has passed (at least 3 cases).
     """
-    from edue.engine.data import training_dataset
+    from edue.data.pipeline import training_dataset
 
-    dataset = training_dataset(built.config, built.subset)
+    dataset = training_dataset(built.config.data, built.config.train.seed, built.subset)
     order = epoch_order(len(dataset), built.config.train.seed, epoch)
     start = time.perf_counter()
     done = 0
@@ -600,11 +600,11 @@ def later_epoch(built: Built, epoch: int, budget_s: float | None) -> tuple[float
 
 def reuse_setup(built: Built) -> float:
     """Seconds of a later run's ``build_datasets`` over the store this one left."""
-    from edue.engine.data import build_datasets, open_configured_source
+    from edue.data.pipeline import build_datasets, open_configured_source
 
-    source = open_configured_source(built.config)
+    source = open_configured_source(built.config.data)
     indices = all_cases(source)
-    _, seconds = C.timed_once(lambda: build_datasets(built.config, source, indices))
+    _, seconds = C.timed_once(lambda: build_datasets(built.config.data, source, indices))
     return seconds
 
 
@@ -668,11 +668,11 @@ class LoaderEpochs:
     def __init__(self, built: Built) -> None:
         from torch.utils.data import DataLoader
 
-        from edue.engine.data import collate_groups, training_dataset
-        from edue.engine.train import EpochSampler
+        from edue.data.pipeline import collate_groups, training_dataset
+        from edue.engine.training.trainer import EpochSampler
 
         config = built.config
-        self.dataset = training_dataset(config, built.subset)
+        self.dataset = training_dataset(config.data, config.train.seed, built.subset)
         repeats = getattr(self.dataset.transform, "repeats", 1)
         self.sampler = EpochSampler(len(self.dataset), config.train.seed)
         workers = config.data.num_workers
@@ -770,7 +770,7 @@ def measure_loader(
 @contextlib.contextmanager
 def step_timer(trainer: Any) -> Iterator[list[dict[str, float]]]:
     """Time every ``trainer._step`` and the batch transfer inside it (``_to_device``)."""
-    import edue.engine.train as train_module
+    import edue.engine.training.trainer as train_module
 
     records: list[dict[str, float]] = []
     step, to_device = trainer._step, train_module._to_device
@@ -805,7 +805,7 @@ def measure_epochs(
     """A small ``Trainer.fit`` on the first cases of ``case_ids``: each later epoch's wall
     time over its pure step time."""
     from edue.data.splits import save_split
-    from edue.engine.train import Trainer
+    from edue.engine.training.trainer import Trainer
 
     run = Path(tempfile.mkdtemp(prefix=f"train-{reader.key}-", dir=work))
     more = [f"train.epochs={scale.epochs}", f"out_dir={run / 'run'}"]

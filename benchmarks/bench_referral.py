@@ -3,7 +3,7 @@
 ``edue predict`` on a calibrated run reads the gate's features from the prediction's
 own forward pass: forward hooks on the two deepest encoder blocks (the default of
 ``edue calibrate``) keep the channel means of their outputs
-(:class:`edue.engine.ood_gate.FeatureTap`), then the Mahalanobis distance to the
+(:class:`edue.engine.referral.gate.FeatureTap`), then the Mahalanobis distance to the
 training images' Gaussian is one small matrix product. The target: at most 1.05× the
 time of the prediction alone. Four things are timed side by side, interleaved round by
 round:
@@ -67,9 +67,10 @@ DEFAULT_SETTINGS: tuple[tuple[int, tuple[int, ...], int], ...] = (
 def random_calibration(predictor: Any, tap: list[str], width: int, seed: int = 0) -> Any:
     """A calibration of random numbers with a gate of ``width`` features (the work of a
     decision does not depend on the values)."""
-    from edue.engine.calibration import Calibration, StructureCalibration
-    from edue.engine.ood_gate import OODGate
-    from edue.metrics.referral import ExpertScale, learn_then_test, threshold_grid
+    from edue.engine.referral.calibration import Calibration, StructureCalibration
+    from edue.engine.referral.gate import OODGate
+    from edue.metrics.expert_units import ExpertScale
+    from edue.metrics.risk_control import learn_then_test, threshold_grid
 
     rng = np.random.default_rng(seed)
     gate = OODGate.fit(tap, rng.normal(size=(300, width)), rng.normal(size=(60, width)), 0.05)
@@ -99,7 +100,7 @@ def variants(
     predictor: Any, images: list[torch.Tensor], calls: int
 ) -> dict[str, Callable[[], object]]:
     """The four timed calls on the batch ``images`` (each repeated ``calls`` times)."""
-    from edue.engine.calibrate import DEFAULT_GATE_BLOCKS
+    from edue.engine.referral.calibrate import DEFAULT_GATE_BLOCKS
 
     tap = predictor.feature_module_names()[-DEFAULT_GATE_BLOCKS:]
     _, probe = predictor.predict_batch_with_features(images, tap=tap)
@@ -116,7 +117,7 @@ def variants(
             out.append((preds, gate.score(features)))
         return out
 
-    from edue.engine.ood_gate import FeatureTap, tapped_modules
+    from edue.engine.inference.features import FeatureTap, tapped_modules
 
     modules = tapped_modules(predictor.method, tap)
     kept: dict[int, torch.Tensor] = {}
@@ -165,7 +166,7 @@ def run(
 ) -> dict[str, Any]:
     """Seconds per image of a prediction alone, with the gate, and with the decision,
     for each ``(image size, model.channels, images per call)`` of ``settings``."""
-    from edue.engine.infer import Predictor
+    from edue.engine.inference.predictor import Predictor
 
     bench = C.start(threads)
     calls = calls or (2 if quick else 10)

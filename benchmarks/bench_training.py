@@ -1,6 +1,6 @@
 """Training throughput (images/s) of each method relative to the plain U-Net.
 
-One training step is what ``edue.engine.train.Trainer._step`` does in full precision:
+One training step is what ``edue.engine.training.trainer.Trainer._step`` does in full precision:
 forward, ``Method.loss`` (EDUE: BCE of the final head on the soft vote, BCE of each
 auxiliary head on a freshly drawn rater, disagreement guidance), the finiteness check,
 ``zero_grad``, backward, Adam step. Every method trains on the same real batch from

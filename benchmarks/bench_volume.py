@@ -80,7 +80,7 @@ def predictor(
     seed: int = 0,
 ) -> Any:
     """A 3D ``Predictor`` for ``name`` with random weights (timing does not need training)."""
-    from edue.engine.infer import Predictor
+    from edue.engine.inference.predictor import Predictor
 
     config = volume_config(name, channels, roi, overlap, sw_batch_size)
     method = C.build(config, IN_CHANNELS, len(STRUCTURES), 3, for_training=False, seed=seed)
@@ -116,7 +116,7 @@ def child_memory(
     C.setup_threads(threads)
     import monai.inferers  # noqa: F401  (imports before the measurement)
 
-    import edue.engine.infer  # noqa: F401
+    import edue.engine.inference.predictor  # noqa: F401
 
     with C.watch_rss() as rss:
         pred = predictor(name, channels, roi or None)

@@ -19,11 +19,11 @@ def train_and_evaluate(
     result is kept as ``out/name/result.json`` and read back by a later call."""
     import torch
 
+    from edue.data.pipeline import prepare_data
     from edue.demo import demo_config
-    from edue.engine.data import build_datasets, open_configured_source, split_indices
-    from edue.engine.evaluate import evaluate_predictor
-    from edue.engine.infer import Predictor
-    from edue.engine.train import train_or_resume
+    from edue.engine.evaluation.evaluate import evaluate_predictor
+    from edue.engine.inference.predictor import Predictor
+    from edue.engine.training.trainer import train_or_resume
 
     saved = Path(out) / name / "result.json"
     if saved.is_file():
@@ -34,14 +34,13 @@ def train_and_evaluate(
         setattr(config.method, key, value)
     config.out_dir = str(Path(out) / name)
     run = train_or_resume(config)
-    source = open_configured_source(config)
-    subsets = build_datasets(config, source, split_indices(config, source))
+    subsets = prepare_data(config.data).subsets
     predictor = Predictor.from_checkpoint(run)
     result = {"dims": dims, **record}
     for split in ("val", "test"):
         cases = [subsets[split].load(i) for i in range(len(subsets[split]))]
         m = evaluate_predictor(predictor, cases, run / f"eval_{split}", ood=False)["metrics"]
-        for s in source.structures:
+        for s in subsets["test"].structures:
             for key in KEYS:
                 result[f"{split}/{key.format(s=s)}"] = m.get(key.format(s=s))
     saved.write_text(json.dumps(result, indent=1))

@@ -95,7 +95,7 @@ TINY_OVERRIDES = [
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-epoch EDUE run on 12 synthetic 32² cases (shared by several tests)."""
     from edue.config import load_config
-    from edue.engine.train import train
+    from edue.engine.training.trainer import train
 
     out = tmp_path_factory.mktemp("tiny_run")
     config = load_config(None, [*TINY_OVERRIDES, f"out_dir={out}"])

@@ -113,7 +113,7 @@ def _config(backbone: str, method: str, out: Path, extra: list[str] | None = Non
 @pytest.mark.parametrize("backbone", _params("dynunet-2d dynunet-3d smp-resnet18"))
 def test_every_method_trains_and_predicts_its_members(backbone, tmp_path):
     import edue
-    from edue.engine.train import train_method
+    from edue.engine.training.trainer import train_method
 
     for method in method_names():
         if get_method(method).trained_as:
@@ -142,21 +142,22 @@ class _Stop(Exception):
 @pytest.mark.parametrize("backbone", _params("dynunet-2d dynunet-3d smp-resnet18"))
 @pytest.mark.parametrize("method", ["edue", "mc_dropout"])
 def test_resume_after_an_interruption_is_bitwise(backbone, method, tmp_path, monkeypatch):
-    from edue.engine import train as train_module
+    from edue.engine.training import trainer as train_module
+    from edue.engine.training.callbacks import TrainingCallback
 
     extra = ["train.checkpoint_every=1", "train.epochs=2"]
     reference = train_module.train(_config(backbone, method, tmp_path / "ref", extra))
-    original = train_module.Trainer._step
 
-    def step(self, batch):  # stop before the 3rd step (mid-epoch 2)
-        if self.global_step == 2:
-            raise _Stop
-        return original(self, batch)
+    class StopBeforeThirdStep(TrainingCallback):  # mid-epoch 2
+        def on_step_start(self, trainer, batch):
+            if trainer.global_step == 2:
+                raise _Stop
 
-    monkeypatch.setattr(train_module.Trainer, "_step", step)
     with pytest.raises(_Stop):
-        train_module.train(_config(backbone, method, tmp_path / "cut", extra))
-    monkeypatch.setattr(train_module.Trainer, "_step", original)
+        train_module.train(
+            _config(backbone, method, tmp_path / "cut", extra),
+            callbacks=[StopBeforeThirdStep()],
+        )
     resumed = train_module.train(
         _config(backbone, method, tmp_path / "cut", extra), tmp_path / "cut"
     )
@@ -267,7 +268,7 @@ def test_prediction_needs_no_weights_file(backbone, tmp_path):
     import segmentation_models_pytorch as smp
 
     import edue
-    from edue.engine.train import train
+    from edue.engine.training.trainer import train
 
     donor = smp.create_model("Unet", "resnet18", encoder_weights=None, in_channels=3)
     path = tmp_path / "w.pt"
@@ -350,7 +351,7 @@ def test_model_show_lists_blocks_shapes_parameters_and_heads(capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", _params("dynunet-2d smp-resnet18"))
 def test_amp_channels_last_and_compile_train_on_the_backbone(backbone, tmp_path):
-    from edue.engine.train import train
+    from edue.engine.training.trainer import train
 
     extra = [
         "train.epochs=1",
@@ -368,7 +369,7 @@ def test_amp_channels_last_and_compile_train_on_the_backbone(backbone, tmp_path)
 def _ddp_worker(rank: int, world: int, port: int, out: str, backbone: str) -> None:
     join_process_group_env(rank, world, port)
     from edue.engine.runtime import teardown_runtime
-    from edue.engine.train import Trainer
+    from edue.engine.training.trainer import Trainer
 
     extra = ["train.epochs=1", "model.norm=group"] if "dynunet" in backbone else ["train.epochs=1"]
     trainer = Trainer(_config(backbone, "edue", Path(out) / "run", extra))

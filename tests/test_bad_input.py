@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from edue.cli import main
-from edue.engine.infer import Predictor
+from edue.engine.inference.predictor import Predictor
 from edue.errors import EdueError
 from edue.io import read_image, read_label_map
 

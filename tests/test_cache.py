@@ -17,17 +17,17 @@ from edue.data.cache import DiskStore, Entry, MemoryStore, contiguous_case, desc
 from edue.data.case import CaseDataset, case_to_sample
 from edue.data.folder import write_folder_dataset
 from edue.data.patches import PatchSampler
-from edue.data.synthetic import FundusConfig, generate_cases
-from edue.data.synthetic3d import Volume3DConfig, generate_volume
-from edue.data.transforms import RandomFlip
-from edue.engine.data import (
+from edue.data.pipeline import (
     PreparedSource,
     SampleTransforms,
     build_datasets,
     open_configured_source,
     split_indices,
 )
-from edue.engine.train import Trainer
+from edue.data.synthetic import FundusConfig, generate_cases
+from edue.data.synthetic3d import Volume3DConfig, generate_volume
+from edue.data.transforms import RandomFlip
+from edue.engine.training.trainer import Trainer
 
 SPLIT = "data.split={train: 6, val: 2, test: 2}"
 
@@ -57,8 +57,8 @@ def _config(root: Path, cache_dir: Path, *extra: str):
 
 
 def _subsets(config):
-    source = open_configured_source(config)
-    return build_datasets(config, source, split_indices(config, source))
+    source = open_configured_source(config.data)
+    return build_datasets(config.data, source, split_indices(config.data, source))
 
 
 def _count_decodes(monkeypatch) -> list[str]:
@@ -318,15 +318,15 @@ import sys
 import torch
 from edue.config import load_config
 from edue.data.case import case_to_sample
-from edue.engine.data import build_datasets, open_configured_source, split_indices
-from edue.engine.data import training_dataset
+from edue.data.pipeline import build_datasets, open_configured_source, split_indices
+from edue.data.pipeline import training_dataset
 
 config = load_config(None, sys.argv[1:])
-source = open_configured_source(config)
+source = open_configured_source(config.data)
 for _ in range(2):  # the run that builds the store, then one that reads it
-    subsets = build_datasets(config, source, split_indices(config, source))
+    subsets = build_datasets(config.data, source, split_indices(config.data, source))
     assert type(subsets["train"].store).__name__ == "DiskStore"
-    training_dataset(config, subsets["train"])[0]
+    training_dataset(config.data, config.train.seed, subsets["train"])[0]
     case = subsets["val"].load(0)
     case_to_sample(case)
     torch.from_numpy(case.masks), torch.from_numpy(case.image)

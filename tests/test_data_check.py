@@ -119,7 +119,7 @@ def test_skipping_source_without_report_drops_unreadable_cases(tmp_path: Path) -
 
 def test_training_subsets_skip_unreadable_cases_the_same_way(tmp_path: Path) -> None:
     from edue.data.folder import FolderSource
-    from edue.engine.data import PreparedSource
+    from edue.data.pipeline import PreparedSource
 
     root = tmp_path / "ds"
     write_folder_dataset([_case("c1"), _case("c2"), _case("c3")], root)

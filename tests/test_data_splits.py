@@ -15,8 +15,8 @@ from edue.data.splits import (
     load_split,
     preset_split,
     save_split,
+    saved_split_indices,
     split_by_patient,
-    split_indices,
 )
 from edue.errors import ConfigError, DataError
 
@@ -136,10 +136,10 @@ def test_save_and_load_split(tmp_path: Path) -> None:
     save_split(path, split, case_ids)
     # reordered dataset: indices follow the ids, not the positions
     reordered = list(reversed(case_ids))
-    back = split_indices(loaded, reordered, path)
+    back = saved_split_indices(loaded, reordered, path)
     assert {k: [reordered[i] for i in v] for k, v in back.items()} == loaded
     with pytest.raises(DataError, match="not in the dataset"):
-        split_indices(loaded, case_ids[:10], path)
+        saved_split_indices(loaded, case_ids[:10], path)
     path.write_text("{not json")
     with pytest.raises(DataError, match="cannot parse"):
         load_split(path)

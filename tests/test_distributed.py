@@ -32,9 +32,9 @@ TOLERANCE = 1e-4  # absolute, on every weight after 4 Adam steps
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     join_process_group_env(rank, world, port)
-    from edue.engine.data import PreparedSource
+    from edue.data.pipeline import PreparedSource
     from edue.engine.runtime import teardown_runtime
-    from edue.engine.train import Trainer
+    from edue.engine.training.trainer import Trainer
 
     decoded: list[str] = []
     original = PreparedSource.decode
@@ -74,7 +74,7 @@ def test_two_gloo_ranks_match_each_other_and_single_process(tmp_path: Path) -> N
     log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
     assert len(log) == 2  # one line per epoch, not one per rank
 
-    from edue.engine.train import Trainer
+    from edue.engine.training.trainer import Trainer
 
     single = Trainer(load_config(None, [*DDP_OVERRIDES, f"out_dir={tmp_path}/single"]))
     single.setup()

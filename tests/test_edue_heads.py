@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from edue.config import load_config
-from edue.engine.infer import Predictor
+from edue.engine.inference.predictor import Predictor
 from edue.methods import build_method
 from edue.nets.heads import scale_gradient
 from edue.prediction import Prediction

@@ -10,12 +10,12 @@ import torch
 
 from edue.cli import main
 from edue.config import load_config
+from edue.data.pipeline import build_datasets, open_configured_source, split_indices
 from edue.engine.checkpoint import load_checkpoint, save_checkpoint
-from edue.engine.data import build_datasets, open_configured_source, split_indices
-from edue.engine.infer import Predictor
-from edue.engine.predict_files import collect_inputs, output_names
+from edue.engine.inference.files import collect_inputs, output_names
+from edue.engine.inference.predictor import Predictor
 from edue.engine.runtime import setup_runtime
-from edue.engine.validation import validation_metrics
+from edue.engine.training.validation import validation_metrics
 from edue.errors import CheckpointError, DataError
 from edue.io import write_png
 from edue.methods import PlainUNet, build_method
@@ -87,8 +87,8 @@ def test_equal_names_in_different_folders_mirror_the_tree(tmp_path):
 @pytest.mark.parametrize("name, passes_per_batch", [("edue", 1), ("mc_dropout", 4)])
 def test_validation_runs_one_forward_per_batch(name, passes_per_batch):
     config = load_config(None, [*TINY_OVERRIDES, f"method.name={name}", "method.mc_samples=3"])
-    source = open_configured_source(config)
-    subset = build_datasets(config, source, split_indices(config, source))["val"]
+    source = open_configured_source(config.data)
+    subset = build_datasets(config.data, source, split_indices(config.data, source))["val"]
     torch.manual_seed(0)
     method = build_method(config, 3, 2, 2)
     calls = []

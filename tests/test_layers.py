@@ -1,6 +1,7 @@
 """Layers only point down: data → nets → methods → config → prediction → metrics → engine →
-report → cli. Checked on the sources' import statements (lazy imports inside functions
-included; imports under ``if TYPE_CHECKING:`` are annotations only and exempt)."""
+report → cli, and no modules import each other in a cycle. Checked on the sources' import
+statements (lazy imports inside functions included; imports under ``if TYPE_CHECKING:``
+are annotations only and exempt)."""
 
 import ast
 from pathlib import Path
@@ -84,6 +85,73 @@ def test_imports_point_down(path):
         if module.startswith("edue") and RANK[_layer(module)] > RANK[me]
     ]
     assert upward == []
+
+
+def _target(module: str) -> str:
+    """The module an import statement loads: ``edue.a.b`` when ``edue/a/b.py`` (or the
+    package ``edue/a/b/``) exists, else its parent (a name imported from a module)."""
+    parts = module.split(".")
+    while parts:
+        path = SRC.parent.joinpath(*parts)
+        if path.with_suffix(".py").is_file() or (path / "__init__.py").is_file():
+            return ".".join(parts)
+        parts = parts[:-1]
+    return module
+
+
+def _import_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in MODULES:
+        me = _module_name(path)
+        graph[me] = {
+            _target(module)
+            for _, module in _runtime_imports(ast.parse(path.read_text()))
+            if module.startswith("edue.") and _target(module) != me
+        }
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    """No two modules import each other, directly or through others (lazy imports inside
+    functions included): the data flow reads top to bottom."""
+    assert _cycles(_import_graph()) == []
 
 
 def test_engine_never_imports_report():

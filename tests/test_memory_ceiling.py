@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from edue.config import load_config
-from edue.engine import tiling
-from edue.engine.infer import Predictor
+from edue.engine.inference import tiling
+from edue.engine.inference.predictor import Predictor
 from edue.errors import DataError
 from edue.methods import build_method
 

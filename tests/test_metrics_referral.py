@@ -8,20 +8,21 @@ import math
 import numpy as np
 import pytest
 
-from edue.metrics.referral import (
+from edue.engine.referral.gate import ShrunkGaussian, conformal_upper_threshold
+from edue.metrics.expert_units import (
     ExpertScale,
     IsotonicMap,
-    ShrunkGaussian,
-    binomial_p_value,
-    conformal_upper_threshold,
-    learn_then_test,
     linear_fit,
     mean_absolute_error,
+    percentile_of,
+    row_quantiles,
+)
+from edue.metrics.risk_control import (
+    binomial_p_value,
+    learn_then_test,
     min_accepted,
     oracle_referral_rate,
-    percentile_of,
     referral_outcome,
-    row_quantiles,
     threshold_grid,
 )
 

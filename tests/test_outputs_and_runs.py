@@ -224,7 +224,8 @@ def test_a_run_whose_data_moved_resumes_with_the_new_root(tmp_path):
 
 def test_resumed_epoch_logs_the_whole_epoch_average(tmp_path, monkeypatch):
     from edue.config import load_config
-    from edue.engine.train import Trainer, train
+    from edue.engine.training.callbacks import TrainingCallback
+    from edue.engine.training.trainer import Trainer, train
 
     config = load_config(
         None, [*TINY_OVERRIDES, "train.epochs=1", "train.batch_size=2", f"out_dir={tmp_path}"]
@@ -236,21 +237,16 @@ def test_resumed_epoch_logs_the_whole_epoch_average(tmp_path, monkeypatch):
     # the same run interrupted after three of its six steps, then resumed
     for name in ("log.jsonl", "last.pt", "best.pt"):
         (tmp_path / name).unlink()
-    original = Trainer._step
-    calls = {"n": 0}
 
-    def interrupting(self, batch):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 3:
-            self._stop_signal = 2
-        return original(self, batch)
+    class StopAfterThirdStep(TrainingCallback):  # as Ctrl-C during the third step
+        def on_step_start(self, trainer: Trainer, batch: object) -> None:
+            if trainer.global_step == 2:
+                trainer.request_stop()
 
-    monkeypatch.setattr(Trainer, "_step", interrupting)
-    first = Trainer(config)
+    first = Trainer(config, callbacks=[StopAfterThirdStep()])
     first.setup()
     with pytest.raises(KeyboardInterrupt):
         first.fit()
-    monkeypatch.setattr(Trainer, "_step", original)
     assert load_checkpoint(tmp_path / "last.pt")["epoch_count"] == 3
     train(None, resume=tmp_path)
     logged = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])["train/loss"]
@@ -322,7 +318,7 @@ def test_calibrations_in_one_folder_keep_their_own_gates(world, tmp_path):
     assert main(["calibrate", str(run), "--out", str(cal / "a.json")]) == 0
     assert main(["calibrate", str(run), "--split", "test", "--out", str(cal / "b.json")]) == 0
     assert (cal / "a_gate.npz").is_file() and (cal / "b_gate.npz").is_file()
-    from edue.engine.calibration import Calibration
+    from edue.engine.referral.calibration import Calibration
 
     assert Calibration.load(cal / "a.json").split == "val"  # its gate still matches
     assert Calibration.load(cal / "b.json").split == "test"

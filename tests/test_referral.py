@@ -18,9 +18,10 @@ from PIL import Image
 
 from edue.cli import main
 from edue.data.synthetic import FundusConfig, generate_cases
-from edue.engine.calibration import REASON_SHIFT, REASON_UNCERTAIN, Calibration
-from edue.engine.infer import Predictor
-from edue.engine.ood_gate import FeatureTap, OODGate, encoder_block_names
+from edue.engine.inference.features import FeatureTap, encoder_block_names
+from edue.engine.inference.predictor import Predictor
+from edue.engine.referral.calibration import REASON_SHIFT, REASON_UNCERTAIN, Calibration
+from edue.engine.referral.gate import OODGate
 from edue.errors import EdueError
 
 POOR = ["disc=0.5", "cup=0.3"]

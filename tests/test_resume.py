@@ -55,16 +55,14 @@ def _train_child(
     script = f"""
         import os, signal, torch
         from pathlib import Path
-        from edue.engine import train as train_module
+        from edue.engine.training import trainer as train_module
         kill_step, kill_on_save = {kill_step!r}, {kill_on_save!r}
         snapshots = {str(snapshots) if snapshots else None!r}
-        original_step = train_module.Trainer._step
-        def step(self, batch):
-            out = original_step(self, batch)
-            if kill_step is not None and self.global_step + 1 == kill_step:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return out
-        train_module.Trainer._step = step
+        from edue.engine.training.callbacks import TrainingCallback
+        class KillAfterStep(TrainingCallback):  # before that step's periodic checkpoint
+            def on_step_end(self, trainer, step):
+                if kill_step is not None and trainer.global_step == kill_step:
+                    os.kill(os.getpid(), signal.SIGKILL)
         real_save, saves = torch.save, [0]
         def save(obj, f, *args, **kwargs):
             saves[0] += 1
@@ -78,8 +76,13 @@ def _train_child(
                 real_save(obj, Path(snapshots) / f"save{{saves[0]}}.pt")
             real_save(obj, f, *args, **kwargs)
         torch.save = save
-        from edue.cli import main
-        raise SystemExit(main(["train", *{RESUME_OVERRIDES!r}, "--out", {str(run)!r}]))
+        if kill_step is None:
+            from edue.cli import main
+            raise SystemExit(main(["train", *{RESUME_OVERRIDES!r}, "--out", {str(run)!r}]))
+        from edue.config import load_config
+        from edue.engine.training.trainer import train
+        config = load_config(None, [*{RESUME_OVERRIDES!r}, "out_dir={run}"])
+        train(config, callbacks=[KillAfterStep()])
     """
     return _run_child(script)
 

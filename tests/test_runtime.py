@@ -7,10 +7,10 @@ import torch
 
 from edue.config import load_config
 from edue.engine.checkpoint import load_checkpoint
-from edue.engine.ensemble import gather_ensemble
-from edue.engine.infer import Predictor
+from edue.engine.inference.predictor import Predictor
 from edue.engine.runtime import resolve_amp, resolve_device
-from edue.engine.train import Trainer, train, train_method
+from edue.engine.training.ensemble import gather_ensemble
+from edue.engine.training.trainer import Trainer, train, train_method
 from edue.errors import CheckpointError, ConfigError
 from tests.conftest import TINY_OVERRIDES
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from edue.config import load_config
-from edue.engine.infer import Predictor
+from edue.engine.inference.predictor import Predictor
 from edue.methods import build_method
 
 

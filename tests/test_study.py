@@ -13,7 +13,7 @@ import torch
 
 from edue.config import load_config
 from edue.engine.checkpoint import load_checkpoint
-from edue.engine.train import Trainer, train_or_resume
+from edue.engine.training.trainer import Trainer, train_or_resume
 from edue.losses import edue_loss, guidance_term, head_variance
 from edue.methods import build_method
 from edue.metrics.disagreement import boundary_length, partial_spearman
@@ -194,7 +194,7 @@ def test_a_killed_study_resumes_where_it_stopped(tmp_path):
     # the first attempt dies (SIGKILL) when the first seed's second method starts
     script = f"""
         import os, signal
-        from edue.engine import jobs
+        from edue.engine.training import jobs
         original, calls = jobs.train_or_resume, [0]
         def dying(config):
             calls[0] += 1

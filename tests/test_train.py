@@ -5,8 +5,8 @@ import torch
 
 from edue.config import load_config
 from edue.engine.checkpoint import load_checkpoint
-from edue.engine.infer import Predictor
-from edue.engine.train import Trainer, train
+from edue.engine.inference.predictor import Predictor
+from edue.engine.training.trainer import Trainer, train
 from edue.errors import TrainingDiverged
 from tests.conftest import TINY_OVERRIDES
 

@@ -10,7 +10,7 @@ import pytest
 
 from edue.cli import main
 from edue.config import load_config
-from edue.engine.train import train
+from edue.engine.training.trainer import train
 
 VOLUME_OVERRIDES = [
     "data.format=synthetic3d",
@@ -67,8 +67,8 @@ def test_2d_checkpoint_refuses_a_volume(tiny_run, tmp_path, capsys):
 
 
 def test_several_patches_per_loaded_volume():
-    from edue.engine.data import PreparedSource, collate_groups
-    from edue.engine.train import Trainer
+    from edue.data.pipeline import PreparedSource, collate_groups
+    from edue.engine.training.trainer import Trainer
 
     config = load_config(
         None, [*VOLUME_OVERRIDES, "data.patches_per_volume=3", "train.batch_size=6"]

@@ -9,7 +9,7 @@ from edue._version import __version__
 __all__ = ["MultiRaterCase", "Prediction", "__version__", "load"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edue.engine.infer import Predictor
+    from edue.engine.inference.predictor import Predictor
 
 
 def load(checkpoint: str, device: str = "cpu") -> Predictor:
@@ -20,10 +20,10 @@ def load(checkpoint: str, device: str = "cpu") -> Predictor:
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
 
     Returns:
-        A :class:`~edue.engine.infer.Predictor` whose ``predict(image)`` returns a
+        A :class:`~edue.engine.inference.predictor.Predictor` whose ``predict(image)`` returns a
         :class:`~edue.prediction.Prediction`.
     """
-    from edue.engine.infer import Predictor
+    from edue.engine.inference.predictor import Predictor
 
     return Predictor.from_checkpoint(checkpoint, device=device)
 

@@ -321,7 +321,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from edue.config import load_config
     from edue.engine.run_folder import claim_folder, folder_lock, is_main_rank
-    from edue.engine.train import train, train_method
+    from edue.engine.training.trainer import train, train_method
     from edue.outputs import check_output_dir
 
     overrides = list(args.overrides)
@@ -355,7 +355,7 @@ def _resumed(args: argparse.Namespace, overrides: list[str], main_rank: bool) ->
 
     from edue.engine.checkpoint import load_checkpoint
     from edue.engine.run_folder import check_lock, claim_folder
-    from edue.engine.train import resume_state_path, resumed_config
+    from edue.engine.training.trainer import resume_state_path, resumed_config
     from edue.outputs import check_output_dir
 
     source = resume_state_path(args.resume)
@@ -429,14 +429,14 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 def cmd_model_show(args: argparse.Namespace) -> int:
     from edue.config import load_config
-    from edue.engine.model_summary import summarize_backbone
+    from edue.engine.training.model_summary import summarize_backbone
 
     config = load_config(args.config, list(args.overrides))
     in_channels, dims, size = args.in_channels, args.dims, None
     if in_channels is None or dims is None:
-        from edue.engine.data import open_configured_source
+        from edue.data.pipeline import open_configured_source
 
-        first = open_configured_source(config).load(0)
+        first = open_configured_source(config.data).load(0)
         in_channels = in_channels or int(first.image.shape[0])
         dims = dims or first.spatial_dims
         if not (config.data.patch_size or config.data.size):
@@ -458,7 +458,7 @@ def cmd_model_show(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from edue.engine.predict_files import predict_files
+    from edue.engine.inference.files import predict_files
     from edue.outputs import check_output_dir
 
     check_output_dir(args.out, inputs=args.inputs, what="prediction folder (--out)")
@@ -499,7 +499,7 @@ def _referral_line(referral: dict | None, disabled: bool) -> str:
             if disabled
             else "referral: no calibration.json beside the checkpoint (run `edue calibrate`)"
         )
-    from edue.engine.calibration import REASON_SHIFT, REASON_UNCERTAIN
+    from edue.engine.referral.calibration import REASON_SHIFT, REASON_UNCERTAIN
 
     by_reason = referral["by_reason"]
     per = ", ".join(f"{s} {n}" for s, n in referral["uncertain_by_structure"].items())
@@ -512,8 +512,8 @@ def _referral_line(referral: dict | None, disabled: bool) -> str:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from edue.engine.calibrate import calibrate_checkpoint
-    from edue.engine.calibration import REASON_SHIFT, REASON_UNCERTAIN
+    from edue.engine.referral.calibrate import calibrate_checkpoint
+    from edue.engine.referral.calibration import REASON_SHIFT, REASON_UNCERTAIN
     from edue.metrics.qc import parse_poor_thresholds
 
     calibration = calibrate_checkpoint(
@@ -565,7 +565,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from edue.engine.evaluate import evaluate_checkpoint
+    from edue.engine.evaluation.evaluate import evaluate_checkpoint
     from edue.metrics.qc import parse_poor_thresholds
     from edue.outputs import check_output_dir
 
@@ -674,7 +674,7 @@ def cmd_riga_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble_gather(args: argparse.Namespace) -> int:
-    from edue.engine.ensemble import gather_ensemble
+    from edue.engine.training.ensemble import gather_ensemble
 
     path = gather_ensemble(args.members, args.out)
     print(f"ensemble of {len(args.members)} members: {path}")

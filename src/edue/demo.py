@@ -71,7 +71,7 @@ def demo_config(out: Path, method: str, quick: bool, dims: int = 2) -> Config:
 
 def _train_all(out: Path, methods: list[str], quick: bool, dims: int) -> dict[str, Path]:
     """Train every method (reusing identical work); returns the checkpoint of each."""
-    from edue.engine.jobs import train_compared
+    from edue.engine.training.jobs import train_compared
 
     checkpoints: dict[str, Path] = {}
     for method in methods:
@@ -93,23 +93,22 @@ def run_demo(
     """Train, evaluate and compare; print where the outputs are and how long it took."""
     import torch
 
-    from edue.engine.calibrate import calibrate_checkpoint
-    from edue.engine.data import build_datasets, open_configured_source, split_indices
-    from edue.engine.evaluate import evaluate_predictor
-    from edue.engine.infer import Predictor
+    from edue.data.pipeline import prepare_data
+    from edue.engine.evaluation.evaluate import evaluate_predictor
+    from edue.engine.inference.predictor import Predictor
+    from edue.engine.referral.calibrate import calibrate_checkpoint
     from edue.report.compare import compare_runs
 
     started = time.perf_counter()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(out_dir)
-    from edue.engine.jobs import training_order
+    from edue.engine.training.jobs import training_order
 
     chosen = training_order(list(methods or method_names()))
     chosen += list(ablations()) if with_ablations else []
     checkpoints = _train_all(out, chosen, quick, dims)
     config = demo_config(out, chosen[0], quick, dims)
-    source = open_configured_source(config)
-    test = build_datasets(config, source, split_indices(config, source))["test"]
+    test = prepare_data(config.data, ["test"], require_train=False).subsets["test"]
     cases = [test.load(i) for i in range(len(test))]
     eval_dirs = []
     for method in chosen:
@@ -138,7 +137,7 @@ def run_demo(
             flush=True,
         )
     # the cost column: every method timed side by side on the same images
-    from edue.engine.timing import record_times, time_interleaved
+    from edue.engine.inference.timing import record_times, time_interleaved
 
     seconds = time_interleaved(checkpoints, [c.image for c in cases[:4]], "cpu")
     record_times(dict(zip(chosen, eval_dirs, strict=True)), seconds)

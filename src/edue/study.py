@@ -280,11 +280,11 @@ def _study_seed(
 ) -> None:
     """Train and evaluate every run for one seed (one process of the study; the caller
     sets torch's threads, :func:`_torch_threads`)."""
+    from edue.data.pipeline import prepare_data
     from edue.engine.checkpoint import reconfigured_checkpoint
-    from edue.engine.data import build_datasets, open_configured_source, split_indices
-    from edue.engine.evaluate import evaluate_predictor
-    from edue.engine.infer import Predictor
-    from edue.engine.jobs import train_compared, training_order
+    from edue.engine.evaluation.evaluate import evaluate_predictor
+    from edue.engine.inference.predictor import Predictor
+    from edue.engine.training.jobs import train_compared, training_order
 
     arms = arms or {}
     base = config_from_dict(config_dict)
@@ -306,8 +306,7 @@ def _study_seed(
             trained[run] = train_compared(config, trained)
             log.info(f"[study] seed {seed}: {run} trained ({time.perf_counter() - started:.0f} s)")
         keys.setdefault(run, key)
-    source = open_configured_source(base)
-    test = build_datasets(base, source, split_indices(base, source))["test"]
+    test = prepare_data(base.data, ["test"], require_train=False).subsets["test"]
     cases = [test.load(i) for i in range(len(test))]
     for run in methods:
         folder = Path(out) / f"seed{seed}" / run / "eval"
@@ -325,13 +324,13 @@ def time_side_by_side(
     out: Path, methods: Sequence[str], seed: int, config: Config, images: int = 4, rounds: int = 5
 ) -> dict[str, float]:
     """Seconds per image of every method of one seed, timed side by side
-    (:func:`edue.engine.timing.time_interleaved`) on test images, written into every
+    (:func:`edue.engine.inference.timing.time_interleaved`) on test images, written into every
     seed's evaluation ``metrics.json``.
 
     Returns:
         Median seconds per image by method.
     """
-    from edue.engine.timing import record_times, time_interleaved
+    from edue.engine.inference.timing import record_times, time_interleaved
 
     folder = Path(out) / f"seed{seed}"
     sample = np.load(folder / methods[0] / "eval" / "samples.npz")

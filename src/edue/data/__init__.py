@@ -60,7 +60,7 @@ _WHERE: dict[str, str] = {
     "preset_split": "splits",
     "save_split": "splits",
     "split_by_patient": "splits",
-    "split_indices": "splits",
+    "saved_split_indices": "splits",
     # transforms and distortions
     "RandomFlip": "transforms",
     "resize_case": "transforms",
@@ -122,9 +122,9 @@ __all__ = [
     "resize_case",
     "resize_image",
     "save_split",
+    "saved_split_indices",
     "soft_vote",
     "split_by_patient",
-    "split_indices",
     "split_preset_names",
     "unreadable_cases",
     "validate_arrays",
@@ -173,8 +173,8 @@ if TYPE_CHECKING:  # pragma: no cover
         load_split,
         preset_split,
         save_split,
+        saved_split_indices,
         split_by_patient,
-        split_indices,
     )
     from edue.data.synthetic import FundusConfig, generate_case, generate_cases
     from edue.data.synthetic3d import Volume3DConfig, generate_volume, generate_volumes

@@ -202,7 +202,7 @@ def load_split(path: str | Path) -> dict[str, list[str]]:
     return {str(k): [str(c) for c in v] for k, v in subsets.items()}
 
 
-def split_indices(
+def saved_split_indices(
     split: dict[str, list[str]], case_ids: Sequence[str], where: str | Path | None = None
 ) -> dict[str, list[int]]:
     """Map a loaded split's case ids back to indices of ``case_ids``.

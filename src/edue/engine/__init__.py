@@ -1,5 +1,8 @@
-"""Running methods: training (seeded, resumable, distributed), checkpoints, one-pass
-prediction (batched and sliding-window), file prediction and evaluation.
+"""Running methods, one subpackage per job: ``training`` (seeded, resumable,
+distributed), ``inference`` (one-pass prediction, sliding window, tiling, files),
+``evaluation`` (metrics of a run's split, shift study) and ``referral`` (calibration
+file, procedure and shift gate); checkpoints, the run folder and the runtime (device,
+precision, processes) are shared by all four.
 
 Names are imported on first use, so ``import edue.engine`` stays cheap.
 """
@@ -10,29 +13,29 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "Trainer": "train",
-    "train": "train",
-    "train_method": "train",
-    "Predictor": "infer",
-    "load_weights": "infer",
-    "predict_files": "predict_files",
-    "PredictResult": "predict_files",
-    "evaluate_predictor": "evaluate",
-    "evaluate_checkpoint": "evaluate",
-    "ood_study": "evaluate",
-    "gather_ensemble": "ensemble",
-    "member_config": "ensemble",
+    "Trainer": "training.trainer",
+    "train": "training.trainer",
+    "train_method": "training.trainer",
+    "Predictor": "inference.predictor",
+    "load_weights": "inference.predictor",
+    "predict_files": "inference.files",
+    "PredictResult": "inference.files",
+    "evaluate_predictor": "evaluation.evaluate",
+    "evaluate_checkpoint": "evaluation.evaluate",
+    "ood_study": "evaluation.evaluate",
+    "gather_ensemble": "training.ensemble",
+    "member_config": "training.ensemble",
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
     "resolve_checkpoint": "checkpoint",
     "Runtime": "runtime",
     "setup_runtime": "runtime",
     "resolve_device": "runtime",
-    "time_interleaved": "timing",
-    "train_compared": "jobs",
-    "calibrate_checkpoint": "calibrate",
-    "Calibration": "calibration",
-    "find_calibration": "calibration",
+    "time_interleaved": "inference.timing",
+    "train_compared": "training.jobs",
+    "calibrate_checkpoint": "referral.calibrate",
+    "Calibration": "referral.calibration",
+    "find_calibration": "referral.calibration",
 }
 
 __all__ = sorted(_WHERE)

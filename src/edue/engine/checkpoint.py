@@ -127,6 +127,12 @@ def reconfigured_checkpoint(source: str | Path, config: Config) -> Path:
     return save_checkpoint(out / "best.pt", state)
 
 
+def run_dir_of(checkpoint: str | Path) -> Path:
+    """The run folder of a checkpoint file (or the folder itself when given one)."""
+    path = Path(checkpoint)
+    return path.parent if path.is_file() else path
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """Accept a checkpoint file or a run folder (its ``best.pt``, else ``last.pt``)."""
     path = Path(path)

@@ -56,7 +56,8 @@ class BuildRequest:
             Pretrained encoder weights are loaded for training jobs only (a checkpoint
             follows otherwise).
         """
-        from edue.nets.backbones import BackboneError, build_backbone
+        from edue.nets.backbones import BackboneError
+        from edue.nets.factory import build_backbone
 
         spec = backbone_spec(
             self.config, self.spatial_dims, self.in_channels, for_training=self.for_training
@@ -123,7 +124,8 @@ def backbone_blocks(config: Config) -> tuple[list[str], list[str]]:
     """``(encoder block names, decoder block names)`` of the configured backbone, at the
     spatial dimensions of :func:`configured_spatial_dims` (the names do not depend on
     them otherwise)."""
-    from edue.nets.backbones import BackboneError, tap_layout
+    from edue.nets.backbones import BackboneError
+    from edue.nets.factory import tap_layout
 
     dims = configured_spatial_dims(config)
     try:

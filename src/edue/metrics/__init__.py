@@ -10,9 +10,9 @@ Modules: :mod:`~edue.metrics.segmentation` (Dice, HD95), :mod:`~edue.metrics.cal
 with expert disagreement), :mod:`~edue.metrics.ged` (GED, Hungarian IoU),
 :mod:`~edue.metrics.qc` (quality-control curves), :mod:`~edue.metrics.ood` (member
 agreement and AUROC under the distortions of :mod:`edue.data.distortions`),
-:mod:`~edue.metrics.cost` (parameters, time), :mod:`~edue.metrics.referral` (referral
-thresholds with a finite-sample guarantee, the isotonic map to the experts' units, the
-distribution-shift score) and :mod:`~edue.metrics.summary` (:func:`evaluate_case`,
+:mod:`~edue.metrics.cost` (parameters, time), :mod:`~edue.metrics.risk_control`
+(referral thresholds with a finite-sample guarantee), :mod:`~edue.metrics.expert_units`
+(the isotonic map to the experts' units) and :mod:`~edue.metrics.summary` (:func:`evaluate_case`,
 :class:`EvaluationAccumulator`).
 
 Conventions: docs/method.md, section "Metrics".
@@ -34,6 +34,13 @@ from edue.metrics.calibration import (
 )
 from edue.metrics.cost import count_parameters, time_per_image
 from edue.metrics.disagreement import DisagreementMetric, image_correlation, pixel_ncc
+from edue.metrics.expert_units import (
+    ExpertScale,
+    IsotonicMap,
+    linear_fit,
+    mean_absolute_error,
+    percentile_of,
+)
 from edue.metrics.ged import LIDC_PRESET, ged, ged_lidc, hungarian_iou, pairwise_iou
 from edue.metrics.ood import pairwise_dice_variance, separation_auroc
 from edue.metrics.qc import (
@@ -42,19 +49,12 @@ from edue.metrics.qc import (
     poor_threshold_for,
     qc_curve,
 )
-from edue.metrics.referral import (
-    ExpertScale,
-    IsotonicMap,
+from edue.metrics.risk_control import (
     ReferralThreshold,
-    ShrunkGaussian,
     binomial_p_value,
-    conformal_upper_threshold,
     learn_then_test,
-    linear_fit,
-    mean_absolute_error,
     min_accepted,
     oracle_referral_rate,
-    percentile_of,
     referral_outcome,
     threshold_grid,
 )
@@ -82,11 +82,9 @@ __all__ = [
     "ExpertScale",
     "IsotonicMap",
     "ReferralThreshold",
-    "ShrunkGaussian",
     "binary_dice",
     "binomial_p_value",
     "brier",
-    "conformal_upper_threshold",
     "count_parameters",
     "dice_per_rater",
     "distort",

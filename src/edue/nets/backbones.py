@@ -12,13 +12,13 @@ Every backbone is an ``nn.Module`` that
 
 So EDUE, Layer Ensembles, deep supervision, MC dropout, the plain U-Net and Deep
 Ensembles work on any of them unchanged (see :class:`edue.nets.heads.MultiHeadNet`).
-The choice is made by :class:`BackboneSpec` (built from ``model.*`` of a configuration).
+The choice is made by :class:`BackboneSpec` (built from ``model.*`` of a configuration)
+and built by :func:`edue.nets.factory.build_backbone`.
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -111,59 +111,5 @@ class BackboneSpec:
     spacing: tuple[float, ...] | None = None
 
 
-def build_backbone(spec: BackboneSpec) -> Backbone:
-    """The backbone a :class:`BackboneSpec` describes.
-
-    Raises:
-        BackboneError: an option that cannot be built (unknown architecture or encoder,
-            a missing or unreadable weights file, smp not installed, smp asked in 3D).
-    """
-    if spec.kind == "unet":
-        from edue.nets.unet import UNet
-
-        return UNet(
-            spec.spatial_dims,
-            spec.in_channels,
-            spec.out_channels,
-            spec.channels,
-            spec.norm,
-            spec.dropout,
-        )
-    if spec.kind == "smp":
-        from edue.nets.smp_backbone import SmpBackbone
-
-        return SmpBackbone(spec)
-    if spec.kind == "dynunet":
-        from edue.nets.dynunet_backbone import DynUNetBackbone
-
-        return DynUNetBackbone(spec)
-    raise BackboneError(f"model.backbone: unknown backbone '{spec.kind}' (unet, smp, dynunet)")
-
-
 class BackboneError(ValueError):
     """A backbone option that cannot be built; the message is one line for the user."""
-
-
-def tap_layout(spec: BackboneSpec) -> tuple[list[str], list[str]]:
-    """``(encoder names, decoder names)`` of the backbone ``spec`` describes.
-
-    Computed without weights files (a feature-only copy is built once per distinct spec
-    and remembered; for the U-Net it is arithmetic).
-    """
-    if spec.kind == "unet":
-        depth = len(spec.channels)
-        return [f"encoder.{i}" for i in range(depth)], [f"decoder.{i}" for i in range(depth - 1)]
-    encoder, decoder = _layout_of(replace(spec, out_channels=0, load_weights=False, dropout=0.0))
-    return list(encoder), list(decoder)
-
-
-@functools.lru_cache(maxsize=32)
-def _layout_of(spec: BackboneSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Block names of a feature-only build of ``spec`` (a frozen, hashable spec)."""
-    backbone = build_backbone(spec)
-    return tuple(backbone.encoder_names), tuple(backbone.decoder_names)
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Trainable parameters of ``module``."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)

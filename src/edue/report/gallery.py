@@ -195,7 +195,7 @@ def _disagreement(entry: Mapping[str, Any]) -> float:
 
 
 def _load_card(out_dir: Path, entry: Mapping[str, Any]) -> Card:
-    from edue.engine.prediction_writers import stem_of
+    from edue.engine.inference.writers import stem_of
     from edue.io import NIFTI_SUFFIXES, read_image, suffix_of
 
     source = Path(str(entry["input"]))
@@ -290,7 +290,7 @@ def _card_html(card: Card) -> str:
 def _structure_decision(decision: Mapping[str, Any]) -> str:
     """``accept``, or ``refer`` with why: the SV above its threshold, no threshold
     certified, or the image unlike the training images."""
-    from edue.engine.calibration import REASON_SHIFT, REASON_UNCERTAIN
+    from edue.engine.referral.calibration import REASON_SHIFT, REASON_UNCERTAIN
 
     if not decision.get("refer"):
         return "accept"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edue.engine.infer import Predictor
+from edue.engine.inference.predictor import Predictor
 from edue.io import write_json
 
 

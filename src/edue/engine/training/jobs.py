@@ -15,8 +15,8 @@ from pathlib import Path
 
 from edue.config import Config, save_config
 from edue.engine.checkpoint import load_checkpoint, renamed_checkpoint
-from edue.engine.ensemble import gather_ensemble, member_config
-from edue.engine.train import train_or_resume
+from edue.engine.training.ensemble import gather_ensemble, member_config
+from edue.engine.training.trainer import train_or_resume
 from edue.methods.registry import get_method
 
 

@@ -9,18 +9,18 @@ distribution-shift gate. Then, per structure:
 * the referral threshold: Learn-then-Test over candidate thresholds fixed from the
   training images' SV, so that among the images *not* referred the share of poor
   segmentations (soft Dice below the structure's level) is at most ``alpha`` with
-  probability ``1 − delta`` (:func:`edue.metrics.referral.learn_then_test`);
+  probability ``1 − delta`` (:func:`edue.metrics.risk_control.learn_then_test`);
 * the map of the SV onto the experts' SV (isotonic) with its empirical range
-  (:class:`edue.metrics.referral.ExpertScale`);
+  (:class:`edue.metrics.expert_units.ExpertScale`);
 
-and once per image the distribution-shift gate (:mod:`edue.engine.ood_gate`): a
+and once per image the distribution-shift gate (:mod:`edue.engine.referral.gate`): a
 Gaussian fitted to the training images' pooled encoder features, its threshold set
 on the calibration images for a false-alarm rate of ``false_alarm``.
 
 Everything is written to ``calibration.json`` beside the checkpoint (the gate's arrays
 to ``calibration_gate.npz``), which ``edue predict`` and ``edue evaluate`` pick up
-(:func:`~edue.engine.calibration.find_calibration`,
-:meth:`~edue.engine.calibration.Calibration.load`). A missing, corrupt or foreign
+(:func:`~edue.engine.referral.calibration.find_calibration`,
+:meth:`~edue.engine.referral.calibration.Calibration.load`). A missing, corrupt or foreign
 file is one :class:`~edue.errors.EdueError` naming it.
 """
 
@@ -34,25 +34,23 @@ import numpy as np
 import torch
 
 from edue.data.case import MultiRaterCase, expert_variance, soft_vote
-from edue.engine.calibration import (
+from edue.data.pipeline import load_cases
+from edue.engine.checkpoint import resolve_checkpoint, run_dir_of
+from edue.engine.inference.predictor import Predictor
+from edue.engine.referral.calibration import (
     CALIBRATION_FILE,
     Calibration,
     StructureCalibration,
 )
-from edue.engine.checkpoint import resolve_checkpoint
-from edue.engine.infer import Predictor
-from edue.engine.ood_gate import OODGate
+from edue.engine.referral.gate import OODGate
 from edue.errors import ConfigError
+from edue.metrics.expert_units import ExpertScale
 from edue.metrics.qc import (
     DEFAULT_POOR_THRESHOLDS,
     check_structure_names,
     poor_threshold_for,
 )
-from edue.metrics.referral import (
-    ExpertScale,
-    learn_then_test,
-    threshold_grid,
-)
+from edue.metrics.risk_control import learn_then_test, threshold_grid
 from edue.metrics.segmentation import soft_dice
 from edue.outputs import check_output_file
 
@@ -239,8 +237,6 @@ def calibrate_checkpoint(
         ConfigError: ``split`` is ``train``, empty or unknown; a level outside (0, 1).
         CheckpointError: a bad checkpoint.
     """
-    from edue.engine.evaluate import split_cases
-
     if split == "train" and not all_cases:
         raise ConfigError("calibrate on images the model never trained on (not 'train')")
     if all_cases and not data:
@@ -254,14 +250,14 @@ def calibrate_checkpoint(
     target = check_output_file(Path(out) if out else path.parent / CALIBRATION_FILE)
     predictor = Predictor.from_checkpoint(path, device=device)
     check_structure_names(poor_levels or {}, predictor.structures, "--poor")
+    run_dir, settings = run_dir_of(checkpoint), predictor.config.data
+    limits = {"train": max_train}
     if data:
-        calibration_cases = split_cases(
-            predictor, checkpoint, [split], data, data_format, all_cases
-        )[split]
-        train_cases = split_cases(predictor, checkpoint, ["train"], limits={"train": max_train})
-        cases = {split: calibration_cases, "train": train_cases["train"]}
+        calibration_cases = load_cases(settings, [split], run_dir, data, data_format, all_cases)
+        train_cases = load_cases(settings, ["train"], run_dir, limits=limits)
+        cases = {split: calibration_cases[split], "train": train_cases["train"]}
     else:
-        cases = split_cases(predictor, checkpoint, [split, "train"], limits={"train": max_train})
+        cases = load_cases(settings, [split, "train"], run_dir, limits=limits)
     calibration = fit_calibration(
         predictor,
         cases[split],

@@ -1,7 +1,7 @@
 """Prediction under a memory ceiling: an image too large for one pass, predicted tile by tile.
 
 A whole-image pass of a U-Net holds activations of several hundred bytes per input
-pixel (a 4000×4000 RGB image: about 9 GB). :class:`~edue.engine.infer.Predictor` keeps
+pixel (a 4000×4000 RGB image: about 9 GB). :class:`~edue.engine.inference.predictor.Predictor` keeps
 every prediction within a budget (``infer.max_memory_mb``; ``null``: half the
 machine's memory, :func:`default_memory_budget_mb`) by predicting larger images tile by
 tile, with a result equal to the whole-image pass by construction, not by blending:
@@ -830,7 +830,7 @@ class TiledPooling:
 
     The centres cover the padded image once, as the whole-image pass's outputs do, so
     the features equal that pass's (to float rounding). Several calls of a module in a
-    tile (MC dropout's samples) are averaged, as :class:`~edue.engine.ood_gate.FeatureTap`
+    tile (MC dropout's samples) are averaged, as :class:`~edue.engine.referral.gate.FeatureTap`
     does.
 
     Args:

@@ -15,7 +15,7 @@ and ``predictions.json`` lists every image's SV per structure and any failures.
 
 With a calibration (``calibration.json`` beside the checkpoint, written by ``edue
 calibrate``, or a file given explicitly), each image's entry also holds its referral
-decision (:meth:`edue.engine.calibration.Calibration.decide`): per structure the SV, its
+decision (:meth:`edue.engine.referral.calibration.Calibration.decide`): per structure the SV, its
 percentile among the calibration images, ``refer`` with the reasons, and the expected
 experts' SV with a range; the distribution-shift gate's score is read from the same
 forward pass (hooks on the encoder blocks). ``predictions.json`` then has a ``referral``
@@ -29,7 +29,7 @@ The work runs as a pipeline of three stages, so that the model never waits for f
   read-ahead;
 * the calling thread checks each image, groups consecutive images of equal type (NIfTI
   or not) and shape into batches of up to ``batch_size`` and runs the model on them
-  (:meth:`~edue.engine.infer.Predictor.predict_batch`), derives every array of each
+  (:meth:`~edue.engine.inference.predictor.Predictor.predict_batch`), derives every array of each
   prediction (mean, variance, entropy, SV), and hands them over;
 * a small pool of writer threads writes the files (zlib and PNG compression, fsync; all
   of which release the GIL) and draws the pictures, behind a bounded backlog.
@@ -50,9 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edue.engine.infer import Predictor
-from edue.engine.predict_pipeline import DEFAULT_WRITER_THREADS, _Pipeline
-from edue.engine.prediction_writers import (
+from edue.engine.inference.pipeline import DEFAULT_WRITER_THREADS, _Pipeline
+from edue.engine.inference.predictor import Predictor
+from edue.engine.inference.writers import (
     FigureWriter,
     prediction_entry,
     stem_of,
@@ -64,7 +64,7 @@ from edue.errors import ConfigError, DataError
 from edue.io import SUPPORTED_SUFFIXES, suffix_of, write_json
 
 if TYPE_CHECKING:
-    from edue.engine.calibration import Calibration
+    from edue.engine.referral.calibration import Calibration
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -251,7 +251,7 @@ def predict_files(
         "failed": result.failed,
     }
     if referral is not None:
-        from edue.engine.calibration import referral_summary
+        from edue.engine.referral.calibration import referral_summary
 
         result.calibration = referral.path
         result.referral = {
@@ -274,7 +274,7 @@ def _checked_calibration(
     predictor: Predictor, checkpoint: str | Path, explicit: str | Path | None
 ) -> Calibration | None:
     """The calibration to decide with, checked against the model (see ``predict_files``)."""
-    from edue.engine.calibration import find_calibration
+    from edue.engine.referral.calibration import find_calibration
 
     found = find_calibration(checkpoint, explicit)
     if found is not None:

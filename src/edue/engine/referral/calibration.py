@@ -1,10 +1,10 @@
 """The calibration of a checkpoint and the referral decisions it makes.
 
-:class:`Calibration` is what ``edue calibrate`` fits (:mod:`edue.engine.calibrate`) and
+:class:`Calibration` is what ``edue calibrate`` fits (:mod:`edue.engine.referral.calibrate`) and
 ``edue predict`` / ``edue evaluate`` use: per structure the certified SV threshold, the
 calibration images' SV, experts' SV and soft Dice, the isotonic map to the experts'
 units (:class:`StructureCalibration`), and the distribution-shift gate
-(:mod:`edue.engine.ood_gate`). It is kept as ``calibration.json`` beside the checkpoint
+(:mod:`edue.engine.referral.gate`). It is kept as ``calibration.json`` beside the checkpoint
 (the gate's arrays in ``calibration_gate.npz``, checked by SHA-256): :meth:`Calibration.save`,
 :meth:`Calibration.load`, :func:`find_calibration`. A missing, corrupt or foreign file is
 one :class:`~edue.errors.EdueError` naming it.
@@ -24,23 +24,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edue.engine.calibration_schema import check_calibration_file
 from edue.engine.checkpoint import resolve_checkpoint
-from edue.engine.ood_gate import OODGate, tapped_modules
+from edue.engine.inference.features import tapped_modules
+from edue.engine.referral.gate import OODGate
+from edue.engine.referral.schema import check_calibration_file
 from edue.errors import CheckpointError, EdueError
 from edue.io import read_json, write_json
-from edue.metrics.referral import (
-    INTERVAL_COVERAGE,
-    ExpertScale,
-    IsotonicMap,
-    ReferralThreshold,
-    encode_float,
-    learn_then_test,
-    percentile_of,
-)
+from edue.metrics.expert_units import INTERVAL_COVERAGE, ExpertScale, IsotonicMap, percentile_of
+from edue.metrics.risk_control import ReferralThreshold, encode_float, learn_then_test
 
 if TYPE_CHECKING:
-    from edue.engine.infer import Predictor
+    from edue.engine.inference.predictor import Predictor
 
 FORMAT = "edue-calibration"
 VERSION = 1

@@ -1,4 +1,4 @@
-"""The three stages of ``edue predict`` (see :mod:`edue.engine.predict_files`): a reader
+"""The three stages of ``edue predict`` (see :mod:`edue.engine.inference.files`): a reader
 thread reading ahead in input order, batches of equal-sized images through the model
 on the calling thread, and writer threads behind a bounded backlog."""
 
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edue.engine.infer import Predictor
-from edue.engine.prediction_writers import (
+from edue.engine.inference.predictor import Predictor
+from edue.engine.inference.writers import (
     FigureWriter,
     prediction_entry,
     stem_of,
@@ -27,7 +27,7 @@ from edue.io import NIFTI_SUFFIXES, read_image, suffix_of
 from edue.prediction import Prediction
 
 if TYPE_CHECKING:
-    from edue.engine.calibration import Calibration
+    from edue.engine.referral.calibration import Calibration
 
 #: At most this many input values (channels × pixels or voxels) go through the model in
 #: one pass (eight RGB images of 512²); a larger image makes a batch of its own. The

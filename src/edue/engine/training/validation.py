@@ -7,7 +7,7 @@ import torch
 from scipy.stats import spearmanr
 
 from edue.data.case import case_to_sample, collate_cases, expert_sv
-from edue.engine.data import PreparedSource
+from edue.data.pipeline import PreparedSource
 from edue.engine.runtime import Runtime
 from edue.methods import Method
 from edue.metrics.segmentation import soft_dice

@@ -1,14 +1,28 @@
-"""From a data configuration to split case sources and datasets."""
+"""The dataset a configuration trains and evaluates on, in one place.
+
+source (:func:`open_configured_source`) → split (:func:`split_indices`) → prepared-case
+store (:func:`open_case_store`) → prepared subsets (:class:`PreparedSource`) → random
+transforms (:class:`SampleTransforms`) → training dataset (:func:`training_dataset`).
+
+:func:`prepare_data` runs the first four steps and is what training, evaluation, the
+study and the demo call; :func:`load_cases` reads whole subsets of a finished run's
+split into memory. Everything takes the configuration's ``data`` section (any object
+with the fields of :class:`DataSettings`), so this layer never imports the
+configuration.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from typing import Any
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 
-from edue.config import Config
 from edue.data.cache import Entry, Store, case_nbytes, describe, open_store
 from edue.data.case import CaseDataset, MultiRaterCase, collate_cases
 from edue.data.check import SkippingSource
@@ -20,9 +34,61 @@ SUBSETS = ("train", "val", "test")
 GENERATED = ("synthetic", "synthetic3d")  # embedded generators: no root, split by counts
 
 
-def open_configured_source(config: Config) -> CaseSource:
-    """The whole dataset named by ``config.data``."""
-    data = config.data
+class DataSettings(Protocol):
+    """The fields of the configuration's ``data`` section this module reads, read-only
+    (``edue.config.DataConfig`` has them; docs/configuration.md explains each)."""
+
+    @property
+    def format(self) -> str: ...
+
+    @property
+    def root(self) -> str | None: ...
+
+    @property
+    def options(self) -> Mapping[str, Any]: ...
+
+    @property
+    def split(self) -> Mapping[str, Any] | str: ...
+
+    @property
+    def split_seed(self) -> int: ...
+
+    @property
+    def split_file(self) -> str | None: ...
+
+    @property
+    def size(self) -> int | None: ...
+
+    @property
+    def strict(self) -> bool: ...
+
+    @property
+    def cache(self) -> str: ...
+
+    @property
+    def cache_dir(self) -> str | None: ...
+
+    @property
+    def cache_memory_mb(self) -> int: ...
+
+    @property
+    def cache_max_gb(self) -> float | None: ...
+
+    @property
+    def patch_size(self) -> Sequence[int] | None: ...
+
+    @property
+    def patch_pos_ratio(self) -> float: ...
+
+    @property
+    def patches_per_volume(self) -> int: ...
+
+    @property
+    def augment(self) -> bool: ...
+
+
+def open_configured_source(data: DataSettings) -> CaseSource:
+    """The whole dataset named by the ``data`` section."""
     if data.format in GENERATED:
         if not isinstance(data.split, dict):
             raise ConfigError(
@@ -38,7 +104,7 @@ def open_configured_source(config: Config) -> CaseSource:
     return open_source(data.format, data.root, **data.options)
 
 
-def split_indices(config: Config, source: CaseSource) -> dict[str, list[int]]:
+def split_indices(data: DataSettings, source: CaseSource) -> dict[str, list[int]]:
     """Indices of each subset: from ``split_file``, a named preset, or a seeded split.
 
     ``data.split`` holds subset sizes (counts or fractions, split at the patient level)
@@ -47,10 +113,9 @@ def split_indices(config: Config, source: CaseSource) -> dict[str, list[int]]:
     """
     from edue.data import splits
 
-    data = config.data
     if data.split_file:
         saved = splits.load_split(data.split_file)
-        return splits.split_indices(saved, source.case_ids, data.split_file)
+        return splits.saved_split_indices(saved, source.case_ids, data.split_file)
     if isinstance(data.split, str):
         return splits.preset_split(data.split, source.case_ids, source.patient_ids)
     if data.format in GENERATED:
@@ -156,15 +221,14 @@ class PreparedSource(CaseSource):
 
 
 def open_case_store(
-    config: Config, source: CaseSource, indices: dict[str, list[int]]
+    data: DataSettings, source: CaseSource, indices: dict[str, list[int]]
 ) -> Store | None:
-    """The prepared-case store of ``config.data`` (``data.cache``) for these subsets.
+    """The prepared-case store of the ``data`` section (``data.cache``) for these subsets.
 
     ``auto`` keeps the cases in memory when their estimated size (the first case's
     times the number of cases) fits ``data.cache_memory_mb``, else on disk under
     ``data.cache_dir``.
     """
-    data = config.data
     if data.cache == "off":
         return None
     total = sum(len(idx) for idx in indices.values())
@@ -177,7 +241,7 @@ def open_case_store(
     description = describe(
         data.format,
         data.root,
-        data.options,
+        dict(data.options),
         size=data.size,
         generated=[data.split, data.split_seed] if generated else None,
     )
@@ -192,7 +256,7 @@ def open_case_store(
 
 
 def build_datasets(
-    config: Config,
+    data: DataSettings,
     source: CaseSource,
     indices: dict[str, list[int]],
     require_train: bool = True,
@@ -203,9 +267,9 @@ def build_datasets(
     Raises:
         ConfigError: ``require_train`` and the training subset is empty.
     """
-    store = open_case_store(config, source, indices)
+    store = open_case_store(data, source, indices)
     subsets = {
-        name: PreparedSource(source, idx, config.data.size, config.data.strict, store)
+        name: PreparedSource(source, idx, data.size, data.strict, store)
         for name, idx in indices.items()
         if idx
     }
@@ -258,20 +322,17 @@ class SampleTransforms:
             transform.generator.set_state(state)
 
 
-def training_transforms(config: Config, spatial_dims: int) -> SampleTransforms:
-    """Patch sampling (``data.patch_size``) then flips (``data.augment``), seeded."""
+def training_transforms(data: DataSettings, seed: int, spatial_dims: int) -> SampleTransforms:
+    """Patch sampling (``data.patch_size``) then flips (``data.augment``), seeded by the
+    training seed."""
     transforms: list[Any] = []
-    if config.data.patch_size:
+    if data.patch_size:
         from edue.data.patches import make_patch_transform
 
-        transforms.append(
-            make_patch_transform(
-                config.data.patch_size, config.data.patch_pos_ratio, config.train.seed
-            )
-        )
-    if config.data.augment:
-        transforms.append(RandomFlip(spatial_dims, config.train.seed + 1))
-    repeats = config.data.patches_per_volume if config.data.patch_size else 1
+        transforms.append(make_patch_transform(data.patch_size, data.patch_pos_ratio, seed))
+    if data.augment:
+        transforms.append(RandomFlip(spatial_dims, seed + 1))
+    repeats = data.patches_per_volume if data.patch_size else 1
     return SampleTransforms(transforms, repeats)
 
 
@@ -282,7 +343,127 @@ def collate_groups(items: Sequence[dict[str, Any] | list[dict[str, Any]]]) -> di
     return collate_cases(flat)
 
 
-def training_dataset(config: Config, subset: PreparedSource) -> CaseDataset:
-    """A dataset over a subset with the configured random transforms."""
-    transforms = training_transforms(config, subset.spatial_dims)
+def training_dataset(data: DataSettings, seed: int, subset: PreparedSource) -> CaseDataset:
+    """A dataset over a subset with the configured random transforms (seeded by the
+    training seed)."""
+    transforms = training_transforms(data, seed, subset.spatial_dims)
     return CaseDataset(subset.loaders(), transforms if transforms.transforms else None)
+
+
+@dataclass
+class PreparedData:
+    """A configured dataset, split and prepared.
+
+    Attributes:
+        source: the whole dataset.
+        indices: the source's indices of each subset (empty subsets included).
+        subsets: the prepared non-empty subsets (bad cases dropped).
+    """
+
+    source: CaseSource
+    indices: dict[str, list[int]]
+    subsets: dict[str, PreparedSource]
+
+    def split_record(self) -> dict[str, Any]:
+        """JSON-able record of the split (case ids per subset), saved in the run folder."""
+        return split_record(self.source, self.indices)
+
+
+def prepare_data(
+    data: DataSettings,
+    subsets: Sequence[str] | None = None,
+    *,
+    require_train: bool = True,
+    all_cases: bool = False,
+    limits: Mapping[str, int] | None = None,
+) -> PreparedData:
+    """Open, split and prepare the dataset of the ``data`` section: the one entry of
+    this module.
+
+    Args:
+        data: the configuration's ``data`` section.
+        subsets: subsets to prepare (default: every subset of the split).
+        require_train: fail when the training subset is empty.
+        all_cases: every case of the dataset, under the first name of ``subsets``.
+        limits: at most this many cases of a subset (a seeded random choice, in order).
+
+    Raises:
+        ConfigError: the training subset (``require_train``) or a named subset is empty
+            or unknown.
+    """
+    source = open_configured_source(data)
+    if all_cases:
+        if not subsets:
+            raise ValueError("all_cases needs the name to put the cases under")
+        indices = {subsets[0]: list(range(len(source)))}
+    else:
+        indices = split_indices(data, source)
+    chosen = dict(indices)
+    if subsets is not None:
+        chosen = {}
+        for name in subsets:
+            if name not in indices or not indices[name]:
+                raise ConfigError(f"split '{name}' is empty or unknown (have {sorted(indices)})")
+            picked = list(indices[name])
+            limit = (limits or {}).get(name)
+            if limit is not None and len(picked) > limit:
+                keep = np.sort(np.random.default_rng(0).choice(len(picked), limit, replace=False))
+                picked = [picked[i] for i in keep]
+            chosen[name] = picked
+    prepared = build_datasets(data, source, chosen, require_train=require_train)
+    return PreparedData(source, indices, prepared)
+
+
+def load_cases(
+    data: DataSettings,
+    subsets: Sequence[str],
+    run_dir: str | Path | None = None,
+    root: str | None = None,
+    data_format: str | None = None,
+    all_cases: bool = False,
+    limits: Mapping[str, int] | None = None,
+) -> dict[str, list[MultiRaterCase]]:
+    """The prepared cases of some subsets of a run's split, in memory.
+
+    Args:
+        data: the run's ``data`` section (not modified).
+        subsets: subset names, e.g. ``["test"]`` or ``["val", "train"]``.
+        run_dir: the run folder; its ``split.json`` gives the split when ``root`` is not
+            given.
+        root: another dataset root (its own split).
+        data_format: another reader name.
+        all_cases: every case of the dataset, under the first name of ``subsets``.
+        limits: at most this many cases of a subset (a seeded random choice, in order).
+
+    Raises:
+        ConfigError: a subset is empty or unknown.
+        DataError: every case of a subset was unreadable.
+    """
+    changes: dict[str, Any] = {}
+    if root:
+        changes.update(root=root, split_file=None)
+    if data_format:
+        changes["format"] = data_format
+    split_file = Path(run_dir) / "split.json" if run_dir is not None else None
+    if not root and not all_cases and split_file is not None and split_file.is_file():
+        changes["split_file"] = str(split_file)
+    data = copy.deepcopy(data)
+    for name, value in changes.items():  # on a copy: the run's settings stay as they are
+        setattr(data, name, value)
+    prepared = prepare_data(
+        data, subsets, require_train=False, all_cases=all_cases, limits=limits
+    ).subsets
+    out = {
+        name: [prepared[name].load(i) for i in range(len(prepared[name]))]
+        if name in prepared
+        else []
+        for name in subsets
+    }
+    for name, cases in out.items():
+        if not cases:
+            raise DataError(
+                f"every case of split '{name}' was skipped as unreadable (see the warnings "
+                "above); nothing to evaluate",
+                data.root,
+            )
+    return out

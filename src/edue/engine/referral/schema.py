@@ -1,5 +1,5 @@
 """The typed layout of ``calibration.json``: what :meth:`Calibration.load
-<edue.engine.calibration.Calibration.load>` accepts, checked strictly before use.
+<edue.engine.referral.calibration.Calibration.load>` accepts, checked strictly before use.
 
 Numbers must be JSON numbers (a numeric string such as ``"0.5"`` is refused; only the
 non-finite values are written as the strings ``"inf"``, ``"-inf"`` and ``"nan"``), counts
@@ -27,7 +27,7 @@ from pydantic import (
 from edue.errors import ConfigError
 
 Number = StrictFloat | StrictInt
-#: a float as :func:`edue.metrics.referral.encode_float` writes it
+#: a float as :func:`edue.metrics.risk_control.encode_float` writes it
 EncodedFloat = StrictFloat | StrictInt | Literal["inf", "-inf", "nan"]
 Share = Annotated[Number, Field(gt=0, lt=1)]
 Count = Annotated[StrictInt, Field(ge=0)]

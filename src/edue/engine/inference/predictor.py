@@ -16,9 +16,8 @@ from edue.data.case import MultiRaterCase
 from edue.data.source import CaseSource
 from edue.data.transforms import resize_image
 from edue.engine.checkpoint import load_checkpoint, resolve_checkpoint
-from edue.engine.ood_gate import FeatureTap, encoder_block_names, tapped_modules
-from edue.engine.runtime import resolve_device
-from edue.engine.tiling import (
+from edue.engine.inference.features import FeatureTap, encoder_block_names, tapped_modules
+from edue.engine.inference.tiling import (
     MB,
     NetworkProfile,
     TiledPooling,
@@ -32,6 +31,7 @@ from edue.engine.tiling import (
     profile_network,
     whole_pass_bytes,
 )
+from edue.engine.runtime import resolve_device
 from edue.errors import CheckpointError, ConfigError, DataError
 from edue.methods import Method, build_method, built_method
 from edue.prediction import Prediction
@@ -253,7 +253,7 @@ class Predictor:
     @property
     def memory_budget_mb(self) -> int:
         """The memory one prediction may use, in MB: ``infer.max_memory_mb``, else
-        derived from the machine (:func:`~edue.engine.tiling.default_memory_budget_mb`:
+        derived from the machine (:func:`~edue.engine.inference.tiling.default_memory_budget_mb`:
         half its memory, or the GPU's, at least 512 MB)."""
         configured = self.config.infer.max_memory_mb
         if configured is not None:
@@ -265,7 +265,7 @@ class Predictor:
     @property
     def network_profile(self) -> NetworkProfile:
         """The network's halo, locality and activation bytes per pixel, measured once
-        by probe passes (:func:`~edue.engine.tiling.profile_network`)."""
+        by probe passes (:func:`~edue.engine.inference.tiling.profile_network`)."""
         if self._profile is None:
             self._profile = profile_network(
                 self.method.predict_members,
@@ -282,7 +282,7 @@ class Predictor:
         ``None`` for one whole-image pass, else the tiles.
 
         A batch no larger than the probe pass (64² px, or 32³ voxels, at least four
-        divisors a side; :func:`~edue.engine.tiling.probe_side`) is always predicted in
+        divisors a side; :func:`~edue.engine.inference.tiling.probe_side`) is always predicted in
         one pass, without probing. A network that cannot be tiled exactly (an image-wide
         operation such as instance norm; :attr:`network_profile`) is predicted in one
         pass with a warning when the pass exceeds the budget.
@@ -320,7 +320,7 @@ class Predictor:
         self, batch: torch.Tensor, plan: TilePlan, tap: Sequence[str] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The predicted stack ``[S', B, K, *sp]`` of ``batch`` ``[B, C, *sp]`` tile by tile
-        (:func:`~edue.engine.tiling.predict_tiled`), and the pooled features ``[B, ΣC]``
+        (:func:`~edue.engine.inference.tiling.predict_tiled`), and the pooled features ``[B, ΣC]``
         of the modules ``tap`` over the tiles' centres (``None`` without ``tap``)."""
         stack, k = self.method.stack_size, len(self.structures)
         if tap is None:
@@ -409,9 +409,9 @@ class Predictor:
         """:meth:`predict_batch`, also returning the pooled outputs of the modules ``tap``.
 
         The features come from the same forward pass, through a forward hook
-        (:class:`~edue.engine.ood_gate.FeatureTap`): no second pass. An image predicted
+        (:class:`~edue.engine.referral.gate.FeatureTap`): no second pass. An image predicted
         tile by tile (over the memory budget, :meth:`memory_plan`) gets them pooled over
-        the tiles' centres (:class:`~edue.engine.tiling.TiledPooling`): the same
+        the tiles' centres (:class:`~edue.engine.inference.tiling.TiledPooling`): the same
         features as a whole-image pass.
 
         Args:

@@ -12,7 +12,9 @@ from edue.config import Config
 from edue.errors import ConfigError
 from edue.methods.edue import head_names
 from edue.methods.registry import backbone_spec
-from edue.nets.backbones import BackboneError, build_backbone, count_parameters
+from edue.metrics.cost import count_parameters
+from edue.nets.backbones import BackboneError
+from edue.nets.factory import build_backbone
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,9 @@ def summarize_backbone(
             f"method.heads names blocks the {spec.kind} backbone does not have: {unknown} "
             f"(it has: {', '.join(taps)})"
         )
-    parameters = {name: count_parameters(module) for name, module in taps.items()}
+    parameters = {
+        name: count_parameters(module, trainable_only=True) for name, module in taps.items()
+    }
     stages = getattr(backbone, "encoder_stage_parameters", None)
     if callable(stages):  # taps that hold no layers: count the stage they follow
         with torch.no_grad():
@@ -100,7 +104,11 @@ def summarize_backbone(
         for name in encoder + decoder
     ]
     return BackboneSummary(
-        spec.kind, (in_channels, *input_size), count_parameters(backbone), rows, divisor
+        spec.kind,
+        (in_channels, *input_size),
+        count_parameters(backbone, trainable_only=True),
+        rows,
+        divisor,
     )
 
 

@@ -13,7 +13,7 @@ Writes into the output folder:
 With a calibration (``calibration.json`` beside the checkpoint, a file given, or one
 fitted on the run's validation split during the evaluation), ``metrics.json`` also
 holds the referral outcome on the evaluated images for every ``alpha`` of
-:data:`~edue.engine.calibrate.REPORTED_ALPHAS` (:func:`referral_metrics`) and the SV's
+:data:`~edue.engine.referral.calibrate.REPORTED_ALPHAS` (:func:`referral_metrics`) and the SV's
 calibration in the experts' units.
 """
 
@@ -28,26 +28,24 @@ import numpy as np
 
 from edue.data.case import MultiRaterCase
 from edue.data.distortions import distort_dataset
-from edue.engine.calibrate import MAX_TRAIN_IMAGES, REPORTED_ALPHAS, fit_calibration
-from edue.engine.calibration import Calibration, find_calibration
-from edue.engine.infer import Predictor
-from edue.engine.ood_gate import OODGate
+from edue.data.pipeline import load_cases
+from edue.engine.checkpoint import run_dir_of
+from edue.engine.inference.predictor import Predictor
+from edue.engine.referral.calibrate import MAX_TRAIN_IMAGES, REPORTED_ALPHAS, fit_calibration
+from edue.engine.referral.calibration import Calibration, find_calibration
+from edue.engine.referral.gate import OODGate
 from edue.errors import DataError
 from edue.io import atomic_path, write_json, write_npz
 from edue.metrics import EvaluationAccumulator
 from edue.metrics.cost import time_per_image
+from edue.metrics.expert_units import linear_fit, mean_absolute_error
 from edue.metrics.ood import pairwise_dice_variance, separation_auroc
 from edue.metrics.qc import (
     DEFAULT_POOR_THRESHOLDS,
     check_structure_names,
     poor_threshold_for,
 )
-from edue.metrics.referral import (
-    linear_fit,
-    mean_absolute_error,
-    oracle_referral_rate,
-    referral_outcome,
-)
+from edue.metrics.risk_control import oracle_referral_rate, referral_outcome
 from edue.prediction import Prediction
 
 OOD_KINDS = ("noise", "blur", "hue")
@@ -317,7 +315,9 @@ def evaluate_checkpoint(
     """
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
     check_structure_names(poor_thresholds or {}, predictor.structures, "--poor-threshold")
-    cases = split_cases(predictor, checkpoint, [split], data, data_format, all_cases)[split]
+    cases = load_cases(
+        predictor.config.data, [split], run_dir_of(checkpoint), data, data_format, all_cases
+    )[split]
     found = None
     levels = dict(poor_thresholds or {})
     if use_calibration:
@@ -345,8 +345,11 @@ def _calibrate_in_memory(
     from edue.errors import ConfigError
 
     try:
-        cases = split_cases(
-            predictor, checkpoint, [split, "train"], limits={"train": MAX_TRAIN_IMAGES}
+        cases = load_cases(
+            predictor.config.data,
+            [split, "train"],
+            run_dir_of(checkpoint),
+            limits={"train": MAX_TRAIN_IMAGES},
         )
     except ConfigError:
         return None
@@ -361,71 +364,3 @@ def _calibrate_in_memory(
     )
     calibration.notes.append(f"fitted during the evaluation on split '{split}' (not saved)")
     return calibration
-
-
-def split_cases(
-    predictor: Predictor,
-    checkpoint: str | Path,
-    splits: Sequence[str],
-    data: str | None = None,
-    data_format: str | None = None,
-    all_cases: bool = False,
-    limits: Mapping[str, int] | None = None,
-) -> dict[str, list[MultiRaterCase]]:
-    """The prepared cases of some subsets of the run's split.
-
-    Args:
-        predictor: the loaded checkpoint (its configuration names the dataset).
-        checkpoint: checkpoint file or run folder (its ``split.json`` gives the split
-            when ``data`` is not given).
-        splits: subset names, e.g. ``["test"]`` or ``["val", "train"]``.
-        data: dataset root (default: the training configuration's).
-        data_format: reader name (default: the training configuration's).
-        all_cases: every case of the dataset, under the first name of ``splits``.
-        limits: at most this many cases of a subset (a seeded random choice, in order).
-
-    Raises:
-        ConfigError: a subset is empty or unknown.
-    """
-    import copy
-
-    from edue.engine.data import build_datasets, open_configured_source, split_indices
-    from edue.errors import ConfigError, DataError
-
-    config = copy.deepcopy(predictor.config)
-    if data:
-        config.data.root = data
-        config.data.split_file = None
-    if data_format:
-        config.data.format = data_format
-    source = open_configured_source(config)
-    run_dir = Path(checkpoint).parent if Path(checkpoint).is_file() else Path(checkpoint)
-    if all_cases:
-        indices = {splits[0]: list(range(len(source)))}
-    else:
-        if not data and (run_dir / "split.json").is_file():
-            config.data.split_file = str(run_dir / "split.json")
-        indices = split_indices(config, source)
-    chosen: dict[str, list[int]] = {}
-    for name in splits:
-        if name not in indices or not indices[name]:
-            raise ConfigError(f"split '{name}' is empty or unknown (have {sorted(indices)})")
-        picked = list(indices[name])
-        limit = (limits or {}).get(name)
-        if limit is not None and len(picked) > limit:
-            keep = np.sort(np.random.default_rng(0).choice(len(picked), limit, replace=False))
-            picked = [picked[i] for i in keep]
-        chosen[name] = picked
-    subsets = build_datasets(config, source, chosen, require_train=False)
-    out = {
-        name: [subsets[name].load(i) for i in range(len(subsets[name]))] if name in subsets else []
-        for name in splits
-    }
-    for name, cases in out.items():
-        if not cases:
-            raise DataError(
-                f"every one of the {len(chosen[name])} case(s) of split '{name}' was skipped as "
-                "unreadable (see the warnings above); nothing to evaluate",
-                config.data.root,
-            )
-    return out

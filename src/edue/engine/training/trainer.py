@@ -14,7 +14,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +23,16 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from edue.config import Config, save_config
-from edue.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from edue.engine.data import (
+from edue.data.pipeline import (
+    PreparedData,
     PreparedSource,
-    build_datasets,
     collate_groups,
-    open_configured_source,
-    split_indices,
-    split_record,
+    prepare_data,
     training_dataset,
 )
+from edue.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from edue.engine.runtime import Runtime, setup_runtime, teardown_runtime
+from edue.engine.training.callbacks import StepRecord, TrainingCallback
 from edue.errors import TrainingDiverged
 from edue.io import write_json
 from edue.methods import Method, build_method, get_method
@@ -94,10 +93,18 @@ class Trainer:
     Args:
         config: the run configuration (``out_dir`` is the run folder).
         runtime: device / precision / distribution; created from the config when None.
+        callbacks: hooks called at the start, around each step and after each epoch
+            (:mod:`edue.engine.training.callbacks`).
     """
 
-    def __init__(self, config: Config, runtime: Runtime | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        runtime: Runtime | None = None,
+        callbacks: Sequence[TrainingCallback] = (),
+    ) -> None:
         self.config = config
+        self.callbacks = list(callbacks)
         self.runtime = runtime or setup_runtime(config.train.device, config.train.amp)
         self.run_dir = Path(config.out_dir)
         if config.train.threads:
@@ -115,15 +122,15 @@ class Trainer:
         self.epoch_totals: dict[str, float] = {}
         self.epoch_count = 0
         self._stop_signal: int | None = None
+        self._transfer_seconds = 0.0
 
     # ------------------------------------------------------------------ setup
     def setup(self, resume_state: dict[str, Any] | None = None) -> None:
         """Data, model, optimiser and random states (fresh or from a checkpoint)."""
         cfg, rt = self.config, self.runtime
         _seed_everything(cfg.train.seed + rt.rank)
-        source = open_configured_source(cfg)
-        self.indices = split_indices(cfg, source)
-        self.subsets: dict[str, PreparedSource] = build_datasets(cfg, source, self.indices)
+        self.data: PreparedData = prepare_data(cfg.data)
+        self.subsets: dict[str, PreparedSource] = self.data.subsets
         first = self.subsets["train"].load(0)
         self.data_info: dict[str, Any] = {
             "in_channels": int(first.image.shape[0]),
@@ -156,7 +163,7 @@ class Trainer:
         self.rater_generator = torch.Generator(device=rt.device).manual_seed(
             cfg.train.seed * 7919 + rt.rank
         )
-        self.train_dataset = training_dataset(cfg, self.subsets["train"])
+        self.train_dataset = training_dataset(cfg.data, cfg.train.seed, self.subsets["train"])
         self.sampler = EpochSampler(
             len(self.subsets["train"]), cfg.train.seed, rt.rank, rt.world_size
         )
@@ -206,10 +213,7 @@ class Trainer:
         if rt.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
-            write_json(
-                self.run_dir / "split.json",
-                split_record(self.subsets["train"].source, self.indices),
-            )
+            write_json(self.run_dir / "split.json", self.data.split_record())
         dataset = self.train_dataset
         repeats = getattr(dataset.transform, "repeats", 1)  # patches per loaded case
         per_rank_batch = max(1, cfg.train.batch_size // rt.world_size // repeats)
@@ -228,6 +232,8 @@ class Trainer:
             generator=torch.Generator().manual_seed(cfg.train.seed),
         )
         previous = self._install_signal_handlers()
+        for callback in self.callbacks:
+            callback.on_fit_start(self)
         try:
             while self.epoch < cfg.train.epochs and not self.finished:
                 started = time.perf_counter()
@@ -253,7 +259,11 @@ class Trainer:
         totals = self.epoch_totals
         progress = _progress(loader, f"epoch {self.epoch + 1}/{cfg.train.epochs}", rt.is_main)
         for batch in progress:
+            for callback in self.callbacks:
+                callback.on_step_start(self, batch)
+            started = time.perf_counter()
             loss, parts = self._step(batch)
+            seconds = time.perf_counter() - started
             self.epoch_count += 1
             for key, value in {"loss": loss, **parts}.items():
                 totals[key] = totals.get(key, 0.0) + value
@@ -261,6 +271,12 @@ class Trainer:
                 progress.set_postfix(loss=f"{loss:.4f}")
             self.step_in_epoch += 1
             self.global_step += 1
+            if self.callbacks:
+                record = StepRecord(
+                    loss, parts, seconds, self._transfer_seconds, len(batch["image"])
+                )
+                for callback in self.callbacks:
+                    callback.on_step_end(self, record)
             every = cfg.train.checkpoint_every
             if rt.is_main and every and self.global_step % every == 0:
                 self.save("last.pt")
@@ -270,7 +286,9 @@ class Trainer:
 
     def _step(self, batch: dict[str, Any]) -> tuple[float, dict[str, float]]:
         rt = self.runtime
+        started = time.perf_counter()
         batch = _to_device(batch, rt.device)
+        self._transfer_seconds = time.perf_counter() - started
         image = batch["image"]
         if self.config.train.channels_last and image.ndim == 4:
             image = image.contiguous(memory_format=torch.channels_last)
@@ -295,7 +313,7 @@ class Trainer:
         subset = self.subsets.get("val")
         if subset is None or len(subset) == 0:
             return {}
-        from edue.engine.validation import validation_metrics
+        from edue.engine.training.validation import validation_metrics
 
         return validation_metrics(
             self.method,
@@ -310,8 +328,6 @@ class Trainer:
         self, train_stats: dict[str, float], val_stats: dict[str, float], seconds: float
     ) -> None:
         improved = self._track(val_stats.get("val/loss", train_stats.get("train/loss", math.inf)))
-        if not self.runtime.is_main:
-            return
         record = {
             "epoch": self.epoch,
             "seconds": round(seconds, 3),
@@ -319,6 +335,10 @@ class Trainer:
             **train_stats,
             **val_stats,
         }
+        if not self.runtime.is_main:
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, record)
+            return
         with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         log.info(epoch_line(record, self.config.train.epochs))
@@ -330,6 +350,13 @@ class Trainer:
         self.save("last.pt")
         if improved:
             self.save("best.pt")
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, record)
+
+    def request_stop(self) -> None:
+        """Stop as ``SIGINT`` would, after the current step: ``last.pt`` is saved and
+        :meth:`fit` raises ``KeyboardInterrupt`` (what a callback calls to stop a run)."""
+        self._stop_signal = signal.SIGINT
 
     def _track(self, val_loss: float) -> bool:
         """Note the best epoch and decide whether training is finished (every rank
@@ -490,7 +517,11 @@ def check_resume(recorded: dict[str, Any], config: Config, epochs_done: int = 0)
     return config
 
 
-def train(config: Config | None, resume: str | Path | None = None) -> Path:
+def train(
+    config: Config | None,
+    resume: str | Path | None = None,
+    callbacks: Sequence[TrainingCallback] = (),
+) -> Path:
     """Train as configured, or continue the run in ``resume`` exactly where it stopped.
 
     With ``resume``, ``config`` is the configuration to continue with (``None``: the
@@ -503,6 +534,8 @@ def train(config: Config | None, resume: str | Path | None = None) -> Path:
 
     Raises:
         ConfigError: ``config`` changes what a resume may not (:func:`check_resume`).
+
+    ``callbacks`` are passed to the :class:`Trainer`.
     """
     state = None
     if resume is not None:
@@ -514,7 +547,7 @@ def train(config: Config | None, resume: str | Path | None = None) -> Path:
             config = check_resume(state["config"], config, done)
     if config is None:
         raise ValueError("train() needs a configuration or a run to resume")
-    trainer = Trainer(config)
+    trainer = Trainer(config, callbacks=callbacks)
     try:
         trainer.setup(state)
         return trainer.fit()
@@ -550,7 +583,7 @@ def train_method(config: Config) -> Path:
     m = config.method
     if not get_method(m.name).trains_members_separately:
         return train(config)
-    from edue.engine.ensemble import gather_ensemble, member_config, member_seed
+    from edue.engine.training.ensemble import gather_ensemble, member_config, member_seed
 
     if m.member is None:
         runs = [train(member_config(config, i)) for i in range(m.ensemble_size)]
