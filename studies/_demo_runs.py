@@ -8,8 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-KEYS = ("soft_dice/{s}/mean", "image_spearman/{s}", "pixel_ncc/{s}/mean", "nll/{s}/mean",
-        "image_partial_spearman/{s}")  # fmt: skip
+from edue import result_keys as rk
+
+KEYS = (
+    rk.template(rk.SOFT_DICE, rk.MEAN),
+    rk.template(rk.IMAGE_SPEARMAN),
+    rk.template(rk.PIXEL_NCC, rk.MEAN),
+    rk.template(rk.NLL, rk.MEAN),
+    rk.template(rk.IMAGE_PARTIAL_SPEARMAN),
+)
 
 
 def train_and_evaluate(

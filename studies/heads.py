@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edue import result_keys as rk
 from edue.metrics.paired import paired_difference, spearman_statistic
 from edue.report.converged import headline
 from edue.study import summarise
@@ -59,7 +60,7 @@ def per_head_table(study: Path, runs: list[str], seeds: list[int], structures: l
             if not keys:
                 continue
             heads = [np.mean([np.nanmean(_column(r, k)) for r in per_seed]) for k in keys]
-            used = [np.nanmean(_column(r, f"soft_dice/{structure}")) for r in per_seed]
+            used = [np.nanmean(_column(r, rk.key(rk.SOFT_DICE, structure))) for r in per_seed]
             lines.append(
                 f"| {run} | {structure} | {' / '.join(f'{h:.3f}' for h in heads)} | "
                 f"{np.mean(used):.3f} ± {np.std(used):.3f} |"
@@ -100,7 +101,7 @@ def score_table(
         chosen[run] = pick
         rows = [_rows(study / f"seed{s}" / run / "eval" / "per_case.csv") for s in seeds]
         for st in structures:
-            expert = np.stack([_column(r, f"expert_sv/{st}") for r in rows])
+            expert = np.stack([_column(r, rk.key(rk.EXPERT_SV, st)) for r in rows])
             scores = {sc: np.stack([_column(r, f"sv_{sc}/{st}") for r in rows]) for sc in SCORES}
             test = {
                 sc: float(
@@ -135,7 +136,7 @@ def arms_table(summary: dict[str, Any]) -> str:
         for st in summary["structures"]:
             cells = []
             for key in ("soft_dice", "image_spearman", "pixel_ncc"):
-                d = entries[f"{key}/{st}"]
+                d = entries[rk.key(key, st)]
                 # the summary holds subject − other: flip to read "other − subject"
                 cells.append(f"{-d['difference']:+.3f} [{-d['ci_high']:+.3f}, {-d['ci_low']:+.3f}]")
             lines.append(f"| {other} | {st} | " + " | ".join(cells) + " |")

@@ -122,15 +122,20 @@ def test_evaluate_poor_threshold_sets_quality_control(tiny_run, tmp_path, capsys
     # a threshold of 1.0 makes every image poor (nothing to rank: no d-AUC), 0.0 none
     out = tmp_path / "eval"
     args = ["evaluate", str(tiny_run), "--out", str(out), "--device", "cpu"]
-    assert main([*args, "--poor-threshold", "disc=1.0", "--poor-threshold", "CUP=0.0"]) == 2
-    assert "names CUP; the model predicts disc, cup" in capsys.readouterr().err  # as --poor
-    assert main([*args, "--poor-threshold", "disc=1.0", "--poor-threshold", "cup=0.0"]) == 0
+    assert main([*args, "--poor", "disc=1.0", "CUP=0.0"]) == 2
+    assert "--poor names CUP; the model predicts disc, cup" in capsys.readouterr().err
+    assert main([*args, "--poor", "disc=1.0", "--poor", "cup=0.0"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     n = metrics["n_cases"]
     assert metrics["qc_threshold/disc"] == 1.0 and metrics["qc_n_poor/disc"] == n
     assert metrics["qc_threshold/cup"] == 0.0 and metrics["qc_n_poor/cup"] == 0
     assert np.isnan(metrics["qc_d_auc/disc"])  # written as NaN: nothing to rank
     capsys.readouterr()
-    assert main([*args, "--poor-threshold", "disc"]) == 2
+    assert main([*args, "--poor", "disc"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "STRUCTURE=DICE" in err[0]
+    # the old name still works for one release, with a notice
+    assert main([*args, "--poor-threshold", "disc=1.0", "--poor-threshold", "cup=0.0"]) == 0
+    assert "--poor-threshold is deprecated" in capsys.readouterr().err
+    again = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert (again["qc_threshold/disc"], again["qc_threshold/cup"]) == (1.0, 0.0)

@@ -18,6 +18,7 @@ RANK = {
     "variance": 0,
     "io": 0,
     "outputs": 0,
+    "result_keys": 0,
     "data": 1,
     "nets": 2,
     "losses": 3,

@@ -68,15 +68,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--split", default="val", help="calibration subset of the run's split (default val)"
     )
-    p.add_argument(
-        "--poor",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="STRUCTURE=DICE",
-        help="a segmentation of STRUCTURE is poor below this soft Dice (defaults: disc "
-        "0.97, cup 0.85, GTVp 0.8, GTVn 0.6, others 0.8)",
-    )
+    _add_poor(p)
     p.add_argument(
         "--alpha",
         type=float,
@@ -114,6 +106,40 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_calibrate)
 
 
+class _PoorLevels(argparse.Action):
+    """``--poor S=D [S=D ...]``, repeatable; the old ``--poor-threshold`` of ``evaluate``
+    still works for one release, with a notice."""
+
+    def __call__(  # type: ignore[override]
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: list[str],
+        option_string: str | None = None,
+    ) -> None:
+        if option_string == "--poor-threshold":
+            print(
+                "edue: --poor-threshold is deprecated and will be removed; use --poor",
+                file=sys.stderr,
+            )
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), *values])
+
+
+def _add_poor(p: argparse.ArgumentParser, purpose: str = "") -> None:
+    p.add_argument(
+        "--poor",
+        "--poor-threshold",
+        dest="poor",
+        action=_PoorLevels,
+        nargs="+",
+        default=[],
+        metavar="STRUCTURE=DICE",
+        help=f"{purpose}a segmentation of STRUCTURE is poor below this soft Dice "
+        "(repeatable; defaults: disc 0.97, cup 0.85, GTVp 0.8, GTVn 0.6, others 0.8; "
+        "--poor-threshold is a deprecated alias)",
+    )
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="every metric of a checkpoint on a dataset split")
     p.add_argument("checkpoint", help="checkpoint file or run folder")
@@ -123,14 +149,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="subset of the run's split (default test)")
     p.add_argument("--all", action="store_true", help="evaluate every case of --data")
     p.add_argument("--ood", action="store_true", help="also run the distortion study")
-    p.add_argument(
-        "--poor-threshold",
-        action="append",
-        default=[],
-        metavar="STRUCTURE=DICE",
-        help="quality control: a segmentation of STRUCTURE is poor below this soft Dice "
-        "(repeatable; defaults: disc 0.97, cup 0.85, GTVp 0.8, GTVn 0.6, others 0.8)",
-    )
+    _add_poor(p, "quality control and referral: ")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument(
         "--calibration",
@@ -460,6 +479,7 @@ def cmd_model_show(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from edue.engine.inference.files import predict_files
     from edue.outputs import check_output_dir
+    from edue.report.console import referral_line
 
     check_output_dir(args.out, inputs=args.inputs, what="prediction folder (--out)")
     from edue.report.gallery import write_gallery
@@ -483,7 +503,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"predicted {len(result.done)} image(s), {len(result.failed)} failed; "
         f"outputs in {result.out_dir}"
     )
-    print(_referral_line(result.referral, args.no_calibration))
+    print(referral_line(result.referral, args.no_calibration))
     if result.gallery is not None:
         print(f"gallery: {result.gallery}")
     for item in result.failed:
@@ -491,30 +511,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
-def _referral_line(referral: dict | None, disabled: bool) -> str:
-    """The summary line of the referral decisions of ``edue predict``."""
-    if referral is None:
-        return (
-            "referral: off (--no-calibration)"
-            if disabled
-            else "referral: no calibration.json beside the checkpoint (run `edue calibrate`)"
-        )
-    from edue.engine.referral.calibration import REASON_SHIFT, REASON_UNCERTAIN
-
-    by_reason = referral["by_reason"]
-    per = ", ".join(f"{s} {n}" for s, n in referral["uncertain_by_structure"].items())
-    shift = f", {by_reason[REASON_SHIFT]} {REASON_SHIFT}" if referral["gate"] else ""
-    return (
-        f"referred {referral['n_referred']} of {referral['n_images']} image(s) to a second "
-        f"expert (alpha {referral['alpha']:g}): {by_reason[REASON_UNCERTAIN]} "
-        f"{REASON_UNCERTAIN} ({per}){shift}"
-    )
-
-
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from edue.engine.referral.calibrate import calibrate_checkpoint
-    from edue.engine.referral.calibration import REASON_SHIFT, REASON_UNCERTAIN
     from edue.metrics.qc import parse_poor_thresholds
+    from edue.report.console import calibration_lines
 
     calibration = calibrate_checkpoint(
         args.checkpoint,
@@ -530,37 +530,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         all_cases=args.all,
         gate_blocks=args.gate_blocks,
     )
-    rates = calibration.expected_referral()
-    print(
-        f"{calibration.method}: calibrated on {len(calibration.case_ids)} '{calibration.split}' "
-        f"image(s) (and {calibration.n_train} training images), alpha {calibration.alpha:g}, "
-        f"delta {calibration.delta:g}"
-    )
-    for s in calibration.structures:
-        d = s.decision
-        if not d.certified:
-            verdict = "refer every image (none certified)"
-        elif d.threshold == float("inf"):
-            verdict = "accept every image"
-        else:
-            verdict = f"refer SV > {d.threshold:.4g}"
-        print(
-            f"  {s.name:>8}: poor below soft Dice {s.poor_level:g} ({s.poor().mean():.0%} of "
-            f"them); {verdict}; accepted {d.n_accepted}, {d.n_poor_accepted} poor; expected "
-            f"referral {d.referral_rate:.0%}"
-        )
-    if calibration.gate is not None:
-        gate = calibration.gate
-        print(
-            f"  OOD gate: {len(gate.modules)} encoder blocks ({gate.gaussian.dims} features, "
-            f"{gate.gaussian.n} training images), flags distance > {gate.threshold:.4g} "
-            f"(false-alarm rate <= {gate.false_alarm:g}; {rates[REASON_SHIFT]:.0%} of these)"
-        )
-    print(
-        f"expected referral: {rates['any']:.0%} of images ({rates[REASON_UNCERTAIN]:.0%} "
-        f"{REASON_UNCERTAIN}, {rates[REASON_SHIFT]:.0%} {REASON_SHIFT})"
-    )
-    print(f"calibration: {calibration.path}")
+    for line in calibration_lines(calibration):
+        print(line)
     return 0
 
 
@@ -568,6 +539,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from edue.engine.evaluation.evaluate import evaluate_checkpoint
     from edue.metrics.qc import parse_poor_thresholds
     from edue.outputs import check_output_dir
+    from edue.report.console import evaluation_lines
 
     check_output_dir(args.out, what="evaluation folder (--out)")
 
@@ -579,46 +551,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split=args.split,
         all_cases=args.all,
         ood=args.ood,
-        poor_thresholds=parse_poor_thresholds(args.poor_threshold),
+        poor_thresholds=parse_poor_thresholds(args.poor),
         device=args.device,
         calibration=args.calibration,
         use_calibration=not args.no_calibration,
         calibration_split=args.calibration_split,
     )
-    m = result["metrics"]
-    print(
-        f"{result['method']}: {int(m['n_cases'])} cases, "
-        f"{result['seconds_per_image'] * 1000:.1f} ms/image, {result['parameters']:,} parameters"
-    )
-    for s in result["structures"]:
-        print(
-            f"  {s:>8}: soft Dice {m[f'soft_dice/{s}/mean']:.3f}  NLL {m[f'nll/{s}/mean']:.3f}  "
-            f"Spearman(SV) {m[f'image_spearman/{s}']:.3f}  pixel NCC {m[f'pixel_ncc/{s}/mean']:.3f}"
-        )
-    referral = result.get("referral")
-    if referral:
-        print(
-            f"referral (calibrated on {referral['n_calibration']} '{referral['split']}' "
-            f"image(s), delta {referral['delta']:g}): share referred / poor among accepted"
-        )
-        for s in result["structures"]:
-            parts = [
-                f"alpha {a:g}: {_percent(m[f'referral_rate/{s}/alpha_{a:g}'])} / "
-                f"{_percent(m[f'referral_poor_share/{s}/alpha_{a:g}'])}"
-                for a in referral["alphas"]
-            ]
-            print(
-                f"  {s:>8}: {'  '.join(parts)}  (poor below {referral['poor'][s]:g}: "
-                f"{m[f'referral_poor_rate/{s}']:.0%}); SV vs experts: slope "
-                f"{m[f'sv_slope/{s}']:.2f}, MAE {m[f'sv_mae/{s}']:.1f} -> "
-                f"{m[f'sv_mae_isotonic/{s}']:.1f} after the isotonic map"
-            )
+    for line in evaluation_lines(result):
+        print(line)
     return 0
-
-
-def _percent(value: float) -> str:
-    """A share as a whole percentage; a dash when undefined (nothing accepted)."""
-    return f"{value:.0%}" if value == value else "-"
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from edue import result_keys as rk
 from edue.config import Config, config_from_dict
 from edue.errors import ConfigError
 from edue.io import write_json
@@ -392,8 +393,8 @@ def summarise(
         table[m] = {}
         for s in structures:
             for key in (
-                *[f"{k}/{s}/mean" for k in MEAN_METRICS],
-                *[f"{k}/{s}" for k in CORRELATIONS],
+                *[rk.key(k, s, rk.MEAN) for k in MEAN_METRICS],
+                *[rk.key(k, s) for k in CORRELATIONS],
             ):
                 values = np.array([float(info["metrics"].get(key, np.nan)) for info in metrics[m]])
                 finite = values[np.isfinite(values)]  # a correlation is nan on constant SVs
@@ -421,15 +422,15 @@ def summarise(
         differences[other] = {}
         for s in structures:
             for k in MEAN_METRICS:
-                differences[other][f"{k}/{s}"] = paired_difference(
-                    (stack(subject, f"{k}/{s}"),),
-                    (stack(other, f"{k}/{s}"),),
+                differences[other][rk.key(k, s)] = paired_difference(
+                    (stack(subject, rk.key(k, s)),),
+                    (stack(other, rk.key(k, s)),),
                     mean_statistic,
                     n_boot,
                 )
-            sv = (stack(subject, f"model_sv/{s}"), stack(subject, f"expert_sv/{s}"))
-            sv_other = (stack(other, f"model_sv/{s}"), stack(other, f"expert_sv/{s}"))
-            differences[other][f"image_spearman/{s}"] = paired_difference(
+            sv = (stack(subject, rk.key(rk.MODEL_SV, s)), stack(subject, rk.key(rk.EXPERT_SV, s)))
+            sv_other = (stack(other, rk.key(rk.MODEL_SV, s)), stack(other, rk.key(rk.EXPERT_SV, s)))
+            differences[other][rk.key(rk.IMAGE_SPEARMAN, s)] = paired_difference(
                 sv, sv_other, spearman_statistic, n_boot
             )
     summary["differences"] = differences
@@ -452,18 +453,18 @@ def check_targets(summary: dict[str, Any], subject: str) -> list[dict[str, Any]]
         mine = table[subject]
         if ensemble is not None and ensemble.name in table:
             ref = table[ensemble.name]
-            ratio = mine[f"image_spearman/{s}"][0] / ref[f"image_spearman/{s}"][0]
+            ratio = mine[rk.key(rk.IMAGE_SPEARMAN, s)][0] / ref[rk.key(rk.IMAGE_SPEARMAN, s)][0]
             add(
                 f"Spearman >= {SPEARMAN_RATIO_VS_ENSEMBLE} x {ensemble.label}",
                 s,
                 ratio,
                 bool(ratio >= SPEARMAN_RATIO_VS_ENSEMBLE),
             )
-            nll = mine[f"nll/{s}/mean"][0] - ref[f"nll/{s}/mean"][0]
+            nll = mine[rk.key(rk.NLL, s, rk.MEAN)][0] - ref[rk.key(rk.NLL, s, rk.MEAN)][0]
             add(f"NLL <= {ensemble.label}", s, nll, bool(nll <= 0))
         if soft:
-            best = max(soft, key=lambda m: table[m][f"image_spearman/{s}"][0])
-            d = diffs[best][f"image_spearman/{s}"]
+            best = max(soft, key=lambda m: table[m][rk.key(rk.IMAGE_SPEARMAN, s)][0])
+            d = diffs[best][rk.key(rk.IMAGE_SPEARMAN, s)]
             add(
                 f"Spearman >= best soft-label baseline ({method_label(best)}) + "
                 f"{SPEARMAN_MARGIN_VS_SOFT_LABEL}, interval above 0",
@@ -472,11 +473,13 @@ def check_targets(summary: dict[str, Any], subject: str) -> list[dict[str, Any]]
                 bool(d["difference"] >= SPEARMAN_MARGIN_VS_SOFT_LABEL and d["ci_low"] > 0),
             )
             worst_ncc = min(
-                mine[f"pixel_ncc/{s}/mean"][0] - table[m][f"pixel_ncc/{s}/mean"][0] for m in soft
+                mine[rk.key(rk.PIXEL_NCC, s, rk.MEAN)][0]
+                - table[m][rk.key(rk.PIXEL_NCC, s, rk.MEAN)][0]
+                for m in soft
             )
             add("pixel NCC >= every soft-label baseline", s, worst_ncc, bool(worst_ncc >= 0))
-            best_dice = max(table[m][f"soft_dice/{s}/mean"][0] for m in soft)
-            gap = mine[f"soft_dice/{s}/mean"][0] - best_dice
+            best_dice = max(table[m][rk.key(rk.SOFT_DICE, s, rk.MEAN)][0] for m in soft)
+            gap = mine[rk.key(rk.SOFT_DICE, s, rk.MEAN)][0] - best_dice
             add(
                 f"soft Dice within {DICE_MARGIN_VS_SOFT_LABEL} of the better soft-label baseline",
                 s,
@@ -515,12 +518,12 @@ def study_markdown(summary: dict[str, Any]) -> str:
     if summary.get("subject"):
         lines += [f"Subject of the paired differences: {label(summary['subject'])}.", ""]
     columns = [
-        ("soft Dice", "soft_dice/{s}/mean", 3),
-        ("NLL", "nll/{s}/mean", 3),
-        ("Spearman", "image_spearman/{s}", 2),
-        ("partial", "image_partial_spearman/{s}", 2),
-        ("per boundary", "image_spearman_per_boundary/{s}", 2),
-        ("pixel NCC", "pixel_ncc/{s}/mean", 2),
+        ("soft Dice", rk.template(rk.SOFT_DICE, rk.MEAN), 3),
+        ("NLL", rk.template(rk.NLL, rk.MEAN), 3),
+        ("Spearman", rk.template(rk.IMAGE_SPEARMAN), 2),
+        ("partial", rk.template(rk.IMAGE_PARTIAL_SPEARMAN), 2),
+        ("per boundary", rk.template(rk.IMAGE_SPEARMAN_PER_BOUNDARY), 2),
+        ("pixel NCC", rk.template(rk.PIXEL_NCC, rk.MEAN), 2),
     ]
     for s in structures:
         lines += [

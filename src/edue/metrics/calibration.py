@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from edue import result_keys as rk
 from edue.metrics._utils import as_tensor, structure_names
 
 NLL_EPS = 1e-6
@@ -152,10 +153,10 @@ class CalibrationAccumulator:
         return (sum_prob - sum_target).abs().sum(1) / count.sum(1).clamp_min(1)
 
     def aggregate(self, prefix: str = "ece") -> dict[str, float]:
-        """``{f"{prefix}/{structure}": ece}`` as plain floats."""
+        """``{rk.key(prefix, structure): ece}`` as plain floats."""
         values = self.ece()
         names = structure_names(values.shape[0], self.structures)
-        return {f"{prefix}/{name}": float(v) for name, v in zip(names, values, strict=True)}
+        return {rk.key(prefix, name): float(v) for name, v in zip(names, values, strict=True)}
 
 
 def expected_calibration_error(

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from scipy.stats import pearsonr, rankdata, spearmanr
 
+from edue import result_keys as rk
 from edue.metrics._utils import (
     as_array_1d,
     as_tensor,
@@ -247,9 +248,9 @@ class DisagreementMetric:
         out: dict[str, float] = {}
         for k, name in enumerate(structure_names(ncc.shape[1], self.structures)):
             mean, std, n = nan_mean_std(ncc[:, k])
-            out[f"pixel_ncc/{name}/mean"] = mean
-            out[f"pixel_ncc/{name}/std"] = std
-            out[f"pixel_ncc/{name}/n"] = float(n)
+            out[rk.key(rk.PIXEL_NCC, name, rk.MEAN)] = mean
+            out[rk.key(rk.PIXEL_NCC, name, rk.STD)] = std
+            out[rk.key(rk.PIXEL_NCC, name, rk.N)] = float(n)
             corr = image_correlation(msv[:, k], esv[:, k], n_boot, confidence, seed)
             out.update(correlation_entries(corr, name))
         return out

@@ -119,12 +119,12 @@ def qc_curve(
 
 def parse_poor_thresholds(
     items: Sequence[str],
-    flag: str = "--poor-threshold",
+    flag: str = "--poor",
     structures: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """``["GTVp=0.7", ...]`` -> ``{"GTVp": 0.7}`` (``flag`` names the option in errors).
 
-    The one parser of ``--poor`` (calibrate) and ``--poor-threshold`` (evaluate).
+    The one parser of ``--poor`` (``edue calibrate`` and ``edue evaluate``).
 
     Args:
         items: ``STRUCTURE=DICE`` items.

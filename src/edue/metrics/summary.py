@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edue import result_keys as rk
 from edue.data.case import MultiRaterCase, expert_variance, soft_vote
 from edue.metrics._utils import nan_mean_std
 from edue.metrics.calibration import CalibrationAccumulator, brier, nll
@@ -47,11 +48,7 @@ from edue.metrics.segmentation import (
 from edue.prediction import Prediction
 
 #: Per-case metrics of :func:`evaluate_case`, in column order.
-CASE_METRICS: tuple[str, ...] = (
-    "soft_dice", "hard_dice", "rater_dice", "hd95", "nll", "brier", "model_sv", "expert_sv",
-    "pixel_ncc", "ged", "hungarian_iou", "pairwise_dice_var", "structure_area",
-    "boundary_length",
-)  # fmt: skip
+CASE_METRICS: tuple[str, ...] = rk.PER_CASE_METRICS
 
 
 def evaluate_case(
@@ -129,7 +126,7 @@ def evaluate_case(
     for metric in CASE_METRICS:
         if metric in values:
             for name, value in zip(case.structures, values[metric].tolist(), strict=True):
-                row[f"{metric}/{name}"] = float(value)
+                row[rk.key(metric, name)] = float(value)
     if members.shape[0] >= 2:  # each member alone, and every image-level score
         extra = {
             f"member_soft_dice_{i}": soft_dice(member, vote, thresholds)
@@ -140,7 +137,7 @@ def evaluate_case(
         extra["sv_combined"] = extra["sv_variance"] + extra["sv_bernoulli"]
         for metric, tensor in extra.items():
             for name, value in zip(case.structures, tensor.tolist(), strict=True):
-                row[f"{metric}/{name}"] = float(value)
+                row[rk.key(metric, name)] = float(value)
     return row
 
 
@@ -236,7 +233,7 @@ class EvaluationAccumulator:
             structure, self.poor_thresholds, self.fallback_poor_threshold
         )
         return _qc_curve(
-            self.column(f"model_sv/{structure}"),
+            self.column(rk.key(rk.MODEL_SV, structure)),
             self.column(f"{self.qc_dice}/{structure}"),
             threshold,
         )
@@ -262,24 +259,24 @@ class EvaluationAccumulator:
             out[f"{key}/mean"], out[f"{key}/std"] = mean, std
         for name in self.structures:
             corr = image_correlation(
-                self.column(f"model_sv/{name}"),
-                self.column(f"expert_sv/{name}"),
+                self.column(rk.key(rk.MODEL_SV, name)),
+                self.column(rk.key(rk.EXPERT_SV, name)),
                 n_boot=self.n_boot,
                 seed=self.seed,
             )
             out.update(correlation_entries(corr, name))
             controlled = size_controlled_correlations(
-                self.column(f"model_sv/{name}"),
-                self.column(f"expert_sv/{name}"),
-                self.column(f"structure_area/{name}"),
-                self.column(f"boundary_length/{name}"),
+                self.column(rk.key(rk.MODEL_SV, name)),
+                self.column(rk.key(rk.EXPERT_SV, name)),
+                self.column(rk.key(rk.STRUCTURE_AREA, name)),
+                self.column(rk.key(rk.BOUNDARY_LENGTH, name)),
             )
-            out[f"image_partial_spearman/{name}"] = controlled["partial_spearman"]
-            out[f"image_spearman_per_boundary/{name}"] = controlled["spearman_per_boundary"]
+            out[rk.key(rk.IMAGE_PARTIAL_SPEARMAN, name)] = controlled["partial_spearman"]
+            out[rk.key(rk.IMAGE_SPEARMAN_PER_BOUNDARY, name)] = controlled["spearman_per_boundary"]
             qc = self.qc_curve(name)
             for part in ("auc", "ideal_auc", "random_auc", "d_auc", "n_poor"):
                 out[f"qc_{part}/{name}"] = float(qc[part])  # type: ignore[arg-type]
-            out[f"qc_threshold/{name}"] = poor_threshold_for(
+            out[rk.key(rk.QC_THRESHOLD, name)] = poor_threshold_for(
                 name, self.poor_thresholds, self.fallback_poor_threshold
             )
         out.update(self.calibration_soft_vote.aggregate("ece_soft_vote"))

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from edue import result_keys as rk
 from edue.methods.registry import methods_with_role
 from edue.report.runs import RunResult, find_method, find_role
 
@@ -74,7 +75,7 @@ def _fmt(value: float, spec: str) -> str:
 
 
 def _spearman_ratio(edue: RunResult, ref: RunResult, s: str) -> Claim:
-    e, r = edue.value(f"image_spearman/{s}"), ref.value(f"image_spearman/{s}")
+    e, r = edue.value(rk.key(rk.IMAGE_SPEARMAN, s)), ref.value(rk.key(rk.IMAGE_SPEARMAN, s))
     target = TARGETS["spearman_ratio_min"]
     ratio = e / r if r > 0 else math.nan
     if r > 0 or not math.isfinite(r):
@@ -82,7 +83,7 @@ def _spearman_ratio(edue: RunResult, ref: RunResult, s: str) -> Claim:
     else:
         how = f"ratio undefined since {ref.label} ≤ 0, EDUE must be > 0"
     return Claim(
-        f"spearman_ratio/{s}",
+        rk.key(rk.SPEARMAN_RATIO, s),
         f"Image-level Spearman ({s}): {edue.label} {_fmt(e, '.2f')} vs {ref.label} "
         f"{_fmt(r, '.2f')} → {how} (target ≥ {target:.2f}×)",
         s,
@@ -110,7 +111,7 @@ def _difference(
     diff = e - r
     rule = f"target {target}" if targeted else f"EDUE better when {target}"
     return Claim(
-        f"{key.split('/')[0]}_difference/{s}",
+        rk.key(rk.difference(rk.parse(key).metric), s),
         f"{name} ({s}): {edue.label} {_fmt(e, f'.{digits}f')} vs {ref.label} "
         f"{_fmt(r, f'.{digits}f')} → {_fmt(diff, f'+.{digits}f')} ({rule})",
         s,
@@ -153,7 +154,7 @@ def claims_vs_deep_ensemble(
                 ref,
                 s,
                 "Pixel NCC",
-                "pixel_ncc/{s}/mean",
+                rk.template(rk.PIXEL_NCC, rk.MEAN),
                 2,
                 "≥ 0",
                 lambda d: d >= TARGETS["ncc_difference_min"],
@@ -163,7 +164,7 @@ def claims_vs_deep_ensemble(
                 ref,
                 s,
                 "NLL",
-                "nll/{s}/mean",
+                rk.template(rk.NLL, rk.MEAN),
                 3,
                 "≤ 0",
                 lambda d: d <= TARGETS["nll_difference_max"],
@@ -173,7 +174,7 @@ def claims_vs_deep_ensemble(
                 ref,
                 s,
                 "Soft Dice",
-                "soft_dice/{s}/mean",
+                rk.template(rk.SOFT_DICE, rk.MEAN),
                 3,
                 f"Δ ≥ −{tol:g}",
                 # "competitive Dice": not worse than the reference by more than tol
@@ -193,7 +194,7 @@ def claims_vs_plain(edue: RunResult, ref: RunResult, structures: Sequence[str]) 
                 ref,
                 s,
                 "Image-level Spearman",
-                "image_spearman/{s}",
+                rk.template(rk.IMAGE_SPEARMAN),
                 2,
                 "> 0",
                 lambda d: d > 0,
@@ -204,25 +205,33 @@ def claims_vs_plain(edue: RunResult, ref: RunResult, structures: Sequence[str]) 
                 ref,
                 s,
                 "Pixel NCC",
-                "pixel_ncc/{s}/mean",
+                rk.template(rk.PIXEL_NCC, rk.MEAN),
                 2,
                 "> 0",
                 lambda d: d > 0,
                 targeted=False,
             ),
             _difference(
-                edue, ref, s, "NLL", "nll/{s}/mean", 3, "< 0", lambda d: d < 0, targeted=False
+                edue,
+                ref,
+                s,
+                "NLL",
+                rk.template(rk.NLL, rk.MEAN),
+                3,
+                "< 0",
+                lambda d: d < 0,
+                targeted=False,
             ),
         ]
     return out
 
 
-def _average_gain(claims: Sequence[Claim], prefix: str) -> float:
+def _average_gain(claims: Sequence[Claim], metric: str) -> float:
     """Mean relative gain of EDUE over the reference, in percent (positive references)."""
     gains = [
         (c.edue / c.reference - 1) * 100
         for c in claims
-        if c.id.startswith(prefix)
+        if rk.parse(c.id).metric == metric
         and math.isfinite(c.edue)
         and math.isfinite(c.reference)
         and c.reference > 0
@@ -314,8 +323,8 @@ def compute_claims(runs: Sequence[RunResult], structures: Sequence[str]) -> dict
         out["headline"].append(out[f"vs_{spec.name}"]["summary"])
         if targeted:
             out[f"average_gain_vs_{spec.name}_percent"] = {
-                "image_spearman": _average_gain(claims, "spearman_ratio/"),
-                "pixel_ncc": _average_gain(claims, "pixel_ncc_difference/"),
+                "image_spearman": _average_gain(claims, rk.SPEARMAN_RATIO),
+                "pixel_ncc": _average_gain(claims, rk.PIXEL_NCC_DIFFERENCE),
             }
     return out
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from edue import result_keys as rk
+
 #: the packaged file
 RESOURCE = "converged_study.json"
 
@@ -42,11 +44,11 @@ def headline(summary: dict[str, Any], name: str, minutes: float | None = None) -
         rows.append(
             {
                 "structure": s,
-                "soft_dice": table[subject][f"soft_dice/{s}/mean"][0],
+                "soft_dice": table[subject][rk.key(rk.SOFT_DICE, s, rk.MEAN)][0],
                 "best_soft_label_dice": max(
-                    (table[m][f"soft_dice/{s}/mean"][0] for m in soft), default=None
+                    (table[m][rk.key(rk.SOFT_DICE, s, rk.MEAN)][0] for m in soft), default=None
                 ),
-                "image_spearman": table[subject][f"image_spearman/{s}"][0],
+                "image_spearman": table[subject][rk.key(rk.IMAGE_SPEARMAN, s)][0],
                 "spearman_vs_best_soft_label": spearman["value"],
                 "targets_met": sum(bool(t["passed"]) for t in mine),
                 "targets": len(mine),

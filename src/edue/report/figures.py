@@ -26,6 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
+from edue import result_keys as rk
 from edue.data.case import MultiRaterCase, expert_variance
 from edue.io import atomic_path
 from edue.prediction import Prediction
@@ -293,9 +294,9 @@ def qc_curves_figure(
         ]
         threshold = next(
             (
-                r.value(f"qc_threshold/{s}")
+                r.value(rk.key(rk.QC_THRESHOLD, s))
                 for r in runs
-                if np.isfinite(r.value(f"qc_threshold/{s}"))
+                if np.isfinite(r.value(rk.key(rk.QC_THRESHOLD, s)))
             ),
             np.nan,
         )
@@ -439,7 +440,7 @@ def reliability_figure(
 
 
 def _spearman(run: RunResult, x: np.ndarray, y: np.ndarray, s: str) -> float:
-    rho = run.value(f"image_spearman/{s}")
+    rho = run.value(rk.key(rk.IMAGE_SPEARMAN, s))
     ok = np.isfinite(x) & np.isfinite(y)
     if np.isfinite(rho) or ok.sum() < 3:
         return rho
@@ -460,8 +461,8 @@ def sv_scatter_figure(
     fig, axes = _grid(len(shown), len(structures), 3.3, 2.9)
     for row, run in zip(axes, shown, strict=True):
         for ax, s in zip(row, structures, strict=True):
-            x = run.per_case.get(f"expert_sv/{s}")  # type: ignore[union-attr]
-            y = run.per_case.get(f"model_sv/{s}")  # type: ignore[union-attr]
+            x = run.per_case.get(rk.key(rk.EXPERT_SV, s))  # type: ignore[union-attr]
+            y = run.per_case.get(rk.key(rk.MODEL_SV, s))  # type: ignore[union-attr]
             if x is None or y is None:
                 _no_data(ax)
                 ax.set_title(f"{run.label} · {s}", fontsize=9)
@@ -499,12 +500,12 @@ def referral_figure(
     for ax, s in zip(axes[0], structures, strict=True):
         handles = []
         for run in runs:
-            rates = [run.value(f"referral_rate/{s}/alpha_{a:g}") for a in alphas]
+            rates = [run.value(rk.alpha_key(rk.REFERRAL_RATE, s, a)) for a in alphas]
             if not np.isfinite(rates).any():
                 continue
             c = colours[run.label]
             (line,) = ax.plot(alphas, rates, color=c, lw=1.8, marker="o", label=run.label)
-            oracle = [run.value(f"referral_oracle_rate/{s}/alpha_{a:g}") for a in alphas]
+            oracle = [run.value(rk.alpha_key(rk.REFERRAL_ORACLE_RATE, s, a)) for a in alphas]
             ax.plot(alphas, oracle, color=c, lw=1, ls=":", alpha=0.8)
             handles.append(line)
         if not handles:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edue import result_keys as rk
 from edue.errors import EdueError
 from edue.io import read_json
 
@@ -175,8 +176,7 @@ def _structures(info: dict[str, Any]) -> tuple[str, ...]:
     names = info.get("structures")
     if isinstance(names, list) and names:
         return tuple(str(s) for s in names)
-    keys = [k.split("/")[1] for k in info["metrics"] if k.startswith("soft_dice/")]
-    return tuple(dict.fromkeys(keys))
+    return tuple(rk.structures(info["metrics"], rk.SOFT_DICE))
 
 
 def _read_per_case(path: Path) -> dict[str, np.ndarray]:
@@ -320,18 +320,12 @@ def ood_auroc(
 
 def referral_alphas(runs: Sequence[RunResult]) -> tuple[float, ...]:
     """The guarantee levels any run's referral outcome was computed for, ascending."""
-    found = {
-        float(key.rsplit("/alpha_", 1)[1])
-        for run in runs
-        for key in run.metrics
-        if key.startswith("referral_rate/") and "/alpha_" in key
-    }
-    return tuple(sorted(found))
+    return rk.alphas(key for run in runs for key in run.metrics)
 
 
 def has_referral(run: RunResult) -> bool:
     """Whether ``edue evaluate`` computed the referral outcome of this run."""
-    return any(key.startswith("referral_rate/") for key in run.metrics)
+    return bool(rk.alphas(run.metrics))
 
 
 def ood_gate_auroc(run: RunResult, kind: str, fraction: float = 0.5) -> float:

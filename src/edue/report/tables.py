@@ -19,6 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from edue import result_keys as rk
 from edue.report.runs import (
     RunResult,
     all_structures,
@@ -108,26 +109,41 @@ class MetricColumn:
 
 
 MAIN_COLUMNS: tuple[MetricColumn, ...] = (
-    MetricColumn("soft Dice", "soft_dice/{s}/mean", True, 3, spread="soft_dice/{s}/std"),
-    MetricColumn("NLL", "nll/{s}/mean", False, 3),
+    MetricColumn(
+        "soft Dice",
+        rk.template(rk.SOFT_DICE, rk.MEAN),
+        True,
+        3,
+        spread=rk.template(rk.SOFT_DICE, rk.STD),
+    ),
+    MetricColumn("NLL", rk.template(rk.NLL, rk.MEAN), False, 3),
     MetricColumn(
         "Spearman [95% CI]",
-        "image_spearman/{s}",
+        rk.template(rk.IMAGE_SPEARMAN),
         True,
         2,
-        interval=("image_spearman/{s}/ci_low", "image_spearman/{s}/ci_high"),
+        interval=(
+            rk.template(rk.IMAGE_SPEARMAN, rk.CI_LOW),
+            rk.template(rk.IMAGE_SPEARMAN, rk.CI_HIGH),
+        ),
     ),
-    MetricColumn("Pearson", "image_pearson/{s}", True, 2),
-    MetricColumn("pixel NCC", "pixel_ncc/{s}/mean", True, 2, spread="pixel_ncc/{s}/std"),
-    MetricColumn("GED", "ged/{s}/mean", False, 3),
-    MetricColumn("ECE", "ece_soft_vote/{s}", False, 3),
+    MetricColumn("Pearson", rk.template(rk.IMAGE_PEARSON), True, 2),
+    MetricColumn(
+        "pixel NCC",
+        rk.template(rk.PIXEL_NCC, rk.MEAN),
+        True,
+        2,
+        spread=rk.template(rk.PIXEL_NCC, rk.STD),
+    ),
+    MetricColumn("GED", rk.template(rk.GED, rk.MEAN), False, 3),
+    MetricColumn("ECE", rk.template(rk.ECE_SOFT_VOTE), False, 3),
 )
-QC_COLUMN = MetricColumn("d-AUC", "qc_d_auc/{s}", False, 3)
+QC_COLUMN = MetricColumn("d-AUC", rk.template(rk.QC_D_AUC), False, 3)
 SV_SCALE_COLUMNS: tuple[MetricColumn, ...] = (
-    MetricColumn("slope", "sv_slope/{s}", None, 2),
-    MetricColumn("intercept", "sv_intercept/{s}", None, 1),
-    MetricColumn("MAE", "sv_mae/{s}", False, 1),
-    MetricColumn("MAE isotonic", "sv_mae_isotonic/{s}", False, 1),
+    MetricColumn("slope", rk.template(rk.SV_SLOPE), None, 2),
+    MetricColumn("intercept", rk.template(rk.SV_INTERCEPT), None, 1),
+    MetricColumn("MAE", rk.template(rk.SV_MAE), False, 1),
+    MetricColumn("MAE isotonic", rk.template(rk.SV_MAE_ISOTONIC), False, 1),
 )
 
 
@@ -137,9 +153,14 @@ def referral_columns(alphas: Sequence[float]) -> list[MetricColumn]:
     columns = []
     for a in alphas:
         columns += [
-            MetricColumn(f"α={a:g} referred", f"referral_rate/{{s}}/alpha_{a:g}", False, 2),
             MetricColumn(
-                f"α={a:g} poor accepted", f"referral_poor_share/{{s}}/alpha_{a:g}", None, 3
+                f"α={a:g} referred", rk.template(rk.REFERRAL_RATE, rk.alpha_qualifier(a)), False, 2
+            ),
+            MetricColumn(
+                f"α={a:g} poor accepted",
+                rk.template(rk.REFERRAL_POOR_SHARE, rk.alpha_qualifier(a)),
+                None,
+                3,
             ),
         ]
     return columns
@@ -308,7 +329,7 @@ def _shared_levels(
     finite value shared by every run that has it (a level to name in a note)."""
     shared = []
     for s in structures:
-        values = {run.value(f"{metric}/{s}") for run in runs}
+        values = {run.value(rk.key(metric, s)) for run in runs}
         values = {v for v in values if math.isfinite(v)}
         if len(values) == 1:
             shared.append(f"{s} {values.pop():{fmt}}")

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from edue import result_keys as rk
 from edue.data.case import MultiRaterCase
 from edue.data.distortions import distort_dataset
 from edue.data.pipeline import load_cases
@@ -169,7 +170,7 @@ def evaluate_predictor(
         record = acc.update(pred, case)
         if gate is not None:
             score = float("nan") if row is None else float(gate.score(row[None])[0])
-            record["ood_score"] = score
+            record[rk.OOD_SCORE] = score
             gate_scores.append(score)
         if len(sample_cases) < N_SAMPLES:
             sample_cases.append(case)
@@ -244,32 +245,34 @@ def referral_metrics(
     a gate, ``ood_gate_flag_rate`` (share of the evaluated images it flags).
     """
     out: dict[str, float] = {
-        "referral_delta": calibration.delta,
-        "referral_n_calibration": float(len(calibration.case_ids)),
+        rk.REFERRAL_DELTA: calibration.delta,
+        rk.REFERRAL_N_CALIBRATION: float(len(calibration.case_ids)),
     }
     if gate_flags is not None:
-        out["ood_gate_flag_rate"] = float(np.mean(gate_flags)) if len(gate_flags) else np.nan
+        out[rk.OOD_GATE_FLAG_RATE] = float(np.mean(gate_flags)) if len(gate_flags) else np.nan
     for structure in calibration.structures:
         s = structure.name
-        sv = acc.column(f"model_sv/{s}")
-        expert = acc.column(f"expert_sv/{s}")
+        sv = acc.column(rk.key(rk.MODEL_SV, s))
+        expert = acc.column(rk.key(rk.EXPERT_SV, s))
         level = poor_threshold_for(s, poor_thresholds)
-        poor = acc.column(f"soft_dice/{s}") < level
-        out[f"referral_poor_level/{s}"] = level
-        out[f"referral_poor_rate/{s}"] = float(poor.mean())
+        poor = acc.column(rk.key(rk.SOFT_DICE, s)) < level
+        out[rk.key(rk.REFERRAL_POOR_LEVEL, s)] = level
+        out[rk.key(rk.REFERRAL_POOR_RATE, s)] = float(poor.mean())
         for alpha in _alphas(calibration):
             choice = structure.threshold_for(alpha, calibration.delta, level)
             outcome = referral_outcome(sv, poor, choice.threshold, gate_flags)
-            key = f"{s}/alpha_{alpha:g}"
-            out[f"referral_rate/{key}"] = outcome["referral_rate"]
-            out[f"referral_poor_share/{key}"] = outcome["poor_share_accepted"]
-            out[f"referral_expected_rate/{key}"] = choice.referral_rate
-            out[f"referral_oracle_rate/{key}"] = oracle_referral_rate(sv, poor, alpha)
-            out[f"referral_threshold/{key}"] = choice.threshold
+            a = rk.alpha_qualifier(alpha)
+            out[rk.key(rk.REFERRAL_RATE, s, a)] = outcome["referral_rate"]
+            out[rk.key(rk.REFERRAL_POOR_SHARE, s, a)] = outcome["poor_share_accepted"]
+            out[rk.key(rk.REFERRAL_EXPECTED_RATE, s, a)] = choice.referral_rate
+            out[rk.key(rk.REFERRAL_ORACLE_RATE, s, a)] = oracle_referral_rate(sv, poor, alpha)
+            out[rk.key(rk.REFERRAL_THRESHOLD, s, a)] = choice.threshold
         slope, intercept = linear_fit(expert, sv)
-        out[f"sv_slope/{s}"], out[f"sv_intercept/{s}"] = slope, intercept
-        out[f"sv_mae/{s}"] = mean_absolute_error(sv, expert)
-        out[f"sv_mae_isotonic/{s}"] = mean_absolute_error(structure.scale.expected(sv), expert)
+        out[rk.key(rk.SV_SLOPE, s)], out[rk.key(rk.SV_INTERCEPT, s)] = slope, intercept
+        out[rk.key(rk.SV_MAE, s)] = mean_absolute_error(sv, expert)
+        out[rk.key(rk.SV_MAE_ISOTONIC, s)] = mean_absolute_error(
+            structure.scale.expected(sv), expert
+        )
     return out
 
 
@@ -314,7 +317,7 @@ def evaluate_checkpoint(
             malformed or fitted for another model.
     """
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
-    check_structure_names(poor_thresholds or {}, predictor.structures, "--poor-threshold")
+    check_structure_names(poor_thresholds or {}, predictor.structures, "--poor")
     cases = load_cases(
         predictor.config.data, [split], run_dir_of(checkpoint), data, data_format, all_cases
     )[split]
