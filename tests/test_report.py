@@ -6,20 +6,25 @@ with chosen headline numbers, so every table cell and claim can be checked by ha
 
 from __future__ import annotations
 
+import base64
 import csv
+import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from edue.errors import EdueError
 from edue.metrics.qc import qc_curve
 from edue.report.compare import compare_runs
+from edue.report.render import latex_escape
 from edue.report.runs import load_run
-from edue.report.tables import Cell, latex_escape, main_table, mark_best
+from edue.report.tables import Cell, main_table, mark_best
 
 # Headline numbers per method: {metric: (disc, cup)}.
 HEADLINE: dict[str, dict[str, tuple[float, float]]] = {
@@ -326,8 +331,22 @@ def test_three_dimensional_samples_and_one_structure(tmp_path: Path) -> None:
         tmp_path, "edue", structures=("tumour",), ood=False, spatial=(6, 12, 12)
     )
     html_path = compare_runs([str(run)], tmp_path / "out")
-    assert (tmp_path / "out" / "figures" / "samples.png").stat().st_size > 1000
     text = html_path.read_text(encoding="utf-8")
+    # the sample grid of the volumes' middle slices: drawn, and embedded under its heading
+    # with one row per case (two cases, one structure)
+    found = re.search(
+        r'<h3>Sample cases \(Figure 4\)</h3>\s*<div class="guide">[^<]*</div>\s*'
+        r'<figure><img alt="Sample cases \(Figure 4\)" src="data:image/png;base64,([^"]+)">'
+        r"<figcaption>([^<]*)</figcaption></figure>",
+        text,
+    )
+    assert found, "no sample figure in the report"
+    assert found.group(2) == "2 shared case(s)"
+    png = base64.b64decode(found.group(1))
+    assert png == (tmp_path / "out" / "figures" / "samples.png").read_bytes()
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert pixels.shape[1] > pixels.shape[0]  # four panels a row, two rows
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 256  # images and heatmaps drawn
     assert "tumour" in text and "no EDUE run" not in text
     claims = json.loads((tmp_path / "out" / "claims.json").read_text())
     assert claims["vs_deep_ensemble"] is None and claims["vs_plain"] is None

@@ -23,31 +23,26 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from edue.report.claims import compute_claims
     from edue.report.compare import compare_runs, write_figures
-    from edue.report.figures import (
+    from edue.report.comparison_figures import (
         method_colours,
-        new_figure,
         ood_boxplot_figure,
-        overlay_figure,
         qc_curves_figure,
         reliability_figure,
+        sv_scatter_figure,
+    )
+    from edue.report.figures import (
+        new_figure,
+        overlay_figure,
         sample_grid,
         sample_panel,
         save_figure,
-        sv_scatter_figure,
     )
     from edue.report.gallery import write_gallery
     from edue.report.html import FigureEntry, ReportContent, render_report
     from edue.report.prediction_figures import write_prediction_figure
+    from edue.report.render import to_html, to_latex, to_markdown
     from edue.report.runs import RunResult, load_run, load_runs
-    from edue.report.tables import (
-        Cell,
-        Table,
-        comparison_tables,
-        flat_csv,
-        to_html,
-        to_latex,
-        to_markdown,
-    )
+    from edue.report.tables import Cell, Table, comparison_tables, flat_csv
     from edue.report.volume_figures import orthogonal_slices_figure
 
 #: Public name -> the submodule that defines it.
@@ -62,22 +57,22 @@ _EXPORTS: dict[str, str] = {
     "Table": "tables",
     "comparison_tables": "tables",
     "flat_csv": "tables",
-    "to_html": "tables",
-    "to_latex": "tables",
-    "to_markdown": "tables",
+    "to_html": "render",
+    "to_latex": "render",
+    "to_markdown": "render",
     "FigureEntry": "html",
     "ReportContent": "html",
     "render_report": "html",
-    "method_colours": "figures",
+    "method_colours": "comparison_figures",
     "new_figure": "figures",
-    "ood_boxplot_figure": "figures",
+    "ood_boxplot_figure": "comparison_figures",
     "overlay_figure": "figures",
-    "qc_curves_figure": "figures",
-    "reliability_figure": "figures",
+    "qc_curves_figure": "comparison_figures",
+    "reliability_figure": "comparison_figures",
     "sample_grid": "figures",
     "sample_panel": "figures",
     "save_figure": "figures",
-    "sv_scatter_figure": "figures",
+    "sv_scatter_figure": "comparison_figures",
     "orthogonal_slices_figure": "volume_figures",
     "write_prediction_figure": "prediction_figures",
     "write_gallery": "gallery",

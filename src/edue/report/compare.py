@@ -29,8 +29,9 @@ import numpy as np
 from edue.io import atomic_path, write_json
 from edue.report.claims import compute_claims, json_ready
 from edue.report.html import FigureEntry, ReportContent, render_report
+from edue.report.render import to_latex, to_markdown
 from edue.report.runs import RunResult, all_structures, has_referral, load_runs, ood_kinds
-from edue.report.tables import comparison_tables, flat_csv, to_latex, to_markdown
+from edue.report.tables import comparison_tables, flat_csv
 
 #: Cases of ``samples.npz`` shown in the sample panel (every structure of each).
 MAX_SAMPLE_CASES = 4
@@ -100,7 +101,7 @@ def _figure(
 
 def write_figures(runs: Sequence[RunResult], folder: Path, notes: list[str]) -> list[FigureEntry]:
     """All comparison figures as PNGs in ``folder``, in report order (failures noted)."""
-    from edue.report import figures as fg
+    from edue.report import comparison_figures as fg
 
     structures, kinds = all_structures(runs), ood_kinds(runs)
     no_ood = "no run has ood.json (evaluate with --ood)"

@@ -17,7 +17,8 @@ from typing import Any
 
 from edue._version import __version__
 from edue.report.converged import converged_html, load_converged
-from edue.report.tables import Table, to_html
+from edue.report.render import to_html
+from edue.report.tables import Table
 
 esc = html.escape
 
