@@ -93,7 +93,7 @@ def test_no_printing_or_exit_codes(path: Path) -> None:
                 offences.append(f"{_where(path, node)}: command function {node.name}()")
             elif "exit status" in doc or "exit code" in doc:
                 offences.append(f"{_where(path, node)}: {node.name}() returns an exit code")
-    assert not offences, "printing and exit codes belong in edue/cli.py:\n" + "\n".join(offences)
+    assert not offences, "printing and exit codes belong in edue/cli/:\n" + "\n".join(offences)
 
 
 @pytest.mark.parametrize("path", LAYER_MODULES, ids=lambda p: p.name)

@@ -177,10 +177,10 @@ def test_packages_state_their_public_names(package):
 
 
 def test_only_the_command_line_prints_or_exits():
-    allowed = {"cli.py", "demo.py", "__main__.py"}
+    allowed = {"demo.py", "__main__.py"}
     offenders = []
     for path in MODULES:
-        if path.name in allowed and path.parent == SRC:
+        if (path.name in allowed and path.parent == SRC) or path.parent == SRC / "cli":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call):
