@@ -16,7 +16,8 @@ import torch
 from edue.config import load_config
 from edue.engine.checkpoint import load_checkpoint
 from edue.errors import ConfigError
-from edue.methods.registry import BuildRequest, backbone_blocks, get_method, method_names
+from edue.methods.backbone_spec import backbone_blocks
+from edue.methods.registry import BuildRequest, get_method, method_names
 from edue.nets.dynunet_backbone import nnunet_filters, plan_kernels_strides
 from tests.conftest import free_port, join_process_group_env
 

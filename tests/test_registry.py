@@ -49,7 +49,7 @@ def toy_method():
         MethodSpec(
             name="toy_pair",
             label="Toy pair",
-            build=lambda r: PairOfHeads(r.unet(2 * r.out_channels)),
+            build=lambda r: PairOfHeads(r.backbone(2 * r.out_channels)),
             members=lambda config: 2,
             summary="two output halves of one U-Net",
             order=5,

@@ -43,7 +43,8 @@ from edue import result_keys as rk
 from edue.config import Config, config_from_dict
 from edue.errors import ConfigError
 from edue.io import write_json
-from edue.methods.registry import get_method, method_label, method_with_role, methods_with_role
+from edue.methods.registry import get_method, method_label
+from edue.report.roles import method_with_role, methods_with_role
 
 log = logging.getLogger("edue.study")
 

@@ -50,7 +50,6 @@ SPEC = register_method(
         members=lambda c: c.method.ensemble_size,
         one_pass=False,
         summary="M plain U-Nets trained with different seeds; variance across members",
-        role="ensemble_reference",
         member_method=PLAIN.name,
         first_member_from=PLAIN.name,
         order=40,

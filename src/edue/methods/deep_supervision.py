@@ -72,7 +72,6 @@ SPEC = register_method(
         label="U-Net + deep supervision",
         build=_build(final_only=True),
         summary="EDUE's network on the soft vote by every head; uncertainty p (1 - p)",
-        role="one_pass_reference",
         order=35,
     )
 )

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from edue.losses import edue_loss
+from edue.methods.backbone_spec import backbone_blocks
 from edue.methods.base import Method
-from edue.methods.registry import BuildRequest, MethodSpec, backbone_blocks, register_method
+from edue.methods.registry import BuildRequest, MethodSpec, register_method
 from edue.nets.backbones import Backbone
 from edue.nets.heads import MultiHeadNet
 
@@ -217,11 +218,6 @@ SPEC = register_method(
         build=_build,
         members=head_count,
         summary="heads on the decoder blocks, rater sampling and disagreement guidance",
-        role="subject",
-        ablations={
-            "edue_no_guidance": {"guidance": False},
-            "edue_no_sampling": {"label_sampling": False},
-        },
         order=0,
     )
 )

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from edue.losses import summed_heads_bce
+from edue.methods.backbone_spec import backbone_blocks
 from edue.methods.base import Method
-from edue.methods.registry import BuildRequest, MethodSpec, backbone_blocks, register_method
+from edue.methods.registry import BuildRequest, MethodSpec, register_method
 from edue.nets.backbones import Backbone
 from edue.nets.heads import MultiHeadNet
 

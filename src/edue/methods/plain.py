@@ -35,7 +35,6 @@ SPEC = register_method(
         label="U-Net",
         build=_build,
         summary="one U-Net trained on the soft vote; uncertainty p (1 - p)",
-        role="one_pass_reference",
         order=30,
     )
 )

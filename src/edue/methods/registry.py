@@ -13,16 +13,16 @@ this module always does first.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from edue.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from edue.config import Config
     from edue.methods.base import Method
-    from edue.nets.backbones import Backbone, BackboneSpec
+    from edue.nets.backbones import Backbone
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class BuildRequest:
             Pretrained encoder weights are loaded for training jobs only (a checkpoint
             follows otherwise).
         """
+        from edue.methods.backbone_spec import backbone_spec
         from edue.nets.backbones import BackboneError
         from edue.nets.factory import build_backbone
 
@@ -67,71 +68,6 @@ class BuildRequest:
             return build_backbone(replace(spec, out_channels=out, dropout=dropout))
         except BackboneError as error:
             raise ConfigError(str(error)) from None
-
-    unet = backbone  # the name builders used before other backbones existed
-
-
-def backbone_spec(
-    config: Config, spatial_dims: int, in_channels: int = 3, for_training: bool = True
-) -> BackboneSpec:
-    """The :class:`~edue.nets.backbones.BackboneSpec` of a configuration's ``model``."""
-    from edue.nets.backbones import BackboneSpec
-
-    m, data = config.model, config.data
-    patch: tuple[int, ...] | None = None
-    if data.patch_size:
-        patch = tuple(data.patch_size)
-        patch = patch * spatial_dims if len(patch) == 1 else patch
-    elif data.size:
-        patch = (data.size,) * spatial_dims
-    return BackboneSpec(
-        kind=m.backbone,
-        spatial_dims=spatial_dims,
-        in_channels=in_channels,
-        channels=tuple(m.channels),
-        norm=m.norm,
-        arch=m.arch,
-        encoder=m.encoder,
-        encoder_depth=m.encoder_depth,
-        decoder_channels=tuple(m.decoder_channels) if m.decoder_channels else None,
-        encoder_weights=m.encoder_weights,
-        encoder_weights_path=m.encoder_weights_path,
-        load_weights=for_training,
-        input_mean=tuple(m.input_mean) if m.input_mean else None,
-        input_std=tuple(m.input_std) if m.input_std else None,
-        kernel_size=tuple(tuple(k) for k in m.kernel_size) if m.kernel_size else None,
-        strides=tuple(tuple(s) for s in m.strides) if m.strides else None,
-        filters=tuple(m.filters) if m.filters else None,
-        patch_size=patch,
-        spacing=tuple(m.spacing) if m.spacing else None,
-    )
-
-
-def configured_spatial_dims(config: Config) -> int:
-    """The spatial dimensions a configuration fixes before any data is read: those of
-    ``model.strides``, ``model.kernel_size`` or ``model.spacing`` where given, else of a
-    2- or 3-value ``data.patch_size``, else 2."""
-    m, patch = config.model, config.data.patch_size
-    for given in (m.strides[0] if m.strides else None, m.kernel_size[0] if m.kernel_size else None):
-        if given and len(given) in (2, 3):
-            return len(given)
-    if m.spacing and len(m.spacing) in (2, 3):
-        return len(m.spacing)
-    return len(patch) if patch and len(patch) in (2, 3) else 2
-
-
-def backbone_blocks(config: Config) -> tuple[list[str], list[str]]:
-    """``(encoder block names, decoder block names)`` of the configured backbone, at the
-    spatial dimensions of :func:`configured_spatial_dims` (the names do not depend on
-    them otherwise)."""
-    from edue.nets.backbones import BackboneError
-    from edue.nets.factory import tap_layout
-
-    dims = configured_spatial_dims(config)
-    try:
-        return tap_layout(backbone_spec(config, dims, for_training=False))
-    except BackboneError as error:
-        raise ConfigError(str(error)) from None
 
 
 def _one(_: Config) -> int:
@@ -150,9 +86,6 @@ class MethodSpec:
         one_pass: all members come from one forward pass (heads); otherwise each member
             takes a pass of its own (ensemble members, MC samples): see :meth:`passes`.
         summary: one line for ``--help`` and the docs.
-        role: what the report compares: ``subject`` (the method the claims are about),
-            ``ensemble_reference`` (the multi-pass reference of the paper's claims),
-            ``one_pass_reference`` (the one-pass reference), or ``""``.
         member_method: for ensembles of independently trained networks, the registered
             method each member is (members train as separate jobs, ``method.member=i``,
             and a member's checkpoint loads as that method); ``None`` otherwise.
@@ -161,8 +94,6 @@ class MethodSpec:
         trained_as: a method whose training is exactly this one's (same network, loss
             and seed) and which differs only in how it reads its outputs at prediction;
             its checkpoint serves both (see :func:`edue.engine.checkpoint.renamed_checkpoint`).
-        ablations: named variants for the demo's ablation study: run name → the
-            ``method.*`` values that differ from the defaults.
         order: position in listings (tables, the demo); ties keep registration order.
         check: checks the run configuration beyond each key's own type and range
             (raises ``ValueError`` naming the keys); ``None``: nothing to check.
@@ -174,11 +105,9 @@ class MethodSpec:
     members: Callable[[Config], int] = _one
     one_pass: bool = True
     summary: str = ""
-    role: str = ""
     member_method: str | None = None
     first_member_from: str | None = None
     trained_as: str | None = None
-    ablations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     order: int = 100
     check: Callable[[Config], None] | None = None
 
@@ -249,16 +178,6 @@ def method_label(name: str) -> str:
     return spec.label if spec else name
 
 
-def method_with_role(role: str) -> MethodSpec | None:
-    """The first registered method playing ``role`` in the report, if any."""
-    return next(iter(methods_with_role(role)), None)
-
-
-def methods_with_role(role: str) -> tuple[MethodSpec, ...]:
-    """Every registered method playing ``role`` in the report, in order."""
-    return tuple(s for s in method_specs() if s.role == role)
-
-
 def build_method(
     config: Config,
     in_channels: int,
@@ -276,10 +195,10 @@ def build_method(
         ConfigError: the name is not registered.
     """
     request = BuildRequest(config, in_channels, out_channels, spatial_dims, for_training)
-    return built_method(config, for_training).build(request)
+    return method_spec_for(config, for_training).build(request)
 
 
-def built_method(config: Config, for_training: bool = False) -> MethodSpec:
+def method_spec_for(config: Config, for_training: bool = False) -> MethodSpec:
     """The method a configuration actually builds: ``method.name``'s, or its member
     method for one separately trained member (or any training job of such a method).
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from edue import result_keys as rk
-from edue.methods.registry import methods_with_role
+from edue.report.roles import methods_with_role
 from edue.report.runs import RunResult, find_method, find_role
 
 #: Targets of the comparison with the Deep Ensemble.

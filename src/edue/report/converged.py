@@ -32,7 +32,7 @@ def headline(summary: dict[str, Any], name: str, minutes: float | None = None) -
         name: the study's name as shown.
         minutes: how long the study took.
     """
-    from edue.methods.registry import methods_with_role
+    from edue.report.roles import methods_with_role
 
     subject = summary["subject"]
     table = summary["mean_std"]

@@ -25,7 +25,8 @@ from edue.io import read_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from edue.prediction import Prediction
-from edue.methods.registry import get_method, method_label, method_names, method_with_role
+from edue.methods.registry import get_method, method_label, method_names
+from edue.report.roles import method_with_role
 
 
 @dataclass

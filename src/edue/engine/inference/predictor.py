@@ -33,7 +33,7 @@ from edue.engine.inference.tiling import (
 )
 from edue.engine.runtime import resolve_device
 from edue.errors import CheckpointError, ConfigError, DataError
-from edue.methods import Method, build_method, built_method
+from edue.methods import Method, build_method, method_spec_for
 from edue.prediction import Prediction
 
 
@@ -115,7 +115,7 @@ class Predictor:
     @property
     def n_passes(self) -> int:
         """Forward passes of the network per image (1 for one-pass methods)."""
-        return built_method(self.config).passes(self.config)
+        return method_spec_for(self.config).passes(self.config)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Predictor:
@@ -140,7 +140,7 @@ class Predictor:
             raise CheckpointError(f"the configuration it holds is invalid ({exc})", path) from None
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"incomplete or malformed checkpoint ({exc!r})", path) from None
-        load_weights(method, state["model"], path, built_method(config).name)
+        load_weights(method, state["model"], path, method_spec_for(config).name)
         recorded = state.get("weights_sha256")
         predictor = cls(
             method,

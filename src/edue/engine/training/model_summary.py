@@ -10,8 +10,8 @@ from torch import nn
 
 from edue.config import Config
 from edue.errors import ConfigError
+from edue.methods.backbone_spec import backbone_spec
 from edue.methods.edue import head_names
-from edue.methods.registry import backbone_spec
 from edue.metrics.cost import count_parameters
 from edue.nets.backbones import BackboneError
 from edue.nets.factory import build_backbone
