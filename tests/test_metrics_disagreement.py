@@ -138,5 +138,5 @@ def test_disagreement_metric_uses_given_scores() -> None:
     for score in (1.0, 2.0, 3.0, 4.0):
         metric.update(maps, maps, model_sv=torch.tensor([score]), expert_sv=torch.tensor([-score]))
     summary = metric.aggregate(n_boot=0)
-    assert summary["image_spearman/0"] == pytest.approx(-1.0)
-    assert summary["pixel_ncc/0/mean"] == pytest.approx(1.0)
+    assert summary["image_spearman/s0"] == pytest.approx(-1.0)
+    assert summary["pixel_ncc/s0/mean"] == pytest.approx(1.0)

@@ -15,6 +15,7 @@ Conventions: docs/method.md, section "Inference".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,21 @@ def bernoulli_entropy(p: torch.Tensor) -> torch.Tensor:
     """Binary entropy in nats, elementwise. Shape is preserved."""
     p = p.clamp(_EPS, 1 - _EPS)
     return -(p * p.log() + (1 - p) * (1 - p).log())
+
+
+def structure_names(n_structures: int, names: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The given names, or ``("s0", "s1", ...)`` when none are known (the names results
+    and output files use for a prediction without names).
+
+    Raises:
+        ValueError: ``names`` does not have ``n_structures`` entries.
+    """
+    if not names:
+        return tuple(f"s{k}" for k in range(n_structures))
+    names = tuple(names)
+    if len(names) != n_structures:
+        raise ValueError(f"expected {n_structures} structure names, got {len(names)}: {names}")
+    return names
 
 
 @dataclass

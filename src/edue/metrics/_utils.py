@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 
@@ -49,16 +47,6 @@ def finite_pairs(
         raise ValueError(f"{what} differ in length: {x.size} vs {y.size}")
     keep = np.isfinite(x) & np.isfinite(y)
     return x[keep], y[keep]
-
-
-def structure_names(n_structures: int, names: Sequence[str] | None) -> tuple[str, ...]:
-    """The given names, or ``("0", "1", ...)`` when none are known."""
-    if names is None:
-        return tuple(str(i) for i in range(n_structures))
-    names = tuple(names)
-    if len(names) != n_structures:
-        raise ValueError(f"expected {n_structures} structure names, got {len(names)}: {names}")
-    return names
 
 
 def nan_mean_std(values: object, ddof: int = 0) -> tuple[float, float, int]:

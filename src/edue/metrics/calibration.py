@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from edue import result_keys as rk
-from edue.metrics._utils import as_tensor, structure_names
+from edue.metrics._utils import as_tensor
+from edue.prediction import structure_names
 
 NLL_EPS = 1e-6
 

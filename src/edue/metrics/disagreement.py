@@ -27,8 +27,8 @@ from edue.metrics._utils import (
     as_tensor,
     finite_pairs,
     nan_mean_std,
-    structure_names,
 )
+from edue.prediction import structure_names
 
 _NAN = float("nan")
 # A map is "constant" when its standard deviation is below this fraction of its largest
@@ -80,6 +80,17 @@ def image_correlation(
         out["spearman_ci"] = _percentile_ci(spear, confidence)
         out["pearson_ci"] = _percentile_ci(pear, confidence)
     return out
+
+
+def spearman(a: object, b: object) -> float:
+    """Spearman's rank correlation of the finite pairs of ``a`` and ``b`` (``[N]`` each);
+    NaN with fewer than three pairs or a constant side (no ranking to compare)."""
+    x, y = as_array_1d(a), as_array_1d(b)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
 
 
 def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from edue import result_keys as rk
+from edue.metrics.disagreement import spearman
 from edue.report.figures import colormap, new_figure, save_figure
 from edue.report.runs import RunResult
 
@@ -226,14 +227,10 @@ def reliability_figure(
     return save_figure(fig, path, tight=False)
 
 
-def _spearman(run: RunResult, x: np.ndarray, y: np.ndarray, s: str) -> float:
+def _run_spearman(run: RunResult, x: np.ndarray, y: np.ndarray, s: str) -> float:
+    """The run's recorded image-level Spearman, else computed from its per-case SVs."""
     rho = run.value(rk.key(rk.IMAGE_SPEARMAN, s))
-    ok = np.isfinite(x) & np.isfinite(y)
-    if np.isfinite(rho) or ok.sum() < 3:
-        return rho
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(x[ok], y[ok]).statistic)
+    return rho if np.isfinite(rho) else spearman(x, y)
 
 
 def sv_scatter_figure(
@@ -256,7 +253,7 @@ def sv_scatter_figure(
                 continue
             ax.scatter(x, y, s=10, alpha=0.7, color=colours[run.label], edgecolors="none")
             ax.set_title(
-                f"{run.label} · {s}\nSpearman ρ = {_spearman(run, x, y, s):.2f}", fontsize=9
+                f"{run.label} · {s}\nSpearman ρ = {_run_spearman(run, x, y, s):.2f}", fontsize=9
             )
             ax.set(xlabel="expert SV", ylabel="model SV")
             ax.ticklabel_format(style="sci", scilimits=(-2, 4))

@@ -54,9 +54,9 @@ from edue.engine.inference.pipeline import DEFAULT_WRITER_THREADS, _Pipeline
 from edue.engine.inference.predictor import Predictor
 from edue.engine.inference.writers import (
     FigureWriter,
+    output_structures,
     prediction_entry,
     stem_of,
-    structure_names,
     write_arrays,
     write_prediction,
 )
@@ -75,7 +75,7 @@ __all__ = [
     "predict_files",
     "prediction_entry",
     "stem_of",
-    "structure_names",
+    "output_structures",
     "write_arrays",
     "write_prediction",
 ]

@@ -17,9 +17,9 @@ import numpy as np
 from edue.engine.inference.predictor import Predictor
 from edue.engine.inference.writers import (
     FigureWriter,
+    output_structures,
     prediction_entry,
     stem_of,
-    structure_names,
     write_arrays,
 )
 from edue.errors import DataError
@@ -416,7 +416,7 @@ class _Pipeline:
             path=item.path,
             output=output,
             arrays=arrays,
-            names=structure_names(pred),
+            names=output_structures(pred),
             entry=entry,
             affine=item.affine,
             values=item.values,

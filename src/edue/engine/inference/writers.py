@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from edue.io import NIFTI_SUFFIXES, suffix_of, to_uint8, write_nifti, write_npz, write_png
-from edue.prediction import Prediction
+from edue.prediction import Prediction, structure_names
 
 UNCERTAINTY_PNG_MAX = 0.25  # a probability's variance never exceeds 1/4 for S → ∞
 
@@ -26,15 +26,15 @@ def stem_of(path: Path) -> str:
 FigureWriter = Callable[[np.ndarray, Prediction, Path, str, str], object]
 
 
-def structure_names(pred: Prediction) -> tuple[str, ...]:
-    """The prediction's structure names (``s0``, ``s1``, … when it has none)."""
-    return pred.structures or tuple(f"s{k}" for k in range(pred.mean.shape[0]))
+def output_structures(pred: Prediction) -> tuple[str, ...]:
+    """The prediction's structure names (:func:`~edue.prediction.structure_names`)."""
+    return structure_names(pred.mean.shape[0], pred.structures)
 
 
 def prediction_entry(pred: Prediction, source: Path, output: str | None = None) -> dict[str, Any]:
     """The summary entry of one image in ``predictions.json``: its input, the name its
     outputs are written under (relative to the output folder) and its SV."""
-    names = structure_names(pred)
+    names = output_structures(pred)
     return {
         "input": str(source),
         "output": output if output is not None else stem_of(source),
@@ -94,5 +94,5 @@ def write_prediction(
     affine: np.ndarray | None,
 ) -> dict[str, Any]:
     """Write the arrays and maps of one image; returns its summary entry."""
-    write_arrays(pred.to_numpy(), structure_names(pred), source, out, affine)
+    write_arrays(pred.to_numpy(), output_structures(pred), source, out, affine)
     return prediction_entry(pred, source)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 from edue.data.case import case_to_sample, collate_cases, expert_sv
 from edue.data.pipeline import PreparedSource
 from edue.engine.runtime import Runtime
 from edue.methods import Method
+from edue.metrics.disagreement import spearman
 from edue.metrics.segmentation import soft_dice
 from edue.prediction import SCORES, Prediction
 
@@ -75,14 +74,8 @@ def validation_metrics(
     out = {"val/loss": loss_mean}
     for s, name in enumerate(subset.structures):
         out[f"val/soft_dice/{name}"] = float(dice_mean[s])
-        out[f"val/spearman_sv/{name}"] = _spearman(sv_model[chosen, :, s], sv_true[:, s])
+        out[f"val/spearman_sv/{name}"] = spearman(sv_model[chosen, :, s], sv_true[:, s])
         if method.n_members >= 2:
             for i, score in enumerate(SCORES):
-                out[f"val/spearman_sv_{score}/{name}"] = _spearman(sv_model[i, :, s], sv_true[:, s])
+                out[f"val/spearman_sv_{score}/{name}"] = spearman(sv_model[i, :, s], sv_true[:, s])
     return out
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(spearmanr(a, b).statistic)
