@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
 
 from edue.config import load_config
-from edue.engine.inference import tiling
+from edue.engine.inference import memory, receptive_field, tiling
 from edue.engine.inference.predictor import Predictor
 from edue.errors import DataError
 from edue.methods import build_method
@@ -198,8 +199,13 @@ def test_no_room_for_even_the_smallest_tile_is_a_data_error_too() -> None:
 
 def test_small_images_are_never_probed() -> None:
     predictor = _predictor(["method.name=edue"], budget_mb=40)
+    passes: list[int] = []
+    predictor.method.network.register_forward_hook(lambda *_: passes.append(1))
     predictor.predict(_image((40, 60)))
-    assert predictor._profile is None  # no probe pass for an image under the probe's size
+    # the prediction's own pass only: no probe pass for an image under the probe's size
+    assert len(passes) == predictor.n_passes == 1
+    assert predictor.network_profile.local  # measuring the network: passes of its own
+    assert len(passes) > 1
 
 
 def test_image_wide_networks_are_not_tiled_but_still_predicted() -> None:
@@ -220,25 +226,33 @@ def test_the_receptive_field_bound_holds_and_image_wide_layers_are_caught() -> N
     # U-Net [4, 8, 16]: encoder 2·(1+2+4), up-convolutions 2+1, decoder 2·(2+1), bilinear
     # up-sampling of the heads 2·4: 31, rounded up to the divisor
     assert profile.halo == (32, 32)
-    gen = torch.Generator().manual_seed(0)
-    method = predictor.method.predict_members
-    cpu = torch.device("cpu")
-    assert tiling._changes_beyond(method, 3, profile.halo, 4, cpu, gen) is None
-    assert tiling._changes_beyond(method, 3, (4, 4), 4, cpu, gen) is not None  # too short
-    norm = _predictor(["method.name=plain", "model.norm=group"]).method
-    changed = tiling._changes_beyond(norm.predict_members, 3, profile.halo, 4, cpu, gen)
-    assert changed is not None and changed[1] > 1e-3
+    assert profile.reason == ""  # the bound passed the empirical check
+    # what the layer analysis cannot see, the check catches: an output that reaches
+    # 40 px along the last axis (beyond the 32 px bound), or one that mixes in the whole
+    # image, is not local
+    method = predictor.method
+
+    def measured(predict: Callable[[torch.Tensor], torch.Tensor]) -> receptive_field.NetworkProfile:
+        return receptive_field.profile_network(predict, method, 3, 2, 4, torch.device("cpu"))
+
+    far = measured(lambda x: torch.roll(method.predict_members(x), 40, dims=-1))
+    assert not far.local and far.halo == (32, 32)
+    assert "beyond the receptive field's bound (32 px on axis 1)" in far.reason
+    wide = measured(lambda x: method.predict_members(x) + x.mean())
+    assert not wide.local and "beyond the receptive field's bound" in wide.reason
+    norm = _predictor(["method.name=plain", "model.norm=group"]).network_profile
+    assert not norm.local and norm.reason == "GroupNorm is image-wide"
 
 
 def test_the_default_budget_comes_from_the_machine() -> None:
     predictor = _predictor(["method.name=edue"])
     assert predictor.config.infer.max_memory_mb is None
     budget = predictor.memory_budget_mb
-    assert budget == tiling.default_memory_budget_mb("cpu") >= tiling.FLOOR_MB > 0
-    machine = tiling.machine_memory_bytes()
+    assert budget == memory.default_memory_budget_mb("cpu") >= memory.FLOOR_MB > 0
+    machine = memory.machine_memory_bytes()
     if machine is not None:  # Linux: /proc/meminfo
         assert machine > 0
-        assert budget == max(tiling.FLOOR_MB, int(machine * tiling.DEFAULT_FRACTION / tiling.MB))
+        assert budget == max(memory.FLOOR_MB, int(machine * memory.DEFAULT_FRACTION / memory.MB))
     assert _predictor(["method.name=edue"], budget_mb=777).memory_budget_mb == 777
 
 

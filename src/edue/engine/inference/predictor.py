@@ -17,18 +17,14 @@ from edue.data.source import CaseSource
 from edue.data.transforms import resize_image
 from edue.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from edue.engine.inference.features import FeatureTap, encoder_block_names, tapped_modules
+from edue.engine.inference.memory import MB, check_stack_fits, default_memory_budget_mb
+from edue.engine.inference.receptive_field import NetworkProfile, probe_side, profile_network
 from edue.engine.inference.tiling import (
-    MB,
-    NetworkProfile,
     TiledPooling,
     TilePlan,
-    check_stack_fits,
-    default_memory_budget_mb,
     padded_shape,
     plan_memory,
     predict_tiled,
-    probe_side,
-    profile_network,
     whole_pass_bytes,
 )
 from edue.engine.runtime import resolve_device
@@ -253,7 +249,7 @@ class Predictor:
     @property
     def memory_budget_mb(self) -> int:
         """The memory one prediction may use, in MB: ``infer.max_memory_mb``, else
-        derived from the machine (:func:`~edue.engine.inference.tiling.default_memory_budget_mb`:
+        derived from the machine (:func:`~edue.engine.inference.memory.default_memory_budget_mb`:
         half its memory, or the GPU's, at least 512 MB)."""
         configured = self.config.infer.max_memory_mb
         if configured is not None:
@@ -265,7 +261,7 @@ class Predictor:
     @property
     def network_profile(self) -> NetworkProfile:
         """The network's halo, locality and activation bytes per pixel, measured once
-        by probe passes (:func:`~edue.engine.inference.tiling.profile_network`)."""
+        by probe passes (:func:`~edue.engine.inference.receptive_field.profile_network`)."""
         if self._profile is None:
             self._profile = profile_network(
                 self.method.predict_members,
@@ -282,10 +278,10 @@ class Predictor:
         ``None`` for one whole-image pass, else the tiles.
 
         A batch no larger than the probe pass (64² px, or 32³ voxels, at least four
-        divisors a side; :func:`~edue.engine.inference.tiling.probe_side`) is always predicted in
-        one pass, without probing. A network that cannot be tiled exactly (an image-wide
-        operation such as instance norm; :attr:`network_profile`) is predicted in one
-        pass with a warning when the pass exceeds the budget.
+        divisors a side; :func:`~edue.engine.inference.receptive_field.probe_side`) is
+        always predicted in one pass, without probing. A network that cannot be tiled
+        exactly (an image-wide operation such as instance norm; :attr:`network_profile`)
+        is predicted in one pass with a warning when the pass exceeds the budget.
 
         Raises:
             DataError: the member stack ``[S', B, K, *sp]`` float32 and the image alone, or
