@@ -22,7 +22,7 @@ _WHERE = {
     "PredictResult": "inference.files",
     "evaluate_predictor": "evaluation.evaluate",
     "evaluate_checkpoint": "evaluation.evaluate",
-    "ood_study": "evaluation.evaluate",
+    "ood_study": "evaluation.shift",
     "gather_ensemble": "training.ensemble",
     "member_config": "training.ensemble",
     "save_checkpoint": "checkpoint",

@@ -148,7 +148,7 @@ def _ood_panel(ax: Axes, run: RunResult, kind: str, score: str, legend: bool) ->
     for k, s in enumerate(run.structures):
         data, positions = [], []
         for g, (_, fraction, distorted) in enumerate(OOD_GROUPS):
-            split = _ood_groups(results.get(f"{kind}@{fraction:g}", {}), score, k)
+            split = _ood_groups(results.get(rk.ood_condition(kind, fraction), {}), score, k)
             if split and split[int(distorted)].size:
                 data.append(split[int(distorted)])
                 positions.append(g - 0.4 + width * (k + 0.5))

@@ -288,7 +288,7 @@ def find_role(runs: Sequence[RunResult], role: str) -> RunResult | None:
 
 def ood_key(kind: str, fraction: float) -> str:
     """Key of one distortion setting in ``ood.json`` ``results`` (``"noise@0.5"``)."""
-    return f"{kind}@{fraction:g}"
+    return rk.ood_condition(kind, fraction)
 
 
 def ood_kinds(runs: Sequence[RunResult]) -> tuple[str, ...]:
