@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +36,64 @@ def make_case(
     return MultiRaterCase(image=image, masks=masks, case_id=case_id, structures=structures)
 
 
-def find_chromium() -> str | None:
-    """A headless-capable Chromium or Chrome on PATH, or ``None``."""
-    import shutil
+#: Names a headless-capable Chromium or Chrome goes by on PATH, in order of preference.
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+#: Environment variable naming the browser to use instead (a path or a command name); a
+#: value that names no program means that there is no browser.
+CHROMIUM_ENV = "EDUE_CHROMIUM"
 
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+
+def find_chromium() -> str | None:
+    """A headless-capable Chromium or Chrome, or ``None``.
+
+    The program named by ``EDUE_CHROMIUM`` when that is set (``None`` when it names no
+    executable), else the first of :data:`CHROMIUM_NAMES` found on PATH.
+    """
+    override = os.environ.get(CHROMIUM_ENV)
+    if override:
+        return shutil.which(override)
+    for name in CHROMIUM_NAMES:
         if found := shutil.which(name):
             return found
     return None
+
+
+def in_ci() -> bool:
+    """Whether the tests run in continuous integration (``CI=true``, any case)."""
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def chromium_or_skip(purpose: str) -> str:
+    """The browser for a test that needs one (:func:`find_chromium`).
+
+    Without a browser the test is skipped with the reason, except under ``CI=true``,
+    where it fails: browser checks must not drop out of CI unnoticed (``.ci/run``
+    installs Debian's ``chromium``).
+
+    Args:
+        purpose: what the browser is for, completing "no chromium on PATH to ...".
+
+    Returns:
+        The browser's path.
+    """
+    found = find_chromium()
+    if found is not None:
+        return found
+    override = os.environ.get(CHROMIUM_ENV)
+    why = f" ({CHROMIUM_ENV}={override} names no program)" if override else ""
+    if in_ci():
+        pytest.fail(
+            f"CI=true but no chromium on PATH{why} to {purpose}; "
+            "install one (Debian: apt-get install chromium, as .ci/run does)",
+            pytrace=False,
+        )
+    pytest.skip(f"no chromium on PATH{why} to {purpose}")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The path of a headless browser; skips without one, fails under ``CI=true``."""
+    return chromium_or_skip("render the HTML pages in a browser")
 
 
 def free_port() -> int:

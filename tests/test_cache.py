@@ -258,7 +258,14 @@ def test_the_foreground_of_a_volume_is_found_once(monkeypatch):
     sample["masks"].zero_()  # changed in place: found again (and now empty)
     sampler(sample)
     assert len(calls) == 2 and not sampler.last_draw.positive
-    assert pickle.loads(pickle.dumps(sampler))._foreground is None  # not sent to workers
+    # what a DataLoader worker receives holds no volume (the masks alone are 24 kB): the
+    # size of a fresh sampler's pickle and its last draw; and it draws as the original
+    shipped = pickle.dumps(sampler)
+    assert len(shipped) < len(pickle.dumps(PatchSampler(8, pos_ratio=1.0, seed=0))) + 100
+    copy = pickle.loads(shipped)
+    copy(sample)
+    sampler(sample)
+    assert copy.last_draw == sampler.last_draw
 
 
 def test_a_disk_entry_read_again_skips_the_npy_header(tmp_path, monkeypatch):

@@ -81,7 +81,9 @@ def test_ged_per_structure_and_3d() -> None:
     result = ged_lidc(members, raters)
     assert result.shape == (2,)
     assert result[0].item() == pytest.approx(0.0, abs=1e-7)
-    assert result[1].item() > 0
+    # structure 1: member 1 differs from every (empty) rater, d = 1: cross term 3/9;
+    # within the members (self-pairs included) 4 of 9 ordered pairs differ; raters 0
+    assert result[1].item() == pytest.approx(2 * 3 / 9 - 4 / 9)
 
 
 def test_hungarian_iou_hand_computed() -> None:

@@ -122,7 +122,15 @@ def test_pairwise_dice_variance_per_structure_3d() -> None:
     members[:, 0] = members[:1, 0]  # structure 0: identical members
     result = pairwise_dice_variance(members)
     assert result.shape == (2,)
-    assert result[0].item() == 0.0 and result[1].item() > 0
+    binary = (members[:, 1] > 0.5).flatten(1).numpy()
+    dice = [
+        2 * (a & b).sum() / (a.sum() + b.sum())
+        for i, a in enumerate(binary)
+        for b in binary[i + 1 :]
+    ]
+    assert len(dice) == 6 and np.var(dice) > 1e-4  # the random members differ
+    assert result[0].item() == 0.0
+    assert result[1].item() == pytest.approx(np.var(dice), rel=1e-5)
 
 
 def test_separation_auroc_hand_and_torchmetrics() -> None:

@@ -57,6 +57,17 @@ def _noisy_prediction(case: MultiRaterCase, n_members: int = 5, seed: int = 0) -
     return Prediction((vote.unsqueeze(0) + noise).clamp(0, 1), method="noisy")
 
 
+def _rater_dice_variance(case: MultiRaterCase, structure: str) -> float:
+    """The population variance of the Dice of every pair of raters of ``structure``
+    (nonzero: the raters of :func:`_case` disagree)."""
+    masks = case.masks[:, STRUCTURES.index(structure)].reshape(case.n_raters, -1) > 0
+    dice = [
+        2 * (a & b).sum() / (a.sum() + b.sum()) for i, a in enumerate(masks) for b in masks[i + 1 :]
+    ]
+    assert len(dice) == case.n_raters * (case.n_raters - 1) // 2 and np.var(dice) > 0
+    return float(np.var(dice))
+
+
 def test_perfect_prediction_made_of_the_raters() -> None:
     case = _case(1)
     masks = torch.from_numpy(case.masks)
@@ -78,11 +89,15 @@ def test_perfect_prediction_made_of_the_raters() -> None:
         assert row[f"hd95/{s}"] == pytest.approx(0.0)
         assert row[f"brier/{s}"] == pytest.approx(0.0, abs=1e-9)
         assert row[f"model_sv/{s}"] == pytest.approx(row[f"expert_sv/{s}"], rel=1e-5)
-        assert row[f"expert_sv/{s}"] > 0
+        k = STRUCTURES.index(s)  # the raters' variance (N − 1) summed over the image
+        expert = np.var(case.masks[:, k].astype(np.float64), axis=0, ddof=1).sum()
+        assert expert > 0 and row[f"expert_sv/{s}"] == pytest.approx(expert, rel=1e-5)
         assert row[f"pixel_ncc/{s}"] == pytest.approx(1.0, abs=1e-6)
         assert row[f"ged/{s}"] == pytest.approx(0.0, abs=1e-6)  # LIDC preset
         assert row[f"hungarian_iou/{s}"] == pytest.approx(1.0)
-        assert row[f"pairwise_dice_var/{s}"] > 0  # the raters disagree
+        assert row[f"pairwise_dice_var/{s}"] == pytest.approx(
+            _rater_dice_variance(case, s), rel=1e-5
+        )
     vote = soft_vote(masks)
     assert row["nll/disc"] == pytest.approx(nll(vote, vote)[0].item(), rel=1e-6)
 

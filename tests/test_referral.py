@@ -5,9 +5,12 @@ one clear error for every bad or missing calibration file."""
 
 from __future__ import annotations
 
+import csv
+import gc
 import json
 import re
 import shutil
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,6 +51,21 @@ def _fundus_pngs(folder: Path, n: int, seed: int = 5) -> list[Path]:
     return paths
 
 
+def _in_expert_units(entry: dict, sv: float) -> tuple[float, float, float]:
+    """The expected experts' SV of a model SV ``sv`` and its 80 % range, from one
+    structure's entry of ``calibration.json``: the isotonic map, linear between its knots
+    and constant beyond them, plus the 10th and 90th percentiles of the calibration
+    images' residuals (with four calibration images all of them are the neighbours),
+    clipped at 0."""
+    knots = entry["isotonic"]
+    cal = entry["calibration"]
+    residuals = np.asarray(cal["expert_sv"]) - np.interp(cal["sv"], knots["x"], knots["y"])
+    assert len(residuals) == 4
+    expected = float(np.interp(sv, knots["x"], knots["y"]))
+    low, high = np.quantile(residuals, [0.1, 0.9])
+    return expected, max(expected + low, 0.0), max(expected + high, 0.0)
+
+
 def test_calibrate_writes_thresholds_scale_and_gate(calibrated_run: Path) -> None:
     data = json.loads((calibrated_run / "calibration.json").read_text())
     assert data["format"] == "edue-calibration" and data["split"] == "val"
@@ -85,16 +103,19 @@ def test_predict_on_new_images_decides_and_draws_the_gallery(
     summary = json.loads((out / "predictions.json").read_text())
     entries = {Path(e["input"]).name: e for e in summary["predictions"]}
     assert len(entries) == 4
+    calibration = json.loads((calibrated_run / "calibration.json").read_text())
     for entry in entries.values():
         assert entry["refer"] is True  # nothing could be certified on four images
         assert REASON_UNCERTAIN in entry["reasons"]
         for s in ("disc", "cup"):
             decision = entry["structures"][s]
-            assert decision["sv"] == pytest.approx(entry["sv"][s])
-            assert decision["percentile"] in (0.0, 25.0, 50.0, 75.0, 100.0)
-            low, high = decision["expected_expert_sv_range"]
-            assert 0 <= low <= high
-            assert decision["expected_expert_sv"] >= 0
+            sv = entry["sv"][s]
+            assert decision["sv"] == pytest.approx(sv)
+            expected, low, high = _in_expert_units(calibration["per_structure"][s], sv)
+            assert decision["expected_expert_sv"] == pytest.approx(expected, rel=1e-9)
+            assert decision["expected_expert_sv_range"] == pytest.approx([low, high], rel=1e-9)
+            calibration_sv = np.asarray(calibration["per_structure"][s]["calibration"]["sv"])
+            assert decision["percentile"] == 100 * np.mean(calibration_sv <= sv)
         assert entry["ood"]["available"] and np.isfinite(entry["ood"]["score"])
     noisy = entries["noise.png"]
     assert noisy["ood"]["unlike_training"] and REASON_SHIFT in noisy["reasons"]
@@ -253,33 +274,87 @@ def test_the_gate_reads_the_prediction_s_own_forward_pass(tiny_run: Path) -> Non
     torch.testing.assert_close(features, torch.cat([o.mean((2, 3)) for o in outputs], 1))
     for a, b in zip(plain, preds, strict=True):
         torch.testing.assert_close(a.members, b.members)
-    # the predictor's hooks stay on the blocks, one each, and do nothing outside a pass
-    # that asks for features: no output or mean is kept by a plain prediction
-    assert all(len(m._forward_hooks) == 1 for m in modules)
-    predictor.predict_batch(images)
-    predictor.predict_batch_with_features(images, tap=names)
-    tap = predictor._tap(tuple(names))
-    predictor.predict_batch(images)
-    assert tap._calls == [[], [], []]
-    assert all(len(m._forward_hooks) == 1 for m in modules)
+    # plain predictions of other images between two passes that read features change
+    # neither: the features are those of the pass's own images, the predictions those
+    # of a predictor that never read any
+    others = [c.image for c in generate_cases(2, 7, FundusConfig(size=32, n_raters=2))]
+    before = predictor.predict_batch(others)
+    again, features_again = predictor.predict_batch_with_features(images, tap=names)
+    after = predictor.predict_batch(others)
+    torch.testing.assert_close(features_again, features, rtol=0, atol=0)
+    for a, b in zip(preds, again, strict=True):
+        torch.testing.assert_close(a.members, b.members, rtol=0, atol=0)
+    for a, b in zip(before, after, strict=True):
+        torch.testing.assert_close(a.members, b.members, rtol=0, atol=0)
+    assert len(passes) == 5
+
+
+def _channel_means(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The channel means of ``block(x)`` over space, computed directly ``[b, C]``."""
+    with torch.no_grad():
+        return block(x).mean((2, 3))
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_feature_tap_reads_channel_means_inside_its_context_only(persistent: bool) -> None:
+    torch.manual_seed(0)
+    block = torch.nn.Conv2d(1, 2, 3, padding=1)
+    x, y = torch.randn(3, 1, 5, 4), torch.randn(3, 1, 5, 4)
+    untapped = block(x).detach()
+    tap = FeatureTap([block], persistent=persistent)
+    for images in (x, y, x):  # several passes of one tap, each read on its own (x last)
+        with tap:
+            inside = block(images)
+        block(torch.randn(3, 1, 5, 4))  # outside the context: not read
+        torch.testing.assert_close(tap.features(3), _channel_means(block, images))
+        assert tap.features(3) is None  # read once: what was kept is released
+        with FeatureTap([block]) as fresh:
+            block(images)
+        torch.testing.assert_close(fresh.features(3), _channel_means(block, images))
+    torch.testing.assert_close(inside.detach(), untapped, rtol=0, atol=0)  # x's output as ever
+    block(x)
+    assert tap.features(3) is None  # nothing read after the last context either
+
+
+def test_a_closed_tap_reads_nothing_and_is_released_by_the_model() -> None:
+    torch.manual_seed(0)
+    block = torch.nn.Conv2d(1, 2, 1)
+    x = torch.randn(2, 1, 4, 4)
+    tap = FeatureTap([block], persistent=True)
+    with tap:
+        block(x)
     tap.close()
-    assert all(len(m._forward_hooks) == 0 for m in modules)
+    block(3 * x)  # after closing: not read
+    torch.testing.assert_close(tap.features(2), _channel_means(block, x))
+    with tap:  # entered again after closing: it reads again
+        block(2 * x)
+    torch.testing.assert_close(tap.features(2), _channel_means(block, 2 * x))
+    tap.close()
+    for persistent in (False, True):
+        tap = FeatureTap([block], persistent=persistent)
+        with tap:
+            block(x)
+        if persistent:
+            tap.close()
+        released = weakref.ref(tap)
+        del tap
+        gc.collect()
+        assert released() is None  # the model keeps no hook that holds on to the tap
+    # and the model computes what it computed before any tap
+    torch.testing.assert_close(block(x), torch.nn.functional.conv2d(x, block.weight, block.bias))
 
 
 def test_feature_tap_pools_repeated_calls_and_windows() -> None:
     block = torch.nn.Conv2d(1, 2, 1)
-    with FeatureTap([block]):
-        assert len(block._forward_hooks) == 1
-    assert len(block._forward_hooks) == 0  # not persistent: removed on exit
     with FeatureTap([block]) as tap:
         block(torch.ones(3, 1, 4, 4))
         block(torch.zeros(3, 1, 4, 4))  # a second sample of the same images: averaged
     expected = (block(torch.ones(1, 1, 4, 4)) + block(torch.zeros(1, 1, 4, 4))).mean((2, 3)) / 2
     torch.testing.assert_close(tap.features(3), expected.detach().expand(3, 2))
+    windows = torch.arange(16.0).reshape(4, 1, 2, 2)
     with FeatureTap([block]) as tap:
-        block(torch.ones(4, 1, 2, 2))  # four windows of one image
-    pooled = tap.features(1)
-    assert pooled is not None and pooled.shape == (1, 2)
+        block(windows)  # four windows of one image: the mean over all their positions
+    torch.testing.assert_close(tap.features(1), _channel_means(block, windows).mean(0, True))
     assert tap.features(1) is None  # read once: what was kept is released
     with FeatureTap([block]) as tap:
         block(torch.ones(4, 1, 2, 2))
@@ -308,6 +383,30 @@ def test_gate_score_matches_the_float64_mahalanobis_distance() -> None:
         gate.score(np.zeros((2, 4)))
 
 
+def _least_referral(sv: np.ndarray, poor: np.ndarray, alpha: float) -> float:
+    """The least share of images any threshold on ``sv`` refers (accepting ``sv <= t``)
+    with at most ``alpha`` of the accepted ones poor; referring all always qualifies."""
+    rates = [1.0]
+    for t in sv[np.isfinite(sv)]:
+        accepted = sv <= t
+        if poor[accepted].sum() <= alpha * accepted.sum():
+            rates.append(1 - accepted.mean())
+    return min(rates)
+
+
+def _pairwise_auroc(scores: list[float], positive: list[bool]) -> float:
+    """The share of (distorted, clean) pairs in which the distorted image scores higher,
+    ties counting one half (images without a finite score left out)."""
+    pairs = [
+        (p, n)
+        for p, is_p in zip(scores, positive, strict=True)
+        for n, is_n in zip(scores, positive, strict=True)
+        if is_p and not is_n and np.isfinite(p) and np.isfinite(n)
+    ]
+    assert pairs
+    return float(np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs]))
+
+
 def test_evaluate_and_compare_report_the_referral(
     calibrated_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -322,15 +421,32 @@ def test_evaluate_and_compare_report_the_referral(
     assert info["referral"]["alphas"] == [0.05, 0.1, 0.2]
     m = info["metrics"]
     assert m["qc_threshold/disc"] == 0.5  # the calibration's poor levels
+    # the SV figures, recomputed here from the evaluated images' own values
+    with (out / "per_case.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4
+    calibration = json.loads((calibrated_run / "calibration.json").read_text())
     for s in ("disc", "cup"):
+        sv, expert, dice = (
+            np.array([float(r[f"{name}/{s}"]) for r in rows])
+            for name in ("model_sv", "expert_sv", "soft_dice")
+        )
+        poor = dice < {"disc": 0.5, "cup": 0.3}[s]
         for a in ("0.05", "0.1", "0.2"):
             assert m[f"referral_rate/{s}/alpha_{a}"] == 1.0  # four calibration images
             assert np.isnan(m[f"referral_poor_share/{s}/alpha_{a}"])
-            assert 0 <= m[f"referral_oracle_rate/{s}/alpha_{a}"] <= 1
-        assert np.isfinite(m[f"sv_slope/{s}"]) and m[f"sv_mae/{s}"] >= 0
-        assert m[f"sv_mae_isotonic/{s}"] >= 0
+            oracle = m[f"referral_oracle_rate/{s}/alpha_{a}"]
+            assert oracle == pytest.approx(_least_referral(sv, poor, float(a)))
+        assert m[f"sv_slope/{s}"] == pytest.approx(np.polyfit(expert, sv, 1)[0])
+        assert m[f"sv_mae/{s}"] == pytest.approx(np.mean(np.abs(sv - expert)))
+        knots = calibration["per_structure"][s]["isotonic"]
+        in_expert_units = np.interp(sv, knots["x"], knots["y"])
+        assert m[f"sv_mae_isotonic/{s}"] == pytest.approx(np.mean(np.abs(in_expert_units - expert)))
     ood = json.loads((out / "ood.json").read_text())["results"]["noise@0.5"]
-    assert len(ood["gate_score"]) == len(ood["is_distorted"]) and 0 <= ood["auroc_gate"] <= 1
+    assert len(ood["gate_score"]) == len(ood["is_distorted"])
+    assert ood["auroc_gate"] == pytest.approx(
+        _pairwise_auroc(ood["gate_score"], ood["is_distorted"])
+    )
     report = tmp_path / "report"
     assert main(["compare", str(out), "--out", str(report)]) == 0
     table = (report / "table.md").read_text()

@@ -22,7 +22,6 @@ import pytest
 from edue.report.compare import compare_runs
 from edue.report.html import CSS, FigureEntry, ReportContent, render_report
 from edue.report.tables import Cell, Table
-from tests.conftest import find_chromium
 from tests.test_report import write_eval_folder
 
 KINDS = ("noise", "blur", "hue")
@@ -144,10 +143,8 @@ def test_css_keeps_wide_content_inside_the_page() -> None:
 
 
 # --------------------------------------------------------------------------- browser
-CHROMIUM = find_chromium()
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="no chromium/chrome on PATH to lay the page out"
-)
+# The browser test takes the ``chromium`` fixture (tests/conftest.py): skipped without a
+# browser, failed under CI=true.
 
 #: Measures the laid-out page once everything (images included) has loaded and appends
 #: the result as JSON; it is added to a copy of the report only (the report has no script).
@@ -190,18 +187,19 @@ window.addEventListener("load", function () {
 </script>"""
 
 
-def _layout(page: Path, width: int, tmp_path: Path) -> dict:
-    """Lay ``page`` out in headless chromium at ``width`` px and measure it."""
+def _layout(chromium: str, page: Path, width: int, tmp_path: Path) -> dict:
+    """Lay ``page`` out in headless ``chromium`` at ``width`` px and measure it."""
     probe = tmp_path / f"probe_{width}.html"
     probe.write_text(
         page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8"
     )
     done = subprocess.run(
         [
-            str(CHROMIUM),
+            chromium,
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
+            "--disable-dev-shm-usage",  # containers often have a small /dev/shm
             f"--user-data-dir={tmp_path / f'profile_{width}'}",
             f"--window-size={width},1200",
             "--virtual-time-budget=10000",
@@ -229,14 +227,13 @@ def _assert_nothing_runs_off(layout: dict) -> None:
         assert table["sticky"] == "sticky", table
 
 
-@needs_chromium
 @pytest.mark.parametrize("width", [1400, 900])
 def test_browser_layout_keeps_every_table_column_reachable(
-    demo_like_report: Path, extreme_report: Path, width: int, tmp_path: Path
+    chromium: str, demo_like_report: Path, extreme_report: Path, width: int, tmp_path: Path
 ) -> None:
-    demo = _layout(demo_like_report, width, tmp_path)
+    demo = _layout(chromium, demo_like_report, width, tmp_path)
     _assert_nothing_runs_off(demo)
-    extreme = _layout(extreme_report, width, tmp_path)
+    extreme = _layout(chromium, extreme_report, width, tmp_path)
     _assert_nothing_runs_off(extreme)
     from edue.report.converged import load_converged
 
