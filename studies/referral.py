@@ -22,7 +22,7 @@ from edue.cli import main as edue
 
 METHODS = ("edue", "plain", "deep_ensemble")
 LENIENT = ["disc=0.9", "cup=0.8"]
-STRICT = ["--poor-threshold", "disc=0.94", "--poor-threshold", "cup=0.9"]
+STRICT = ["--poor", "disc=0.94", "cup=0.9"]
 #: (folder, first case index) of the fresh images: 500 each, seed 0.
 FRESH = (("fresh_calibration", 460), ("fresh_test", 960))
 
