@@ -12,8 +12,8 @@ from edue.cli import main
 from edue.config import load_config
 from edue.data.pipeline import build_datasets, open_configured_source, split_indices
 from edue.engine.checkpoint import load_checkpoint, save_checkpoint
-from edue.engine.inference.files import collect_inputs, output_names
 from edue.engine.inference.predictor import Predictor
+from edue.engine.predict.files import collect_inputs, output_names
 from edue.engine.runtime import setup_runtime
 from edue.engine.training.validation import validation_metrics
 from edue.errors import CheckpointError, DataError

@@ -155,6 +155,31 @@ def test_no_import_cycles():
     assert _cycles(_import_graph()) == []
 
 
+#: the engine's jobs in data-flow order: a job may import its own and earlier ranks
+ENGINE_RANK = {"": 0, "training": 1, "inference": 1, "referral": 2, "predict": 3, "evaluation": 3}
+
+
+def _engine_job(module: str) -> str:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 3 and parts[2] in ENGINE_RANK else ""
+
+
+def test_the_engine_s_jobs_read_top_to_bottom():
+    """Training and inference stand on the shared modules only; referral on inference;
+    file prediction and evaluation on both: no job reaches back up."""
+    assert {p.name for p in (SRC / "engine").iterdir() if p.is_dir() and p.name[0] != "_"} == (
+        set(ENGINE_RANK) - {""}
+    )
+    upward = [
+        f"{path.relative_to(SRC)}:{line} imports {module}"
+        for path in (SRC / "engine").rglob("*.py")
+        for line, module in _runtime_imports(ast.parse(path.read_text()))
+        if module.startswith("edue.engine.")
+        and ENGINE_RANK[_engine_job(_target(module))] > ENGINE_RANK[_engine_job(_module_name(path))]
+    ]
+    assert upward == []
+
+
 def test_engine_never_imports_report():
     offenders = [
         f"{p.relative_to(SRC)}:{line}"

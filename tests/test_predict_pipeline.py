@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from edue.cli import main
-from edue.engine.inference.files import predict_files, stem_of, write_prediction
-from edue.engine.inference.pipeline import _Loaded
 from edue.engine.inference.predictor import Predictor
+from edue.engine.predict.files import predict_files, stem_of, write_prediction
+from edue.engine.predict.pipeline import _Loaded
 from edue.errors import DataError
 from edue.io import read_image, write_json
 from edue.report.prediction_figures import write_prediction_figure

@@ -149,7 +149,7 @@ def cmd_model_show(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from edue.engine.inference.files import predict_files
+    from edue.engine.predict.files import predict_files
     from edue.outputs import check_output_dir
     from edue.report.console import referral_line
 

@@ -1,8 +1,9 @@
-"""Running methods, one subpackage per job: ``training`` (seeded, resumable,
-distributed), ``inference`` (one-pass prediction, sliding window, tiling, files),
-``evaluation`` (metrics of a run's split, shift study) and ``referral`` (calibration
-file, procedure and shift gate); checkpoints, the run folder and the runtime (device,
-precision, processes) are shared by all four.
+"""Running methods, one subpackage per job, in the order data flows through them:
+``training`` (seeded, resumable, distributed) and ``inference`` (one-pass prediction,
+sliding window, tiling); ``referral`` (calibration file, procedure and shift gate, on a
+predictor); ``predict`` (``edue predict`` on files, with the referral decisions) and
+``evaluation`` (metrics of a run's split, shift study). Checkpoints, the run folder and
+the runtime (device, precision, processes) are shared by all.
 
 Names are imported on first use, so ``import edue.engine`` stays cheap.
 """
@@ -18,8 +19,8 @@ _WHERE = {
     "train_method": "training.trainer",
     "Predictor": "inference.predictor",
     "load_weights": "inference.predictor",
-    "predict_files": "inference.files",
-    "PredictResult": "inference.files",
+    "predict_files": "predict.files",
+    "PredictResult": "predict.files",
     "evaluate_predictor": "evaluation.evaluate",
     "evaluate_checkpoint": "evaluation.evaluate",
     "ood_study": "evaluation.shift",

@@ -195,7 +195,7 @@ def _disagreement(entry: Mapping[str, Any]) -> float:
 
 
 def _load_card(out_dir: Path, entry: Mapping[str, Any]) -> Card:
-    from edue.engine.inference.writers import stem_of
+    from edue.engine.predict.writers import stem_of
     from edue.io import NIFTI_SUFFIXES, read_image, suffix_of
 
     source = Path(str(entry["input"]))

@@ -1,3 +1,3 @@
 """One-pass prediction: the :class:`Predictor` (batched, sliding-window and tiled under
-a memory budget), the feature taps it offers, and prediction on files (the reading /
-predicting / writing pipeline and its writers)."""
+a memory budget, with the memory model and receptive-field bound that tiling needs) and
+the feature taps it offers. Prediction on files is :mod:`edue.engine.predict`."""

@@ -405,7 +405,7 @@ class Predictor:
         """:meth:`predict_batch`, also returning the pooled outputs of the modules ``tap``.
 
         The features come from the same forward pass, through a forward hook
-        (:class:`~edue.engine.referral.gate.FeatureTap`): no second pass. An image predicted
+        (:class:`~edue.engine.inference.features.FeatureTap`): no second pass. An image predicted
         tile by tile (over the memory budget, :meth:`memory_plan`) gets them pooled over
         the tiles' centres (:class:`~edue.engine.inference.tiling.TiledPooling`): the same
         features as a whole-image pass.

@@ -302,7 +302,7 @@ class TiledPooling:
 
     The centres cover the padded image once, as the whole-image pass's outputs do, so
     the features equal that pass's (to float rounding). Several calls of a module in a
-    tile (MC dropout's samples) are averaged, as :class:`~edue.engine.referral.gate.FeatureTap`
+    tile (MC dropout's samples) are averaged, as :class:`~edue.engine.inference.features.FeatureTap`
     does.
 
     Args:

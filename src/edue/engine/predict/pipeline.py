@@ -1,4 +1,4 @@
-"""The three stages of ``edue predict`` (see :mod:`edue.engine.inference.files`): a reader
+"""The three stages of ``edue predict`` (see :mod:`edue.engine.predict.files`): a reader
 thread reading ahead in input order, batches of equal-sized images through the model
 on the calling thread, and writer threads behind a bounded backlog."""
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edue.engine.inference.predictor import Predictor
-from edue.engine.inference.writers import (
+from edue.engine.predict.writers import (
     FigureWriter,
     output_structures,
     prediction_entry,

@@ -50,9 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edue.engine.inference.pipeline import DEFAULT_WRITER_THREADS, _Pipeline
 from edue.engine.inference.predictor import Predictor
-from edue.engine.inference.writers import (
+from edue.engine.predict.pipeline import DEFAULT_WRITER_THREADS, _Pipeline
+from edue.engine.predict.writers import (
     FigureWriter,
     output_structures,
     prediction_entry,
