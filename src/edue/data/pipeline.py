@@ -358,11 +358,24 @@ class PreparedData:
         source: the whole dataset.
         indices: the source's indices of each subset (empty subsets included).
         subsets: the prepared non-empty subsets (bad cases dropped).
+        settings: the ``data`` section it was prepared from.
     """
 
     source: CaseSource
     indices: dict[str, list[int]]
     subsets: dict[str, PreparedSource]
+    settings: DataSettings
+
+    def training_dataset(self, seed: int) -> CaseDataset:
+        """The training subset with the configured random transforms, seeded by the
+        training seed (:func:`training_dataset`).
+
+        Raises:
+            ConfigError: there is no training subset.
+        """
+        if "train" not in self.subsets:
+            raise ConfigError("the training split is empty")
+        return training_dataset(self.settings, seed, self.subsets["train"])
 
     def split_record(self) -> dict[str, Any]:
         """JSON-able record of the split (case ids per subset), saved in the run folder."""
@@ -411,7 +424,7 @@ def prepare_data(
                 picked = [picked[i] for i in keep]
             chosen[name] = picked
     prepared = build_datasets(data, source, chosen, require_train=require_train)
-    return PreparedData(source, indices, prepared)
+    return PreparedData(source, indices, prepared, data)
 
 
 def load_cases(

@@ -28,7 +28,6 @@ from edue.data.pipeline import (
     PreparedSource,
     collate_groups,
     prepare_data,
-    training_dataset,
 )
 from edue.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from edue.engine.runtime import Runtime, setup_runtime, teardown_runtime
@@ -163,7 +162,7 @@ class Trainer:
         self.rater_generator = torch.Generator(device=rt.device).manual_seed(
             cfg.train.seed * 7919 + rt.rank
         )
-        self.train_dataset = training_dataset(cfg.data, cfg.train.seed, self.subsets["train"])
+        self.train_dataset = self.data.training_dataset(cfg.train.seed)
         self.sampler = EpochSampler(
             len(self.subsets["train"]), cfg.train.seed, rt.rank, rt.world_size
         )
