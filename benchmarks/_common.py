@@ -1,14 +1,10 @@
-"""Helpers shared by the benchmark scripts (not part of the package or the test suite).
+"""What the benchmark scripts share: methods by role, machine facts, timing, memory,
+fresh processes, results and their Markdown.
 
-Every benchmark measures the things it compares side by side in one run, on the same
-inputs, interleaving them round by round (round ``r`` starts with a different method)
-so that a slow patch of a shared machine hits every method alike. Ratios are the
-median over rounds of the per-round ratio (paired), absolute figures the median over
-rounds.
-
-The methods come from the registry (``edue.methods.registry``): the default list is
-``method_names()``, labels and pass counts are the registry's, and the pairs a ratio
-compares are chosen by role (:func:`roles`), never by name.
+Everything a benchmark compares is timed side by side by
+:func:`edue.engine.inference.timing.time_calls_interleaved`, the order rotating round by
+round; a ratio is the median over rounds of the per-round ratio, an absolute figure the
+median over rounds. The methods are the registry's, chosen by role (:func:`roles`).
 """
 
 from __future__ import annotations
@@ -16,12 +12,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime as _dt
+import datetime
 import gc
+import importlib
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,37 +28,27 @@ from typing import Any, TypeVar
 
 import torch
 
-from edue.methods.registry import (
-    MethodSpec,
-    get_method,
-    method_names,
-    method_specs,
-    method_with_role,
-)
-
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path[:0] = [str(p) for p in (HERE, REPO) if str(p) not in sys.path]  # ``tests.fake_layouts``
+
+from edue.engine.inference.timing import time_calls_interleaved  # noqa: E402
+from edue.methods.registry import MethodSpec, get_method, method_names, method_specs  # noqa: E402
+from edue.report.roles import method_with_role  # noqa: E402
+
 DEFAULT_THREADS = 2
 DEFAULT_CHANNELS = (16, 32, 64, 128, 256)
-#: Image channels and structures of the 2D benchmarks (the synthetic fundus data).
-IMAGE_CHANNELS, STRUCTURES = 3, 2
+IMAGE_CHANNELS, STRUCTURES = 3, 2  # of the 2D benchmarks (the synthetic fundus data)
+MB = 1024.0**2
 T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- methods
 @dataclasses.dataclass(frozen=True)
 class Roles:
-    """The methods the benchmarks compare, by the role the registry gives them.
-
-    Attributes:
-        subject: the method the claims are about (EDUE).
-        one_pass_reference: the one-pass reference (the plain U-Net); every ratio of a
-            latency or a throughput is taken to it.
-        ensemble_reference: the multi-pass reference whose members train separately
-            (Deep Ensemble), if one is registered.
-        sampler: the other multi-pass method, one network sampled several times
-            (MC dropout): not one-pass, members not trained separately; if registered.
-    """
+    """The registered methods compared: the ``subject`` (EDUE), the one-pass reference
+    every ratio is taken to, the ensemble of separately trained members and the sampler
+    of one network (``None`` when not registered)."""
 
     subject: MethodSpec
     one_pass_reference: MethodSpec
@@ -70,52 +56,39 @@ class Roles:
     sampler: MethodSpec | None
 
     def ensemble(self) -> MethodSpec:
-        """The ensemble reference (for the benchmarks that need one)."""
+        """The ensemble reference (``RuntimeError`` when none is registered)."""
         if self.ensemble_reference is None:
-            raise RuntimeError(_missing_role("ensemble_reference"))
+            raise RuntimeError("no registered method has the role 'ensemble_reference'")
         return self.ensemble_reference
 
 
-def _missing_role(role: str) -> str:
-    return f"no registered method has the role {role!r} (registered: {', '.join(method_names())})"
-
-
 def roles() -> Roles:
-    """The registered methods playing each role.
-
-    Raises:
-        RuntimeError: no method has the role ``subject`` or ``one_pass_reference`` (the
-            benchmarks compare those two).
-    """
+    """The registered methods playing each role (``RuntimeError`` without a subject or a
+    one-pass reference)."""
     subject, reference = method_with_role("subject"), method_with_role("one_pass_reference")
     if subject is None or reference is None:
-        raise RuntimeError(_missing_role("subject" if subject is None else "one_pass_reference"))
-    sampler = next(
-        (s for s in method_specs() if not s.one_pass and not s.trains_members_separately), None
+        raise RuntimeError(f"no subject or one-pass reference among {method_names()}")
+    multi = [s for s in method_specs() if not s.one_pass and not s.trains_members_separately]
+    return Roles(
+        subject, reference, method_with_role("ensemble_reference"), next(iter(multi), None)
     )
-    return Roles(subject, reference, method_with_role("ensemble_reference"), sampler)
-
-
-def name_of(spec: MethodSpec | None) -> str | None:
-    """A spec's name, ``None`` for no spec."""
-    return spec.name if spec else None
 
 
 def reference_pair() -> tuple[str, str]:
-    """Names of the one-pass reference and the subject (the plain U-Net and EDUE)."""
+    """Names of the one-pass reference and the subject."""
     r = roles()
     return r.one_pass_reference.name, r.subject.name
 
 
 def reference_first(methods: Sequence[str]) -> list[str]:
-    """``methods`` with the one-pass reference first (added when missing): ratios use it."""
+    """``methods`` with the one-pass reference first (added when missing)."""
     reference = roles().one_pass_reference.name
     return [reference, *[m for m in methods if m != reference]]
 
 
-def reference_wording(spec: MethodSpec) -> str:
-    """How targets and notes call the one-pass reference: the word plain, then its label."""
-    return f"plain {spec.label}"
+def label(name: str) -> str:
+    """The registry's label of a method."""
+    return get_method(name).label
 
 
 def channels_text(channels: Sequence[int]) -> str:
@@ -129,17 +102,12 @@ def method_config(
     """The run configuration of ``name`` with ``model.channels`` and batch norm."""
     from edue.config import load_config
 
-    overrides = [
-        f"method.name={name}",
-        f"model.channels=[{channels_text(channels)}]",
-        "model.norm=batch",
-        *extra,
-    ]
-    return load_config(None, overrides)
+    base = [f"method.name={name}", f"model.channels=[{channels_text(channels)}]"]
+    return load_config(None, [*base, "model.norm=batch", *extra])
 
 
 def passes(name: str, channels: Sequence[int] = DEFAULT_CHANNELS) -> int:
-    """Forward passes per prediction of ``name`` (the registry's count for its config)."""
+    """Forward passes per prediction of ``name`` (the registry's count)."""
     return get_method(name).passes(method_config(name, channels))
 
 
@@ -151,7 +119,7 @@ def build(
     for_training: bool = False,
     seed: int = 0,
 ) -> Any:
-    """The method ``edue.methods.build_method`` makes of ``config`` (weights from ``seed``)."""
+    """``edue.methods.build_method`` of ``config`` (weights drawn from ``seed``)."""
     from edue.methods import build_method
 
     torch.manual_seed(seed)
@@ -159,142 +127,112 @@ def build(
 
 
 def build_2d(
-    name: str,
-    channels: Sequence[int] = DEFAULT_CHANNELS,
-    for_training: bool = False,
-    seed: int = 0,
+    name: str, channels: Sequence[int] = DEFAULT_CHANNELS, for_training: bool = False, seed: int = 0
 ) -> Any:
-    """A 2D method on 3-channel images with 2 structures, from the default config."""
+    """A 2D method of the default config for the fundus images."""
     return build(method_config(name, channels), for_training=for_training, seed=seed)
 
 
+def predictor(config: Any, in_channels: int, structures: Sequence[str], dims: int) -> Any:
+    """A CPU ``Predictor`` of ``config``'s method (random weights), images at their size."""
+    from edue.engine.inference.predictor import Predictor
+
+    method = build(config, in_channels, len(structures), dims)
+    info = {"in_channels": in_channels, "structures": list(structures), "spatial_dims": dims}
+    return Predictor(method, config, {**info, "image_size": None}, torch.device("cpu"))
+
+
 # --------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    """CPU model name from ``/proc/cpuinfo`` (falls back to :mod:`platform`)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def usable_cores() -> int:
-    """Cores this process may run on (affinity), else ``os.cpu_count()``."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def setup_threads(threads: int) -> int:
-    """Set torch's intra-op threads explicitly (the benchmarks never rely on the default)."""
+    """Set torch's intra-op threads explicitly."""
     torch.set_num_threads(max(1, int(threads)))
     return torch.get_num_threads()
 
 
 def cuda_name() -> str | None:
-    """Name of the first CUDA device, or ``None`` when there is none."""
-    if torch.cuda.is_available():
-        return str(torch.cuda.get_device_name(0))
-    return None
+    """Name of the first CUDA device, or ``None``."""
+    return str(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else None
+
+
+def load_average() -> float:
+    """The 1-minute load average (``nan`` where unknown)."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else float("nan")
 
 
 def machine() -> dict[str, Any]:
-    """Facts about the machine and the torch build a run used."""
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    """Facts about the machine and the torch build of a run."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = [
+            ln
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        cpu = names[0].split(":", 1)[1].strip() if names else cpu
     return {
-        "cpu": cpu_model(),
+        "cpu": cpu,
         "logical_cores": os.cpu_count(),
         "usable_cores": usable_cores(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "load_average_1min": round(load[0], 2),
+        "load_average_1min": load_average(),
         "cuda": cuda_name(),
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
 
 
-def machine_line(info: Mapping[str, Any] | None = None) -> str:
-    """One line describing the machine, e.g. for the top of a benchmark's output."""
-    m = dict(info or machine())
-    gpu = f"GPU {m['cuda']}" if m.get("cuda") else "no CUDA device"
+def machine_line(m: Mapping[str, Any]) -> str:
+    """One line describing the machine of :func:`machine`."""
     return (
         f"{m['cpu']}, {m['usable_cores']} usable cores ({m['logical_cores']} logical), "
-        f"torch {m['torch']}, {m['threads']} torch threads, Python {m['python']}, "
-        f"load average {m['load_average_1min']} at start, {gpu}"
+        f"torch {m['torch']}, {m['threads']} torch threads, Python {m['python']}, load average "
+        f"{m['load_average_1min']} at start, "
+        + (f"GPU {m['cuda']}" if m.get("cuda") else "no CUDA device")
     )
 
 
 # --------------------------------------------------------------------------- timing
-def synchronize(device: torch.device | str = "cpu") -> None:
-    """Wait for queued CUDA work (no-op on the CPU)."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def interleaved(
     fns: Mapping[str, Callable[[], object]],
     rounds: int,
     warmup: Mapping[str, Callable[[], object]] | None = None,
     device: torch.device | str = "cpu",
     progress: str | None = None,
+    repeats: int = 1,
 ) -> dict[str, list[float]]:
-    """Seconds of each callable per round, methods interleaved within every round.
+    """Seconds per call of each callable per round, interleaved (the library's timer);
+    ``progress`` labels a line on stderr after each round."""
 
-    Args:
-        fns: name -> zero-argument callable to time.
-        rounds: timed rounds; in round ``r`` the order is rotated by ``r`` so that no
-            method always runs first (or right after the same neighbour).
-        warmup: untimed calls made once before the first round (default: ``fns``).
-        device: CUDA work is synchronised before each clock reading.
-        progress: label printed (to stderr) after each round, when given.
+    def report(r: int) -> None:
+        print(f"  {progress}: round {r + 1}/{rounds}", file=sys.stderr, flush=True)
 
-    Returns:
-        name -> list of ``rounds`` durations in seconds.
-    """
-    names = list(fns)
-    for name in names:
-        (warmup or fns).get(name, fns[name])()
-    synchronize(device)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            synchronize(device)
-            start = time.perf_counter()
-            fns[name]()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
-        if progress:
-            print(f"  {progress}: round {r + 1}/{rounds}", file=sys.stderr, flush=True)
-    return times
-
-
-def timed_once(fn: Callable[[], T]) -> tuple[T, float]:
-    """Result and wall-clock seconds of one call of ``fn`` (no warm-up).
-
-    Timed by ``edue.metrics.cost.time_per_image`` (one repeat, one "image"); for a
-    one-off measurement, not for the paired ratios (:func:`interleaved` does those).
-    """
-    from edue.metrics.cost import time_per_image
-
-    box: list[T] = []
-    seconds = time_per_image(lambda _: box.append(fn()), None, warmup=0, repeats=1, n_images=1)
-    return box[0], seconds
-
-
-def spread_note(worst: float, paired: str = "ratios are") -> str:
-    """The note on the worst timing spread of a benchmark's methods."""
-    return f"Timing spread (max−min)/median over rounds, worst method: {100 * worst:.0f} %" + (
-        f" — the machine was busy; {paired} paired per round." if worst > 0.25 else "."
+    return time_calls_interleaved(
+        fns, rounds, repeats, warmup, device, report if progress else None
     )
 
 
+def clock(device: torch.device | str = "cpu") -> float:
+    """``time.perf_counter()`` once the queued CUDA work of ``device`` is done."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def timed_once(fn: Callable[[], T]) -> tuple[T, float]:
+    """Result and wall-clock seconds of one call of ``fn``."""
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
 def median(values: Sequence[float]) -> float:
-    """Median of a non-empty sequence (``nan`` when empty)."""
+    """Median (``nan`` when empty)."""
     return float(statistics.median(values)) if values else float("nan")
 
 
@@ -305,28 +243,33 @@ def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> fl
 
 def spread(values: Sequence[float]) -> float:
     """Relative spread of repeated timings: (max − min) / median."""
-    if len(values) < 2:
-        return 0.0
     m = median(values)
-    return (max(values) - min(values)) / m if m else float("nan")
+    return (max(values) - min(values)) / m if len(values) > 1 and m else 0.0
+
+
+def spread_note(times: Mapping[str, Sequence[float]]) -> str:
+    """The worst relative spread over rounds of some timings, and whose it is."""
+    name = max(times, key=lambda k: spread(times[k]))
+    worst = 100 * spread(times[name])
+    return f"Worst timing spread over {len(times[name])} rounds: {worst:.0f} % ({name})."
+
+
+def ratio(value: float, digits: int = 2) -> str:
+    """``1.23×``."""
+    return f"{value:.{digits}f}×"
 
 
 # --------------------------------------------------------------------------- memory
 def current_rss_bytes() -> int:
-    """Resident set size of this process now (psutil)."""
+    """Resident set size of this process now."""
     import psutil
 
     return int(psutil.Process().memory_info().rss)
 
 
 def trimmed_rss_bytes() -> int:
-    """RSS after a garbage collection and ``malloc_trim(0)`` (glibc), i.e. live memory.
-
-    Freed blocks that the allocator still holds would otherwise make RSS wander by a few
-    MB from one reading to the next.
-    """
+    """RSS after a garbage collection and glibc's ``malloc_trim(0)`` (live memory)."""
     import ctypes
-    import gc
 
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
@@ -334,35 +277,16 @@ def trimmed_rss_bytes() -> int:
     return current_rss_bytes()
 
 
-def reset_peak_rss() -> bool:
-    """Reset this process's RSS high-water mark (Linux ``/proc/self/clear_refs``).
-
-    Returns whether it worked. ``getrusage``'s ``ru_maxrss`` cannot be used in a
-    subprocess: Linux carries the parent's high-water mark across ``fork``/``exec``.
-    """
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def peak_rss_bytes() -> int:
-    """High-water mark of this process's RSS since start or :func:`reset_peak_rss`.
-
-    ``VmHWM`` of ``/proc/self/status`` on Linux; ``getrusage`` elsewhere.
-    """
-    try:
+    """High-water mark of this process's RSS (``VmHWM``) since start or the last reset."""
+    with contextlib.suppress(OSError):
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    import resource
+
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-MB = 1024.0**2
 
 
 def tensor_mb(tensor: torch.Tensor) -> float:
@@ -372,21 +296,13 @@ def tensor_mb(tensor: torch.Tensor) -> float:
 
 def module_mb(module: torch.nn.Module) -> float:
     """Megabytes of a module's parameters and buffers."""
-    tensors = [*module.parameters(), *module.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors) / MB
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]) / MB
 
 
 @dataclasses.dataclass
 class RssWatch:
-    """Resident memory of this process around a measurement (:func:`watch_rss`).
-
-    Attributes:
-        reset: whether the high-water mark could be reset at the start.
-        base: RSS in bytes at the start (after a garbage collection).
-        base_peak: high-water mark in bytes at the start (above ``base`` when the reset
-            failed: the peak of the imports before).
-        peak: high-water mark in bytes at the end.
-    """
+    """Resident memory around a measurement (:func:`watch_rss`), in bytes: whether the
+    high-water mark was reset, the RSS and the mark at the start, the mark at the end."""
 
     reset: bool
     base: int
@@ -400,52 +316,28 @@ class RssWatch:
 
 @contextlib.contextmanager
 def watch_rss(trim: bool = False) -> Iterator[RssWatch]:
-    """Reset the RSS high-water mark, read the RSS, run the block, read the peak.
-
-    Run it in a fresh process (:func:`run_child`): the peak is the process's.
-
-    Args:
-        trim: read the starting RSS after ``malloc_trim`` (:func:`trimmed_rss_bytes`,
-            live memory) instead of as it is.
-    """
+    """Reset the RSS high-water mark (``/proc/self/clear_refs``), read the RSS (after
+    ``malloc_trim`` with ``trim``), run the block, read the mark; in a fresh process
+    (:func:`in_child`) the mark is the measurement's."""
     gc.collect()
-    reset = reset_peak_rss()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        reset = True
+    except OSError:
+        reset = False
     base = trimmed_rss_bytes() if trim else current_rss_bytes()
     watch = RssWatch(reset, base, peak_rss_bytes())
     yield watch
     watch.peak = peak_rss_bytes()
 
 
-def cli_args(options: Mapping[str, Any]) -> list[str]:
-    """Command-line arguments of ``options``: ``--key value`` (``_`` becomes ``-``).
-
-    ``True`` gives the bare flag, ``False`` and ``None`` nothing, a list or tuple one
-    flag followed by its values.
-    """
-    args: list[str] = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is None or value is False:
-            continue
-        if value is True:
-            args.append(flag)
-        elif isinstance(value, list | tuple):
-            args += [flag, *map(str, value)]
-        else:
-            args += [flag, str(value)]
-    return args
-
-
-def run_child(script: Path, options: Mapping[str, Any], timeout: float = 900) -> dict[str, Any]:
-    """Run ``python script --option value ...`` in a fresh process; parse its JSON line.
-
-    The child answers through :func:`child_answer` (the JSON on its last line).
-    """
-    env = dict(os.environ)
-    env.setdefault("PYTHONHASHSEED", "0")
-    args = cli_args(options)
+def in_child(function: Callable[..., Any], timeout: float = 3600, **kwargs: Any) -> Any:
+    """``function(**kwargs)`` run in a fresh Python process; its JSON-able result."""
+    module = Path(str(sys.modules[function.__module__].__file__)).stem
+    call = [sys.executable, str(HERE / "_common.py"), f"{module}:{function.__name__}"]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
     proc = subprocess.run(
-        [sys.executable, str(script), *args],
+        [*call, json.dumps(kwargs)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -454,23 +346,16 @@ def run_child(script: Path, options: Mapping[str, Any], timeout: float = 900) ->
         check=False,
     )
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"{script.name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
-        )
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    return json.loads(lines[-1])  # type: ignore[no-any-return]
+        raise RuntimeError(f"{call[-1]}({kwargs}) failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # --------------------------------------------------------------------------- results
 def target(
     name: str, value: float, op: str, threshold: float, note: str = "", unit: str = "×"
 ) -> dict[str, Any]:
-    """A target and whether it is met (``op`` is ``<=`` or ``>=``; ``unit`` for display)."""
-    if op not in ("<=", ">="):
-        raise ValueError(op)
-    met = bool(value <= threshold) if op == "<=" else bool(value >= threshold)
-    if value != value:  # nan
-        met = False
+    """A target and whether it is met (``op``: ``<=`` or ``>=``; ``nan`` is not met)."""
+    met = bool(value <= threshold if op == "<=" else value >= threshold)
     return {
         "name": name,
         "value": value,
@@ -483,12 +368,12 @@ def target(
 
 
 def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
-    """A table of a benchmark's result (rendered to Markdown by :func:`render_table`)."""
+    """A table of a result (rendered by :func:`render_table`)."""
     return {"title": title, "headers": list(headers), "rows": [list(r) for r in rows]}
 
 
 def fmt(value: Any, digits: int = 3) -> str:
-    """Compact number formatting for tables."""
+    """Compact number formatting."""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):
@@ -496,82 +381,65 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         if value != value:
             return "n/a"
-        if abs(value) >= 1000:
-            return f"{value:,.0f}"
-        if abs(value) >= 100:
-            return f"{value:.1f}"
-        return f"{value:.{digits}g}"
-    return str(value)
+        return (
+            f"{value:,.0f}"
+            if abs(value) >= 1000
+            else f"{value:.1f}"
+            if abs(value) >= 100
+            else f"{value:.{digits}g}"
+        )
+    return "" if value is None else str(value)
 
 
 def render_table(tab: Mapping[str, Any]) -> str:
-    """Markdown for one :func:`table`."""
-    headers = tab["headers"]
-    lines = [
-        "| " + " | ".join(headers) + " |",
-        "|" + "|".join("---" for _ in headers) + "|",
-    ]
-    for row in tab["rows"]:
-        lines.append("| " + " | ".join(fmt(v) for v in row) + " |")
-    return "\n".join(lines)
+    """Markdown of one :func:`table`."""
+    lines = ["| " + " | ".join(tab["headers"]) + " |", "|" + "---|" * len(tab["headers"])]
+    return "\n".join(lines + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in tab["rows"]])
 
 
-def render_targets(targets: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown table of targets with ✓ / ✗."""
-    if not targets:
-        return ""
+def render_targets(targets: Sequence[Mapping[str, Any]], benchmarks: Sequence[str] = ()) -> str:
+    """Markdown table of targets with ✓ / ✗ (``benchmarks``: a first column)."""
 
-    def with_unit(value: float, unit: str) -> str:
-        return f"{value:.2f}×" if unit == "×" else f"{fmt(value)} {unit}"
+    def unit(value: float, t: Mapping[str, Any]) -> str:
+        return ratio(value) if t["unit"] == "×" else f"{fmt(value)} {t['unit']}"
 
     rows = [
         [
+            *benchmarks[i : i + 1],
             t["name"],
-            with_unit(t["value"], t.get("unit", "×")),
-            f"{t['op']} {with_unit(t['threshold'], t.get('unit', '×'))}",
+            unit(t["value"], t),
+            f"{t['op']} {unit(t['threshold'], t)}",
             "✓" if t["met"] else "✗",
             t.get("note", ""),
         ]
-        for t in targets
+        for i, t in enumerate(targets)
     ]
-    return render_table(table("", ["target", "measured", "wanted", "met", "note"], rows))
+    headers = [
+        *(["benchmark"] if benchmarks else []),
+        "target",
+        "measured",
+        "wanted",
+        "met",
+        "note",
+    ]
+    return render_table(table("", headers, rows))
 
 
 def render_result(result: Mapping[str, Any], heading: str = "###") -> str:
-    """Markdown of a benchmark's ``run()`` result: settings, tables, targets, notes."""
-    parts = [f"{heading} {result['title']}", ""]
-    if result.get("settings"):
-        parts += [result["settings"], ""]
+    """Markdown of a benchmark's result: settings, tables, targets, notes."""
+    parts = [f"{heading} {result['title']}", "", result.get("settings", ""), ""]
     for tab in result.get("tables", []):
-        if tab.get("title"):
-            parts += [f"**{tab['title']}**", ""]
-        parts += [render_table(tab), ""]
+        parts += ([f"**{tab['title']}**", ""] if tab.get("title") else []) + [render_table(tab), ""]
     if result.get("targets"):
         parts += ["**Targets**", "", render_targets(result["targets"]), ""]
-    for note in result.get("notes", []):
-        parts.append(f"- {note}")
-    if result.get("notes"):
-        parts.append("")
-    parts.append(f"_Run time of this benchmark: {result.get('seconds', float('nan')):.0f} s._")
-    return "\n".join(parts).rstrip() + "\n"
-
-
-def print_result(result: Mapping[str, Any]) -> None:
-    """Print a result to stdout as Markdown, with the machine line first."""
-    print(f"Machine: {machine_line(result.get('machine'))}")
-    print()
-    print(render_result(result))
-
-
-def child_answer(result: Mapping[str, Any]) -> int:
-    """End of a child process's ``main``: its result as one JSON line; exit 0."""
-    print(json.dumps(result))
-    return 0
+    parts += [f"- {note}" for note in result.get("notes", [])]
+    parts += ["", f"_Run time of this benchmark: {result.get('seconds', float('nan')):.0f} s._"]
+    return "\n".join(parts).replace("\n\n\n", "\n\n").strip() + "\n"
 
 
 @dataclasses.dataclass(frozen=True)
 class Bench:
-    """A benchmark run under way: its start time and the machine it runs on."""
+    """A benchmark under way: its start time and machine."""
 
     started: float
     machine: dict[str, Any]
@@ -585,12 +453,10 @@ class Bench:
         targets: Sequence[Mapping[str, Any]],
         notes: Sequence[str],
         **figures: Any,
-    ) -> dict[str, Any]:
-        """The result dict of a benchmark's ``run()`` (what :func:`render_result` reads).
-
-        ``figures`` (the measured values, raw timings...) go between the settings and
-        the tables; ``seconds`` is the run time so far.
-        """
+    ) -> dict:
+        """The result of a benchmark's ``run()``: what :func:`render_result` reads, the
+        raw ``figures`` and the seconds so far."""
+        seconds = time.perf_counter() - self.started
         return {
             "name": name,
             "title": title,
@@ -600,7 +466,7 @@ class Bench:
             "tables": list(tables),
             "targets": list(targets),
             "notes": list(notes),
-            "seconds": time.perf_counter() - self.started,
+            "seconds": seconds,
         }
 
 
@@ -611,56 +477,39 @@ def start(threads: int) -> Bench:
     return Bench(started, machine())
 
 
-def parser(doc: str | None) -> argparse.ArgumentParser:
-    """A script's argument parser: its docstring's first paragraph, the common options."""
+# --------------------------------------------------------------------------- command line
+def parser(doc: str | None, *options: str) -> argparse.ArgumentParser:
+    """A script's parser: ``--quick``, ``--threads``, ``--json`` and the shared options
+    named (``channels``, ``methods``, ``device``, ``rounds``)."""
     p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
-    add_common_arguments(p)
+    p.add_argument("--quick", action="store_true", help="short smoke run")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch threads")
+    p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    shared = {
+        "channels": dict(type=int, nargs="+", help="model.channels"),
+        "methods": dict(nargs="+", choices=list(method_names())),
+        "device": dict(default="cpu", help="cpu or cuda"),
+        "rounds": dict(type=int, help="timed rounds"),
+    }
+    for name in options:
+        p.add_argument(f"--{name}", **shared[name])  # type: ignore[arg-type]
     return p
 
 
-def add_channels_argument(
-    parser: argparse.ArgumentParser, default: Sequence[int] = DEFAULT_CHANNELS
-) -> None:
-    """``--channels``: the U-Net's ``model.channels``."""
-    parser.add_argument("--channels", type=int, nargs="+", default=list(default))
-
-
-def add_methods_argument(
-    parser: argparse.ArgumentParser, default: Sequence[str] | None = None
-) -> None:
-    """``--methods``: registered method names (default: all of them)."""
-    names = list(method_names())
-    parser.add_argument("--methods", nargs="+", default=list(default or names), choices=names)
-
-
-def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    """``--device``: ``cpu`` or ``cuda``."""
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-
-
-def add_common_arguments(parser: Any) -> None:
-    """``--quick`` and ``--threads`` (every script)."""
-    parser.add_argument("--quick", action="store_true", help="short smoke run")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=DEFAULT_THREADS,
-        help=f"torch intra-op threads (default {DEFAULT_THREADS})",
-    )
-    parser.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+def options(args: argparse.Namespace, *skip: str) -> dict[str, Any]:
+    """The parsed arguments as ``run()`` keywords (those not given left out)."""
+    return {k: v for k, v in vars(args).items() if v is not None and k not in ("json", *skip)}
 
 
 def finish(result: Mapping[str, Any], json_path: str | None) -> int:
-    """End of a script's ``main``: print the result, write its JSON when asked; exit 0.
-
-    Targets are reported, not enforced: a missed target is a finding, not a crash.
-    """
-    print_result(result)
-    write_json(json_path, result)
+    """Print a result as Markdown (the machine first), write its JSON when asked; 0
+    (targets are reported, not enforced)."""
+    print(f"Machine: {machine_line(result['machine'])}\n\n{render_result(result)}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
     return 0
 
 
-def write_json(path: str | None, result: Mapping[str, Any]) -> None:
-    """Write a result as JSON when a path is given."""
-    if path:
-        Path(path).write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+if __name__ == "__main__":  # a fresh process of :func:`in_child`: module:function kwargs
+    module, function = sys.argv[1].split(":")
+    print(json.dumps(getattr(importlib.import_module(module), function)(**json.loads(sys.argv[2]))))

@@ -1,51 +1,36 @@
-"""EDUE against the plain network on the backbones people train: an smp ResNet-34 U-Net
-at 256² and MONAI's DynUNet in 3D at 96³.
+"""EDUE against the plain network on other backbones: an smp U-Net (2D) and MONAI's
+DynUNet (3D).
 
-For each backbone, EDUE (heads on every decoder block, its loss with label sampling and
-guidance) and the plain network (the same backbone with its own output layer, BCE on
-the soft vote) are built by ``edue.methods.build_method`` from one configuration and
-timed side by side, interleaved round by round on the same input:
-
-* inference: ``Method.predict_members`` under ``torch.no_grad`` in eval mode, batch 1;
-* training: one full step (forward, loss, backward, Adam) on one real batch of
-  synthetic multi-rater cases (2D: 6 raters; 3D: 4 raters), batch 2 (2D) or 1 (3D).
-
-Ratios are medians of per-round ratios (EDUE ÷ plain for latency, plain ÷ EDUE time, i.e.
-EDUE's throughput share, for training). Targets: inference ≤ 1.05×, training ≥ 0.85×.
-The smp backbone needs segmentation-models-pytorch (run with ``.venv-backbones``,
-``make test-backbones`` creates it); without it that backbone is reported as skipped.
+For each backbone both methods are built from one configuration and timed side by side
+on the same input: ``Method.predict_members`` in eval mode under ``torch.no_grad``, and
+one training step (``bench_training.TrainStep``) on a batch of synthetic multi-rater
+cases. The smp backbone needs segmentation-models-pytorch (``.venv-backbones``, made by
+``make test-backbones``); without it that backbone is reported as skipped.
 
     .venv-backbones/bin/python benchmarks/bench_backbones.py [--quick]
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+import _common as C
 import torch
+from bench_training import TrainStep, make_batch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
-from bench_training import TrainStep, make_batch  # noqa: E402
-
-BACKBONES: dict[str, dict[str, Any]] = {
-    "smp Unet ResNet-34, 256²": {
-        "overrides": ["model.backbone=smp", "model.arch=Unet", "model.encoder=resnet34"],
-        "dims": 2,
-        "size": 256,
-        "quick_size": 64,
-        "batch": 2,
-    },
-    "DynUNet 3D, 96³": {
-        "overrides": ["model.backbone=dynunet", "model.norm=instance"],
-        "dims": 3,
-        "size": 96,
-        "quick_size": 32,
-        "batch": 1,
-    },
+LATENCY_TARGET, THROUGHPUT_TARGET = 1.05, 0.85
+#: label -> overrides, dims, size, quick size, training batch, raters
+BACKBONES: dict[str, tuple[list[str], int, int, int, int, int]] = {
+    "smp Unet ResNet-34": (
+        ["model.backbone=smp", "model.arch=Unet", "model.encoder=resnet34"],
+        2,
+        256,
+        64,
+        2,
+        6,
+    ),
+    "DynUNet 3D": (["model.backbone=dynunet", "model.norm=instance"], 3, 96, 32, 1, 4),
 }
 
 
@@ -58,89 +43,68 @@ def smp_missing() -> str | None:
     return None
 
 
-def measure(label: str, setting: dict[str, Any], quick: bool, rounds: int) -> dict[str, Any]:
-    """Latency and training-step times of EDUE and plain on one backbone."""
-    dims = setting["dims"]
-    size = setting["quick_size"] if quick else setting["size"]
-    patch = [f"data.patch_size=[{', '.join([str(size)] * dims)}]"] if dims == 3 else []
-    extra = [*setting["overrides"], *patch, f"data.size={size}" if dims == 2 else "data.size=null"]
-    batch = make_batch(size, setting["batch"], n_raters=6 if dims == 2 else 4, dims=dims)
+def measure(label: str, quick: bool, rounds: int) -> dict[str, Any]:
+    """Latency and training-step times of the subject and the reference on a backbone."""
+    overrides, dims, full, small, batch_size, raters = BACKBONES[label]
+    size = small if quick else full
+    patch = [f"data.patch_size=[{size},{size},{size}]", "data.size=null"]
+    extra = [*overrides, *(patch if dims == 3 else [f"data.size={size}"])]
+    batch = make_batch(size, batch_size, n_raters=raters, dims=dims)
     in_channels = int(batch["image"].shape[1])
-    models, steps = {}, {}
-    for i, name in enumerate(("plain", "edue")):
-        config = C.method_config(name, extra=extra)
-        models[name] = C.build(config, in_channels, 2, dims, seed=i).eval()
-        steps[name] = TrainStep(C.build(config, in_channels, 2, dims, True, seed=i), batch, "cpu")
     x = batch["image"][:1]
-
-    def infer(name: str) -> Any:
-        def call() -> None:
-            with torch.no_grad():
-                models[name].predict_members(x)
-
-        return call
-
-    latency = C.interleaved({n: infer(n) for n in models}, rounds, progress=f"{label} inference")
-    training = C.interleaved(dict(steps), rounds, progress=f"{label} training")
+    infer, steps, params, members = {}, {}, {}, {}
+    for i, name in enumerate(C.reference_pair()):
+        config = C.method_config(name, extra=extra)
+        model = C.build(config, in_channels, C.STRUCTURES, dims, seed=i).eval()
+        infer[name] = lambda m=model: m.predict_members(x)
+        params[name], members[name] = sum(p.numel() for p in model.parameters()), model.n_members
+        method = C.build(config, in_channels, C.STRUCTURES, dims, True, seed=i)
+        steps[name] = TrainStep(method, batch, "cpu")
+    with torch.no_grad():
+        latency = C.interleaved(infer, rounds, progress=f"{label} inference")
+    training = C.interleaved(steps, rounds, progress=f"{label} training")
     return {
         "size": size,
-        "parameters": {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()},
+        "parameters": params,
+        "members": members,
         "latency": latency,
         "training": training,
-        "members": models["edue"].n_members,
     }
 
 
 def run(quick: bool = False, rounds: int | None = None, threads: int = C.DEFAULT_THREADS) -> dict:
-    """Both backbones' ratios; returns the figures."""
+    """Both backbones' ratios, subject ÷ reference."""
     bench = C.start(threads)
     rounds = rounds or (2 if quick else 5)
+    reference, subject = C.reference_pair()
+    ref, sub = C.label(reference), C.label(subject)
     rows, targets, notes, figures = [], [], [], {}
-    for label, setting in BACKBONES.items():
-        missing = smp_missing() if "model.backbone=smp" in setting["overrides"] else None
-        if missing:  # run with .venv-backbones for this half; any other error is one
+    for label, (overrides, dims, *_) in BACKBONES.items():
+        missing = smp_missing() if "model.backbone=smp" in overrides else None
+        if missing:
             notes.append(f"{label}: skipped ({missing})")
             continue
-        got = measure(label, setting, quick, rounds)
-        figures[label] = got
-        lat = C.paired_ratio(got["latency"]["edue"], got["latency"]["plain"])
-        thr = C.paired_ratio(got["training"]["plain"], got["training"]["edue"])
-        worst = max(C.spread(v) for k in ("latency", "training") for v in got[k].values())
-        rows.append(
-            [
-                label,
-                got["size"],
-                got["members"],
-                1000 * C.median(got["latency"]["plain"]),
-                1000 * C.median(got["latency"]["edue"]),
-                lat,
-                1000 * C.median(got["training"]["plain"]),
-                1000 * C.median(got["training"]["edue"]),
-                thr,
-            ]
-        )
-        targets.append(C.target(f"{label}: EDUE inference ÷ plain", lat, "<=", 1.05))
-        targets.append(C.target(f"{label}: EDUE training throughput ÷ plain", thr, ">=", 0.85))
-        notes.append(f"{label}: " + C.spread_note(worst))
-    headers = [
-        "backbone",
-        "size",
-        "EDUE heads",
-        "plain ms/image",
-        "EDUE ms/image",
-        "EDUE ÷ plain",
-        "plain ms/step",
-        "EDUE ms/step",
-        "EDUE throughput ÷ plain",
-    ]
-    settings = (
-        f"{rounds} interleaved rounds; inference batch 1, training batch 2 (2D) / 1 (3D); "
-        f"{'quick sizes' if quick else 'full sizes'}."
-    )
+        got = figures[label] = measure(label, quick, rounds)
+        lat, steps = got["latency"], got["training"]
+        latency = C.paired_ratio(lat[subject], lat[reference])
+        throughput = C.paired_ratio(steps[reference], steps[subject])
+        size = f"{got['size']}{'²' if dims == 2 else '³'}"
+        ms = [1000 * C.median(t[n]) for t in (lat, steps) for n in (reference, subject)]
+        rows.append([label, size, got["members"][subject], *ms[:2], C.ratio(latency)])
+        rows[-1] += [*ms[2:], C.ratio(throughput)]
+        targets.append(C.target(f"{label}: {sub} inference ÷ {ref}", latency, "<=", LATENCY_TARGET))
+        name = f"{label}: {sub} training throughput ÷ {ref}"
+        targets.append(C.target(name, throughput, ">=", THROUGHPUT_TARGET))
+        both = {**lat, **{f"{k} training": v for k, v in steps.items()}}
+        notes.append(f"{label}: " + C.spread_note(both))
+    headers = ["backbone", "size", f"{sub} heads", f"{ref} ms/image", f"{sub} ms/image"]
+    headers += [f"{sub} ÷ {ref}", f"{ref} ms/step", f"{sub} ms/step", f"{sub} throughput ÷ {ref}"]
+    batches = ", ".join(f"{k} {v[4]}" for k, v in BACKBONES.items())
     return bench.result(
         "backbones",
-        "EDUE on foreign backbones (smp ResNet-34 U-Net, DynUNet 3D)",
-        settings,
+        f"{sub} on other backbones ({', '.join(BACKBONES)})",
+        f"{rounds} interleaved rounds; inference batch 1; training batch: {batches}; "
+        f"{'quick' if quick else 'full'} sizes.",
         [C.table("", headers, rows)],
         targets,
         notes,
@@ -149,10 +113,8 @@ def run(quick: bool = False, rounds: int | None = None, threads: int = C.DEFAULT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = C.parser(__doc__)
-    parser.add_argument("--rounds", type=int, help="timed rounds (default 5, quick 2)")
-    args = parser.parse_args(argv)
-    return C.finish(run(args.quick, args.rounds, args.threads), args.json)
+    args = C.parser(__doc__, "rounds").parse_args(argv)
+    return C.finish(run(**C.options(args)), args.json)
 
 
 if __name__ == "__main__":

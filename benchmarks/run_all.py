@@ -1,91 +1,80 @@
-"""Run every benchmark and write ``BENCHMARKS.md`` (``make bench``).
+"""Run the benchmarks and record them in ``BENCHMARKS.md`` (``make bench``).
 
-The file keeps two runs: the new one under "Latest run" and the one it replaces under
-"Previous run" (older ones are dropped), so a regression shows side by side. Each
-benchmark also runs on its own: ``.venv/bin/python benchmarks/bench_NAME.py [--quick]``.
+The file holds one block per benchmark, each written from a run's result: the latest
+result of every benchmark, and under "Previous results" the one it replaced, so that a
+regression shows. A run of some benchmarks (``--only``) replaces their blocks alone.
 
     .venv/bin/python benchmarks/run_all.py [--quick] [--only inference training ...]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import re
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
-import bench_backbones  # noqa: E402
-import bench_evaluate  # noqa: E402
-import bench_heads  # noqa: E402
-import bench_inference  # noqa: E402
-import bench_loader  # noqa: E402
-import bench_memory  # noqa: E402
-import bench_predict  # noqa: E402
-import bench_readers  # noqa: E402
-import bench_referral  # noqa: E402
-import bench_training  # noqa: E402
-import bench_volume  # noqa: E402
+import _common as C
+import bench_backbones
+import bench_evaluate
+import bench_heads
+import bench_inference
+import bench_loader
+import bench_memory
+import bench_predict
+import bench_readers
+import bench_referral
+import bench_training
+import bench_volume
 
 LATEST_BEGIN, LATEST_END = "<!-- LATEST-RUN:BEGIN -->", "<!-- LATEST-RUN:END -->"
 PREVIOUS_BEGIN, PREVIOUS_END = "<!-- PREVIOUS-RUN:BEGIN -->", "<!-- PREVIOUS-RUN:END -->"
-NO_GPU = (
-    "No GPU was available in this environment; the GPU path is covered by CPU tests "
-    "(the benchmarks take `--device cuda` where a CUDA device is present)."
-)
-
+BLOCK = re.compile(r"<!-- BENCH (\{.*?\}) -->\n(.*?)<!-- /BENCH -->\n", re.S)
 INTRO = """# Benchmarks
 
 Written by `make bench` (`benchmarks/run_all.py`); each script also runs on its own
-(`.venv/bin/python benchmarks/bench_NAME.py [--quick]`). Benchmarks are not part of the
-test suite. Everything compared is measured side by side in one run, on the same inputs,
-with the methods interleaved round by round; a ratio is the median over rounds of the
-per-round ratio, so it holds up on a shared, noisy machine far better than the absolute
-figures, which are medians and depend on the machine and its load. The previous run is
-kept below the latest one so that a regression shows.
+(`.venv/bin/python benchmarks/bench_NAME.py [--quick]`). Everything compared is measured
+side by side in one run, interleaved round by round; a ratio is the median over rounds of
+the per-round ratio, an absolute figure the median over rounds.
 """
 
 
 def plan(quick: bool, threads: int) -> list[tuple[str, str, Callable[[], dict[str, Any]]]]:
-    """(key, group, thunk) of every benchmark of a run, in order.
-
-    The shorter runs measure only the plain U-Net and EDUE: the registry's one-pass
-    reference and subject.
-    """
+    """(key, group, thunk) of every benchmark, in order; the shorter inference and
+    training runs measure the one-pass reference and the subject alone."""
     inference = partial(bench_inference.run, quick=quick, threads=threads)
     training = partial(bench_training.run, quick=quick, threads=threads)
-    pair = C.reference_pair()
+    pair, rounds = C.reference_pair(), 2 if quick else 3
     pair_128 = partial(inference, size=128, methods=pair, batches=(1,), rounds=4 if quick else 15)
-    pair_rounds = 2 if quick else 3
-    steps: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
+    others = {
+        "loader": bench_loader,
+        "readers": bench_readers,
+        "evaluate": bench_evaluate,
+        "volume": bench_volume,
+        "predict": bench_predict,
+        "memory": bench_memory,
+        "referral": bench_referral,
+        "backbones": bench_backbones,
+    }
+    groups = {"heads": "inference", "memory": "predict"}
+    steps = [
         ("inference", "inference", partial(inference, size=256)),
         ("inference_128", "inference", pair_128),
         ("inference_128_1thread", "inference", partial(pair_128, threads=1, memory=False)),
         ("heads", "inference", partial(bench_heads.run, quick=quick, threads=threads)),
         ("training", "training", partial(training, size=128)),
-        ("training_256", "training", partial(training, size=256, methods=pair, rounds=pair_rounds)),
-        (
-            "training_1thread",
-            "training",
-            partial(training, size=128, methods=pair, rounds=pair_rounds, threads=1),
-        ),
-        ("loader", "loader", partial(bench_loader.run, quick=quick, threads=threads)),
-        ("readers", "readers", partial(bench_readers.run, quick=quick, threads=threads)),
-        ("evaluate", "evaluate", partial(bench_evaluate.run, quick=quick, threads=threads)),
-        ("volume", "volume", partial(bench_volume.run, quick=quick, threads=threads)),
-        ("predict", "predict", partial(bench_predict.run, quick=quick, threads=threads)),
-        ("memory", "predict", partial(bench_memory.run, quick=quick, threads=threads)),
-        ("referral", "referral", partial(bench_referral.run, quick=quick, threads=threads)),
-        # the smp half needs segmentation-models-pytorch (`.venv-backbones`); without it
-        # that half is reported as skipped and the DynUNet half still runs
-        ("backbones", "backbones", partial(bench_backbones.run, quick=quick, threads=threads)),
+        ("training_256", "training", partial(training, size=256, methods=pair, rounds=rounds)),
+        ("training_1thread", "training", partial(training, methods=pair, rounds=rounds, threads=1)),
+    ]
+    steps += [
+        (k, groups.get(k, k), partial(m.run, quick=quick, threads=threads))
+        for k, m in others.items()
     ]
     if C.cuda_name():
         steps += [
@@ -96,179 +85,131 @@ def plan(quick: bool, threads: int) -> list[tuple[str, str, Callable[[], dict[st
 
 
 def run_all(
-    quick: bool,
-    only: Sequence[str] | None,
-    threads: int,
-    state: Path | None = None,
-    resume: bool = False,
+    quick: bool, only: Sequence[str] | None, threads: int, state: Path, resume: bool = False
 ) -> dict[str, Any]:
-    """Run the selected benchmarks; a failure is recorded, the others still run.
-
-    After each benchmark the results so far are saved to ``state``; with ``resume`` the
-    benchmarks already saved there (same ``quick`` and ``threads``) are not run again.
-    """
+    """Run the selected benchmarks; a failure is recorded and the others still run. The
+    results so far are saved to ``state`` after each; ``resume`` skips those saved there
+    (same ``quick`` and ``threads``)."""
     results: dict[str, Any] = {}
-    started = time.perf_counter()
-    C.setup_threads(threads)
     info = C.machine()
-    if resume and state is not None and state.is_file():
+    if resume and state.is_file():
         saved = json.loads(state.read_text(encoding="utf-8"))
-        if saved.get("quick") == quick and saved.get("threads") == threads:
+        if (saved.get("quick"), saved.get("threads")) == (quick, threads):
             results = {k: v for k, v in saved["results"].items() if "error" not in v}
-            print(f"resuming: {', '.join(results) or 'nothing'} done", file=sys.stderr)
-    C.setup_threads(threads)
     for key, group, thunk in plan(quick, threads):
-        if only and group not in only and key not in only:
-            continue
-        if key in results:
+        if (only and group not in only and key not in only) or key in results:
             continue
         print(f"== {key}", file=sys.stderr, flush=True)
-        t = time.perf_counter()
+        started = time.perf_counter()
         try:
             results[key] = thunk()
         except Exception as exc:  # noqa: BLE001 - recorded in the report
             traceback.print_exc()
-            results[key] = {
-                "name": key,
-                "title": key,
-                "error": f"{type(exc).__name__}: {exc}",
-                "seconds": time.perf_counter() - t,
-            }
-        print(f"== {key}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
-        if state is not None:
-            state.write_text(
-                json.dumps({"quick": quick, "threads": threads, "results": results}, default=str),
-                encoding="utf-8",
-            )
+            error = f"{type(exc).__name__}: {exc}"
+            results[key] = {"title": key, "error": error, "seconds": time.perf_counter() - started}
+        print(f"== {key}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        snapshot = {"quick": quick, "threads": threads, "results": results}
+        state.write_text(json.dumps(snapshot, default=str), encoding="utf-8")
     C.setup_threads(threads)
     return {
         "machine": info,
         "quick": quick,
         "threads": threads,
+        "only": list(only or []),
         "results": results,
-        "seconds": sum(float(r.get("seconds", 0.0)) for r in results.values()),
-        "wall_seconds": time.perf_counter() - started,
     }
 
 
-def render_run(run: dict[str, Any], heading: str = "Latest run") -> str:
-    """The Markdown of one run (a ``## heading`` section)."""
-    m = run["machine"]
-    results = run["results"]
-    lines = [
-        f"## {heading} — {m['date']}",
+def block(key: str, result: Mapping[str, Any], run: Mapping[str, Any]) -> str:
+    """A benchmark's block: its key, title and targets (for the summary), the run's
+    command and machine, and the result's Markdown."""
+    meta = {"key": key, "title": result["title"], "targets": result.get("targets", [])}
+    machine = result.get("machine") or run["machine"]
+    command = "benchmarks/run_all.py" + " --quick" * run["quick"]
+    command += f" --only {' '.join(run['only'])}" if run["only"] else ""
+    lines = [f"<!-- BENCH {json.dumps(meta, ensure_ascii=True, default=str)} -->"]
+    if "error" in result:
+        lines += [f"### {result['title']}", "", f"**Failed:** `{result['error']}`", ""]
+    else:
+        lines.append(C.render_result(result).rstrip())
+    lines += [
         "",
-        f"**Machine:** {C.machine_line(m)}.",
-        "",
-        f"Command: `benchmarks/run_all.py{' --quick' if run['quick'] else ''}` "
-        f"({'quick smoke run: too few repeats to compare, ' if run['quick'] else ''}"
-        f"{run['threads']} torch threads set explicitly; total {run['seconds']:.0f} s).",
+        f"_{machine['date']}, `{command}`, {run['threads']} torch threads: "
+        f"{C.machine_line(machine)}._",
+        "<!-- /BENCH -->",
         "",
     ]
-    summary = []
-    for res in results.values():
-        for t in res.get("targets", []):
-            summary.append([res["title"], t])
-        if "error" in res:
-            summary.append([res["title"], None])
-    if summary:
+    return "\n".join(lines)
+
+
+def blocks_of(text: str, begin: str, end: str) -> dict[str, str]:
+    """The blocks between two markers of a file, by key."""
+    if begin not in text or end not in text:
+        return {}
+    inside = text.split(begin, 1)[1].split(end, 1)[0]
+    return {json.loads(m.group(1))["key"]: m.group(0) for m in BLOCK.finditer(inside)}
+
+
+def section(heading: str, blocks: Mapping[str, str], summary: bool) -> str:
+    """A section of blocks, with the summary of their targets first."""
+    lines = [heading, ""]
+    metas = [json.loads(m.group(1)) for b in blocks.values() for m in BLOCK.finditer(b)]
+    targets = [(meta["title"], t) for meta in metas for t in meta["targets"]]
+    if summary and targets:
+        table = C.render_targets([t for _, t in targets], [title for title, _ in targets])
+        lines += ["### Targets", "", table, ""]
+    lines += [b for b in blocks.values()]
+    if summary and not any(k.startswith("gpu_") for k in blocks):
         lines += [
-            "### Targets",
+            "### GPU",
             "",
-            "| benchmark | target | measured | wanted | met |",
-            "|---|---|---|---|---|",
+            "No GPU benchmark recorded (they run where a CUDA device is present).",
+            "",
         ]
-        for title, t in summary:
-            if t is None:
-                lines.append(f"| {title} | (benchmark failed) | | | ✗ |")
-                continue
-            unit = t.get("unit", "×")
-            value = f"{t['value']:.2f}×" if unit == "×" else f"{C.fmt(t['value'])} {unit}"
-            wanted = f"{t['threshold']:g}×" if unit == "×" else f"{t['threshold']:g} {unit}"
-            lines.append(
-                f"| {title} | {t['name']} | {value} | {t['op']} {wanted} | "
-                f"{'✓' if t['met'] else '✗'} |"
-            )
-        lines.append("")
-    for key, res in results.items():
-        if key.startswith("gpu_"):
-            continue
-        lines += _render_one(res)
-    lines += ["### GPU", ""]
-    gpu = [res for key, res in results.items() if key.startswith("gpu_")]
-    if gpu:
-        lines += [f"CUDA device: {m.get('cuda')}.", ""]
-        for res in gpu:
-            lines += _render_one(res, "####")
-    else:
-        lines += [NO_GPU if not m.get("cuda") else "GPU benchmarks not selected in this run.", ""]
-    return "\n".join(lines).rstrip() + "\n"
+    return "\n".join(lines)
 
 
-def _render_one(res: dict[str, Any], heading: str = "###") -> list[str]:
-    if "error" in res:
-        return [f"{heading} {res['title']}", "", f"**Failed:** `{res['error']}`", ""]
-    text = C.render_result(res, heading)
-    load = res.get("machine", {}).get("load_average_1min")
-    if load is not None:
-        text = text.rstrip() + f" _Load average when it started: {load}._\n"
-    return [text]
+def compose(run: Mapping[str, Any], old: str | None) -> str:
+    """The whole file: the run's blocks replace their keys' latest ones, which become
+    the previous ones."""
+    latest = blocks_of(old or "", LATEST_BEGIN, LATEST_END)
+    previous = blocks_of(old or "", PREVIOUS_BEGIN, PREVIOUS_END)
+    new = {key: block(key, r, run) for key, r in run["results"].items()}
+    previous.update({k: v for k, v in latest.items() if k in new})
+    order = [key for key, _, _ in plan(True, 1)]
 
+    def by_plan(blocks: Mapping[str, str]) -> dict[str, str]:
+        rank = {k: order.index(k) if k in order else len(order) for k in blocks}
+        return {k: blocks[k] for k in sorted(blocks, key=rank.__getitem__)}
 
-def _between(text: str, begin: str, end: str) -> str | None:
-    if begin in text and end in text.split(begin, 1)[1]:
-        return text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
-    return None
-
-
-def compose(new_section: str, old_text: str | None) -> str:
-    """The whole file: intro, the new run, and the run it replaces as the previous one."""
-    previous = None
-    if old_text:
-        latest = _between(old_text, LATEST_BEGIN, LATEST_END)
-        if latest is not None:
-            previous = latest.replace("## Latest run", "## Previous run", 1)
-        elif old_text.strip():  # a file without markers: keep it whole as the previous run
-            previous = "## Previous run (file without run markers)\n\n" + old_text.strip()
-    parts = [INTRO, LATEST_BEGIN, new_section.rstrip(), LATEST_END, ""]
-    if previous:
-        parts += [PREVIOUS_BEGIN, previous.rstrip(), PREVIOUS_END, ""]
+    latest, prev = by_plan({**latest, **new}), by_plan(previous)
+    parts = [INTRO, LATEST_BEGIN, section("## Latest results", latest, True), LATEST_END, ""]
+    if prev:
+        heading = "## Previous results\n\nEach benchmark's result before its latest one."
+        parts += [PREVIOUS_BEGIN, section(heading, prev, False), PREVIOUS_END, ""]
     return "\n".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    C.add_common_arguments(parser)
-    parser.add_argument(
-        "--only",
-        nargs="+",
-        metavar="NAME",
-        help="benchmarks to run: inference, training, loader, readers, evaluate, volume, gpu "
-        "(or a key such as inference_128)",
-    )
-    parser.add_argument("--out", default=str(C.REPO / "BENCHMARKS.md"), help="Markdown file")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument(
-        "--state",
-        default=str(Path(tempfile.gettempdir()) / "edue-bench-state.json"),
-        help="results saved after each benchmark (for --resume)",
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="reuse the benchmarks already saved in --state"
-    )
-    args = parser.parse_args(argv)
+    p = C.parser(__doc__)
+    p.add_argument("--only", nargs="+", metavar="NAME", help="groups or keys to run")
+    p.add_argument("--out", default=str(C.REPO / "BENCHMARKS.md"), help="Markdown file")
+    p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--state", default=str(Path(tempfile.gettempdir()) / "edue-bench-state.json"))
+    p.add_argument("--resume", action="store_true", help="reuse the results saved in --state")
+    args = p.parse_args(argv)
     run = run_all(args.quick, args.only, args.threads, Path(args.state), args.resume)
-    section = render_run(run)
-    print(section)
+    new = {key: block(key, r, run) for key, r in run["results"].items()}
+    text = section(f"## Run of {run['machine']['date']}", new, True)
+    print(re.sub(r"<!-- /?BENCH.*?-->\n", "", text))
     if args.json:
         Path(args.json).write_text(json.dumps(run, indent=2, default=str), encoding="utf-8")
     if not args.no_write:
         out = Path(args.out)
         old = out.read_text(encoding="utf-8") if out.is_file() else None
-        out.write_text(compose(section, old), encoding="utf-8")
+        out.write_text(compose(run, old), encoding="utf-8")
         print(f"wrote {out}", file=sys.stderr)
-    failed = [k for k, r in run["results"].items() if "error" in r]
-    return 1 if failed else 0
+    return 1 if any("error" in r for r in run["results"].values()) else 0
 
 
 if __name__ == "__main__":

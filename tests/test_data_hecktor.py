@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,6 +12,7 @@ from edue.data.hecktor import HecktorSource, axial_axis, resample_to
 from edue.data.hecktor_layout import modality_of
 from edue.data.source import open_source
 from edue.errors import DataError
+from tests.fake_layouts import Nii, Volume, write_hecktor_challenge, write_hecktor_patient
 
 # label/CT-like grid: 16×16×12 voxels of 1×1×2 mm, x axis flipped (world x = 15 − i)
 LABEL_AFFINE = np.array([[-1.0, 0, 0, 15], [0, 1, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1]])
@@ -23,18 +23,19 @@ CT_MARK, PET_MARK = (2, 3, 4), (3, 2, 1)
 CT_MARK_ON_LABEL, PET_MARK_ON_LABEL = (13, 3, 4), (9, 4, 2)
 
 
-def _nii(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, affine), str(path))
-
-
-def _images(folder: Path, ct_name: str, pet_name: str) -> None:
+def _ct_pet() -> tuple[Volume, Volume]:
+    """A CT (16×16×12, −1000 HU but one marker) and a coarser PET (8×8×6, one marker)."""
     ct = np.full((16, 16, 12), -1000.0, np.float32)
     ct[CT_MARK] = 250.0
     pet = np.zeros((8, 8, 6), np.float32)
     pet[PET_MARK] = 5.0
-    _nii(folder / ct_name, ct, CT_AFFINE)
-    _nii(folder / pet_name, pet, PET_AFFINE)
+    return (ct, CT_AFFINE), (pet, PET_AFFINE)
+
+
+def _images(ct_name: str, pet_name: str) -> list[Nii]:
+    """:func:`_ct_pet` under these file names."""
+    ct, pet = _ct_pet()
+    return [(ct_name, *ct), (pet_name, *pet)]
 
 
 def _label(slices: dict[int, int], extra: tuple | None = None) -> np.ndarray:
@@ -48,22 +49,29 @@ def _label(slices: dict[int, int], extra: tuple | None = None) -> np.ndarray:
 
 @pytest.fixture()
 def multi_annotator(tmp_path: Path) -> Path:
-    p1 = tmp_path / "P1"
-    _images(p1 / "images", "P1_CT.nii.gz", "P1_PET.nii.gz")
-    _nii(p1 / "labels" / "alice" / "gtv.nii.gz", _label({4: 1, 5: 2}), LABEL_AFFINE)
-    _nii(p1 / "labels" / "bob" / "bob.nii.gz", _label({4: 1, 6: 1}), LABEL_AFFINE)
-    _nii(p1 / "labelsTs" / "P1.nii.gz", _label({4: 1}), LABEL_AFFINE)
-    p2 = tmp_path / "P2"
-    _images(p2 / "images", "ct.nii.gz", "pt.nii.gz")
-    for name, lab in (
-        ("a1", _label({7: 2})),
-        ("a2", _label({7: 1})),
-        ("a3", _label({})),
-    ):  # a3 drew nothing: an empty rater mask
-        _nii(p2 / "labels" / name / "seg.nii.gz", lab, LABEL_AFFINE)
+    write_hecktor_patient(
+        tmp_path,
+        "P1",
+        _images("P1_CT.nii.gz", "P1_PET.nii.gz"),
+        {
+            "alice": ("gtv.nii.gz", _label({4: 1, 5: 2}), LABEL_AFFINE),
+            "bob": ("bob.nii.gz", _label({4: 1, 6: 1}), LABEL_AFFINE),
+        },
+        official=("P1.nii.gz", _label({4: 1}), LABEL_AFFINE),
+    )
+    seg = "seg.nii.gz"
+    annotators = {  # a3 drew nothing: an empty rater mask
+        name: (seg, lab, LABEL_AFFINE)
+        for name, lab in (("a1", _label({7: 2})), ("a2", _label({7: 1})), ("a3", _label({})))
+    }
     # a4's label is stored on the unflipped CT grid: voxel (2, 3, 8) = label voxel (13, 3, 8)
-    _nii(p2 / "labels" / "a4" / "seg.nii.gz", _label({}, (2, 3, 8, 2)), CT_AFFINE)
+    annotators["a4"] = (seg, _label({}, (2, 3, 8, 2)), CT_AFFINE)
+    write_hecktor_patient(tmp_path, "P2", _images("ct.nii.gz", "pt.nii.gz"), annotators)
     return tmp_path
+
+
+def _challenge(root: Path, image_id: str, label_name: str, label: np.ndarray) -> None:
+    write_hecktor_challenge(root, image_id, *_ct_pet(), (label_name, label, LABEL_AFFINE))
 
 
 def test_geometry_helpers() -> None:
@@ -120,8 +128,7 @@ def test_2d_mode_keeps_annotated_slices(multi_annotator: Path) -> None:
 
 
 def test_challenge_layout_with_mixed_ids(tmp_path: Path) -> None:
-    _images(tmp_path / "imagesTr", "CHUM-001__CT.nii.gz", "CHUM-001__PT.nii.gz")
-    _nii(tmp_path / "labelsTr" / "CHUM_001.nii.gz", _label({3: 1}, (13, 3, 4, 2)), LABEL_AFFINE)
+    _challenge(tmp_path, "CHUM-001", "CHUM_001.nii.gz", _label({3: 1}, (13, 3, 4, 2)))
     src = HecktorSource(tmp_path, mode="3d")
     assert src.case_ids == ["CHUM_001"]
     case = src.load(0)
@@ -132,8 +139,7 @@ def test_challenge_layout_with_mixed_ids(tmp_path: Path) -> None:
 
 
 def test_bad_label_value_named(tmp_path: Path) -> None:
-    _images(tmp_path / "imagesTr", "A-1__CT.nii.gz", "A-1__PT.nii.gz")
-    _nii(tmp_path / "labelsTr" / "A-1.nii.gz", _label({3: 5}), LABEL_AFFINE)
+    _challenge(tmp_path, "A-1", "A-1.nii.gz", _label({3: 5}))
     with pytest.raises(DataError, match=r"unexpected label values \[0, 5\]") as err:
         HecktorSource(tmp_path, mode="3d").load(0)
     assert "A-1.nii.gz" in str(err.value)
@@ -195,8 +201,7 @@ def test_bad_patient_reported_not_fatal(multi_annotator: Path) -> None:
     from edue.data.check import check_dataset
 
     (multi_annotator / "P2" / "labels" / "a2" / "seg.nii.gz").write_bytes(b"broken")
-    extra = multi_annotator / "P3"
-    _images(extra / "images", "ct.nii.gz", "pet.nii.gz")
+    extra = write_hecktor_patient(multi_annotator, "P3", _images("ct.nii.gz", "pet.nii.gz"), {})
     (extra / "labels" / "only").mkdir(parents=True)  # an annotator folder without a label
     src = HecktorSource(multi_annotator, mode="2d")
     assert src.case_ids == ["P1_z004", "P1_z005", "P1_z006", "P2_unreadable", "P3_unreadable"]

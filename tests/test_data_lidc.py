@@ -6,7 +6,6 @@ import os
 import pickle
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
@@ -14,6 +13,7 @@ from edue.data.lidc import LidcHdf5Source, LidcPickleSource
 from edue.data.safe_pickle import read_bytes_chunked, safe_load, safe_loads
 from edue.data.source import open_source
 from edue.errors import DataError
+from tests.fake_layouts import write_lidc_hdf5, write_lidc_pickle
 
 
 def _entry(seed: int, empty_rater: int | None = None) -> dict:
@@ -35,9 +35,7 @@ def lidc_pickle(tmp_path: Path) -> tuple[Path, dict]:
         "LIDC-IDRI-0001_slice_1": _entry(1, empty_rater=2),
         "LIDC-IDRI-0002_slice_0": _entry(2),
     }
-    path = tmp_path / "data_lidc.pickle"
-    path.write_bytes(pickle.dumps(data, protocol=4))
-    return path, data
+    return write_lidc_pickle(tmp_path / "data_lidc.pickle", data), data
 
 
 def test_pickle_reader_values_and_patients(lidc_pickle: tuple[Path, dict]) -> None:
@@ -59,7 +57,7 @@ def test_pickle_reader_values_and_patients(lidc_pickle: tuple[Path, dict]) -> No
 
 def test_pickle_protocol2_and_folder_root(tmp_path: Path) -> None:
     data = {"P7_a": _entry(3)}
-    (tmp_path / "lidc.pkl").write_bytes(pickle.dumps(data, protocol=2))
+    write_lidc_pickle(tmp_path / "lidc.pkl", data, protocol=2)
     src = LidcPickleSource(tmp_path)
     np.testing.assert_array_equal(src.load(0).image[0], data["P7_a"]["image"])
     assert src.patient_ids == ["P7"]
@@ -85,8 +83,7 @@ class _EvilWrite:
 def test_malicious_pickle_refused_without_side_effect(tmp_path: Path, evil: type) -> None:
     marker = tmp_path / "side_effect.txt"
     payload = {"LIDC-IDRI-0001_x": {"image": evil(str(marker)), "masks": [], "series_uid": ""}}
-    path = tmp_path / "evil.pickle"
-    path.write_bytes(pickle.dumps(payload))
+    path = write_lidc_pickle(tmp_path / "evil.pickle", payload)
     with pytest.raises(DataError) as err:
         LidcPickleSource(path)
     assert str(path) in str(err.value)
@@ -126,8 +123,7 @@ def test_chunked_read_and_corrupt(tmp_path: Path) -> None:
 def test_pickle_bad_mask_values(tmp_path: Path) -> None:
     entry = _entry(0)
     entry["masks"][1][0, 0] = 7
-    path = tmp_path / "d.pickle"
-    path.write_bytes(pickle.dumps({"P1_s": entry}))
+    path = write_lidc_pickle(tmp_path / "d.pickle", {"P1_s": entry})
     with pytest.raises(DataError, match="0/1"):
         LidcPickleSource(path).load(0)
 
@@ -139,12 +135,12 @@ def test_hdf5_reader(tmp_path: Path, rater_last: bool) -> None:
     labels = np.zeros((5, 16, 16, 4), np.uint8)
     labels[2, 3, 4, 1] = 1  # rater 1 of case 2 marks pixel (3, 4)
     stored = labels if rater_last else np.moveaxis(labels, -1, 1)
-    path = tmp_path / "data_lidc.hdf5"
-    with h5py.File(path, "w") as fh:
-        for group, sl in (("train", slice(0, 3)), ("test", slice(3, 5))):
-            g = fh.create_group(group)
-            g["images"], g["labels"] = images[sl], stored[sl]
-            g["uids"] = np.array([11, 11, 12, 13, 14][sl])
+    uids = np.array([11, 11, 12, 13, 14])
+    groups = {
+        group: {"images": images[sl], "labels": stored[sl], "uids": uids[sl]}
+        for group, sl in (("train", slice(0, 3)), ("test", slice(3, 5)))
+    }
+    path = write_lidc_hdf5(tmp_path / "data_lidc.hdf5", groups)
     src = open_source("lidc-hdf5", str(path), group="train")
     assert len(src) == 3 and src.patient_ids == ["11", "11", "12"]
     case = src.load(2)
@@ -158,10 +154,8 @@ def test_hdf5_reader(tmp_path: Path, rater_last: bool) -> None:
 
 
 def test_hdf5_source_survives_pickling_after_use(tmp_path: Path) -> None:
-    path = tmp_path / "d.h5"
-    with h5py.File(path, "w") as fh:
-        fh["train/images"] = np.zeros((2, 8, 8))
-        fh["train/labels"] = np.ones((2, 8, 8, 4), np.uint8)
+    train = {"images": np.zeros((2, 8, 8)), "labels": np.ones((2, 8, 8, 4), np.uint8)}
+    path = write_lidc_hdf5(tmp_path / "d.h5", {"train": train})
     src = LidcHdf5Source(path)
     assert src.load(0).masks.sum() == 4 * 64  # opens a handle
     clone = pickle.loads(pickle.dumps(src))  # as for DataLoader workers

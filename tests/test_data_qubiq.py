@@ -4,35 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
 from edue.data.qubiq import QubiqSource
 from edue.data.source import open_source
 from edue.errors import DataError
-
-
-def _nii(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
+from tests.fake_layouts import write_nifti, write_qubiq_case
 
 
 def _prostate(root: Path) -> None:
     """Two 2D cases, two sub-tasks; case01 has a trailing axis and an empty rater."""
     for case, trailing in (("case01", True), ("case02", False)):
-        folder = root / "prostate" / "Training" / case
         img = np.arange(32 * 24, dtype=np.float32).reshape(32, 24)
-        _nii(folder / "image.nii.gz", img[..., None] if trailing else img)
+        masks = {}
         for task in (1, 2):
             for rater in (1, 2, 3):
                 m = np.zeros((32, 24), np.uint8)
                 if not (case == "case01" and rater == 2 and task == 1):
                     m[2 + rater : 10, 3 * task : 12] = 1
-                _nii(
-                    folder / f"task{task:02d}_seg{rater:02d}.nii.gz",
-                    m[..., None] if trailing else m,
-                )
+                masks[task, rater] = m[..., None] if trailing else m
+        write_qubiq_case(root, "prostate", case, img[..., None] if trailing else img, masks)
 
 
 def test_qubiq_2d_trailing_axis_and_empty_mask(tmp_path: Path) -> None:
@@ -55,16 +47,16 @@ def test_qubiq_2d_trailing_axis_and_empty_mask(tmp_path: Path) -> None:
 
 
 def test_qubiq_multimodal_and_uneven_raters(tmp_path: Path) -> None:
-    folder = tmp_path / "brain-tumor" / "Training" / "case1"
     image = np.zeros((20, 16, 4), np.float32)
     for c in range(4):
         image[c, c + 1, c] = 10.0 + c  # modality c marked at voxel (c, c + 1)
-    _nii(folder / "image.nii.gz", image)
+    masks = {}
     for task, raters in ((1, (1, 2, 3)), (2, (1, 2, 3)), (3, (1, 3))):
         for r in raters:
             m = np.zeros((20, 16), np.float32)  # float masks holding 0/1 are accepted
             m[task, r] = 1.0
-            _nii(folder / f"task{task:02d}_seg{r:02d}.nii.gz", m)
+            masks[task, r] = m
+    write_qubiq_case(tmp_path, "brain-tumor", "case1", image, masks)
     src = QubiqSource(tmp_path, task="brain-tumor")
     case = src.load(0)
     assert case.image.shape == (4, 20, 16)
@@ -81,15 +73,14 @@ def test_qubiq_multimodal_and_uneven_raters(tmp_path: Path) -> None:
 
 def test_qubiq_3d_volumes(tmp_path: Path) -> None:
     affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    vol = np.zeros((16, 12, 8), np.int16)
+    vol[3, 4, 5] = 100
+    masks = {}
+    for r in (1, 2):
+        masks[1, r] = np.zeros((16, 12, 8), np.uint8)
+        masks[1, r][3, 4, 5 - r : 6] = 1
     for name in ("case1-1", "case1-2", "case2-1"):
-        folder = tmp_path / "pancreas" / "Training" / name
-        vol = np.zeros((16, 12, 8), np.int16)
-        vol[3, 4, 5] = 100
-        _nii(folder / "image.nii.gz", vol, affine)
-        for r in (1, 2):
-            m = np.zeros((16, 12, 8), np.uint8)
-            m[3, 4, 5 - r : 6] = 1
-            _nii(folder / f"task01_seg{r:02d}.nii.gz", m, affine)
+        write_qubiq_case(tmp_path, "pancreas", name, vol, masks, affine)
     src = QubiqSource(tmp_path, task="pancreas")
     assert src.spatial_dims == 3
     assert src.patient_ids == ["case1", "case1", "case2"]
@@ -109,7 +100,7 @@ def test_qubiq_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"sub-tasks \[5\] not found"):
         QubiqSource(tmp_path / "a", task="prostate", subtasks=[5])
     bad = tmp_path / "b" / "prostate" / "Training" / "case02" / "task01_seg03.nii.gz"
-    _nii(bad, np.full((32, 24), 3, np.uint8))
+    write_nifti(bad, np.full((32, 24), 3, np.uint8))
     src = QubiqSource(tmp_path / "b", task="prostate")
     with pytest.raises(DataError, match="0/1") as err:
         src.load(1)

@@ -6,7 +6,6 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import tifffile
 from PIL import Image
 
 from edue.cli import main
-from edue.data import riga, riga_labels
+from edue.data import riga
 from edue.data.folder import FolderSource
 from edue.data.riga import RigaDiscRegionSource, RigaPlusSource
 from edue.data.riga_extract import extract_riga
@@ -22,6 +21,7 @@ from edue.data.riga_labels import decode_disc_cup
 from edue.data.source import open_source
 from edue.data.splits import preset_split
 from edue.errors import ConfigError, DataError
+from tests.fake_layouts import RigaImage, save_image, write_discregion, write_riga_plus
 
 H, W = 32, 28
 HEADER = ",imgName,maskName,label,center,xmin,ymin,xmax,ymax,width,height,discFlag,rater"
@@ -43,27 +43,14 @@ def _label_map(rim: int, cup: int, shift: int = 0) -> np.ndarray:
 
 
 def _discregion(root: Path) -> None:
-    lines = [HEADER]
-    for site, n_images, rim in (("BinRushed", 2, 128), ("Magrabia", 1, 150)):
-        folder = root / "DiscRegion" / site
-        folder.mkdir(parents=True)
-        block = []
-        for i in range(1, n_images + 1):
-            Image.fromarray(_photo()).save(folder / f"image{i}.png")
-            final = f"DiscRegion\\{site}\\image{i}-FinalLabel.png"
-            block.append(f"0,DiscRegion\\{site}\\image{i}.png,{final},青光眼,0,1,2,3,4,5,6,1,0")
-            Image.fromarray(_label_map(rim, 255)).save(folder / f"image{i}-FinalLabel.png")
-            for r in range(1, 7):
-                Image.fromarray(_label_map(rim, 255, shift=r - 1)).save(
-                    folder / f"image{i}-Rater{r}.png"
-                )
-                block.append(
-                    f"{r},DiscRegion\\{site}\\image{i}.png,"
-                    f"DiscRegion\\{site}\\image{i}-Rater{r}.png,青光眼,0,1,2,3,4,5,6,1,{r}"
-                )
-        (root / f"Glaucoma_multirater_{site}.csv").write_bytes(
-            "\n".join(lines + block).encode("gbk")
-        )
+    """Two BinRushed images (rim 128) and one Magrabia image (rim 150), six raters whose
+    cups start one column further right each."""
+
+    def image(rim: int) -> RigaImage:
+        raters = [_label_map(rim, 255, shift=r) for r in range(6)]
+        return RigaImage(_photo(), raters, final=_label_map(rim, 255))
+
+    write_discregion(root, {"BinRushed": [image(128), image(128)], "Magrabia": [image(150)]})
 
 
 def test_discregion_reader(tmp_path: Path) -> None:
@@ -125,22 +112,17 @@ def test_decode_auto_and_odd_values(tmp_path: Path) -> None:
 
 
 def _riga_plus(root: Path, n_raters: int = 3) -> None:
-    for csv_name, site, names in (
-        ("BinRushed_train.csv", "BinRushed", ["image1", "image2"]),
-        ("Magrabia_test.csv", "Magrabia", ["image7"]),
-    ):
-        rows = ["image,mask"]
-        for name in names:
-            (root / site / "images").mkdir(parents=True, exist_ok=True)
-            (root / site / "masks").mkdir(parents=True, exist_ok=True)
-            tifffile.imwrite(root / site / "images" / f"{name}.tif", _photo())
-            for k in range(1, n_raters + 1):
-                tifffile.imwrite(
-                    root / site / "masks" / f"{name}-{k}.tif", _label_map(255, 128, shift=k)
-                )
-            rows.append(f"{site}/images/{name}.tif,{site}/masks/{name}.tif")
-        (root / csv_name).write_text("\n".join(rows) + "\n")
-    (root / "MESSIDOR_Base1_unlabeled.csv").write_text("image,mask\nx/none.tif,\n")
+    """Two BinRushed training images, one Magrabia test image, and a CSV of unlabeled
+    images; rater ``k``'s cup starts ``k`` columns further right."""
+
+    def image() -> RigaImage:
+        return RigaImage(_photo(), [_label_map(255, 128, shift=k) for k in range(1, n_raters + 1)])
+
+    csvs = {
+        "BinRushed_train": ("BinRushed", {"image1": image(), "image2": image()}),
+        "Magrabia_test": ("Magrabia", {"image7": image()}),
+    }
+    write_riga_plus(root, csvs, unlabeled={"MESSIDOR_Base1_unlabeled": ["x/none.tif"]})
 
 
 def test_riga_plus_reader(tmp_path: Path) -> None:
@@ -193,31 +175,23 @@ def _annotated(curves: list[np.ndarray]) -> np.ndarray:
     return img
 
 
-def _save(path: Path, img: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() in (".jpg", ".jpeg"):
-        Image.fromarray(img).save(path, quality=95)
-    else:
-        tifffile.imwrite(path, img)
-
-
 DISC, CUP = (34.0, (48.0, 46.0)), (13.0, (50.0, 49.0))
 
 
 def _original(src: Path) -> None:
     good = src / "BinRushed" / "BinRushed1-Corrected"
-    _save(good / "image1prime.tif", _fundus())
+    save_image(good / "image1prime.tif", _fundus())
     for name, cup_r in (("Image1-1.tif", 13.0), ("image1-2.jpg", 12.0), ("image1-3.TIF", 14.0)):
-        _save(good / name, _annotated([_ring(*DISC), _ring(cup_r, CUP[1])]))
+        save_image(good / name, _annotated([_ring(*DISC), _ring(cup_r, CUP[1])]))
     bad = src / "MESSIDOR" / "sub"
-    _save(bad / "image2prime.tif", _fundus())
-    _save(bad / "image2-1.tif", _annotated([_ring(20.0, (48, 30)), _ring(12.0, (48, 80))]))
+    save_image(bad / "image2prime.tif", _fundus())
+    save_image(bad / "image2-1.tif", _annotated([_ring(20.0, (48, 30)), _ring(12.0, (48, 80))]))
     one = src / "Magrabia" / "MagrabiaMale"
-    _save(one / "image4prime.tif", _fundus())
-    _save(one / "image4-1.tif", _annotated([_ring(*DISC)]))
+    save_image(one / "image4prime.tif", _fundus())
+    save_image(one / "image4-1.tif", _annotated([_ring(*DISC)]))
     fem = src / "Magrabia" / "MagrabiFemale"
-    _save(fem / "IMAGE5PRIME.tif", _fundus())
-    _save(fem / "image5-1.tif", _annotated([_ring(*DISC), _ring(*CUP)]))
+    save_image(fem / "IMAGE5PRIME.tif", _fundus())
+    save_image(fem / "image5-1.tif", _annotated([_ring(*DISC), _ring(*CUP)]))
 
 
 def test_extract_original_release(tmp_path: Path) -> None:
@@ -250,7 +224,7 @@ def test_extract_original_release(tmp_path: Path) -> None:
 
 def test_extract_names_the_missing_copies(tmp_path: Path) -> None:
     lone = tmp_path / "src" / "BinRushed"
-    _save(lone / "image6prime.tif", _fundus())
+    save_image(lone / "image6prime.tif", _fundus())
     report = extract_riga(tmp_path / "src", tmp_path / "out")
     assert report.extracted == []
     assert report.rejected == [(str(lone / "image6prime.tif"), "no annotated copies image6-<k>")]
@@ -266,7 +240,7 @@ def test_extract_command_and_empty(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["data", "riga-extract", str(tmp_path / "src"), "--out", str(tmp_path / "o")]) == 0
     assert "extracted 2 cases" in capsys.readouterr().out
     lone = tmp_path / "lone" / "BinRushed"
-    _save(lone / "image6prime.tif", _fundus())  # a clean image without annotated copies
+    save_image(lone / "image6prime.tif", _fundus())  # a clean image without annotated copies
     assert main(["data", "riga-extract", str(tmp_path / "lone"), "--out", str(tmp_path / "o")]) == 2
     out = capsys.readouterr().out
     assert "extracted 0 cases" in out and "rejected 1 cases" in out
@@ -390,49 +364,60 @@ def _bump(path: Path, seconds: int) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seconds * 1_000_000_000))
 
 
-def test_discregion_decides_each_mask_file_once(
+def _count_listings(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The folders listed through ``Path.iterdir`` from now on."""
+    listings: list[Path] = []
+    iterdir = Path.iterdir
+
+    def counted(self: Path) -> Iterator[Path]:
+        listings.append(self)
+        return iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", counted)
+    return listings
+
+
+def test_discregion_second_load_served_from_its_index(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _discregion(tmp_path)
-    calls = {"nesting": 0, "resolve": 0}
-    nesting, resolve = riga_labels._nesting, riga.resolve_path
-
-    def counted_nesting(*args: Any) -> str:
-        calls["nesting"] += 1
-        return nesting(*args)
-
-    def counted_resolve(*args: Any) -> Path:
-        calls["resolve"] += 1
-        return resolve(*args)
-
-    monkeypatch.setattr(riga_labels, "_nesting", counted_nesting)
-    monkeypatch.setattr(riga, "resolve_path", counted_resolve)
+    csv_path = tmp_path / "Glaucoma_multirater_BinRushed.csv"
+    text = csv_path.read_bytes().decode("gbk")  # listed in another letter case than on disk
+    csv_path.write_bytes(
+        text.replace("DiscRegion\\BinRushed", "discregion\\BINRUSHED").encode("gbk")
+    )
     src = RigaDiscRegionSource(tmp_path)
+    listings = _count_listings(monkeypatch)
     first = src.load(0)
-    assert calls == {"nesting": 6, "resolve": 7}  # six raters, one image
+    assert listings  # the files were looked for, letter case aside
+    listings.clear()
     again = src.load(0)
-    assert calls == {"nesting": 6, "resolve": 7}
+    assert listings == []  # found again from the source's index
     np.testing.assert_array_equal(again.masks, first.masks)
-    assert again.meta == first.meta
+    assert again.meta == first.meta and first.meta["encoding"] == ["discregion"]
     # a rewritten file (here in the RIGA+ convention) is decided again
     rater1 = tmp_path / "DiscRegion" / "BinRushed" / "image1-Rater1.png"
     Image.fromarray(_label_map(255, 128)).save(rater1)
     _bump(rater1, 5)
     changed = src.load(0)
-    assert calls["nesting"] == 7
     assert changed.meta["encoding"] == ["discregion", "rigaplus"]
     np.testing.assert_array_equal(changed.masks[0], first.masks[0])  # cup still the cup
     np.testing.assert_array_equal(changed.masks[1:], first.masks[1:])
+    # and decided again when rewritten back
+    Image.fromarray(_label_map(128, 255)).save(rater1)
+    _bump(rater1, 10)
+    assert src.load(0).meta["encoding"] == ["discregion"]
     # a file gone since it was found is reported as before
     rater1.unlink()
     with pytest.raises(DataError, match="not found") as err:
         src.load(0)
     assert "image1-Rater1.png" in str(err.value)
-    # a forced convention never asks the nesting
+    # a forced convention is applied on every load, the nesting notwithstanding
     forced = RigaDiscRegionSource(tmp_path, encoding="rigaplus")
-    forced.load(1)
-    forced.load(1)
-    assert calls["nesting"] == 7
+    for _ in range(2):
+        case = forced.load(1)
+        assert case.meta["encoding"] == ["rigaplus"]
+        np.testing.assert_array_equal(case.masks[:, 1], first.masks[:, 0] - first.masks[:, 1])
 
 
 def test_discregion_label_values_and_odd_maps(tmp_path: Path) -> None:
@@ -482,14 +467,7 @@ def test_riga_plus_lists_each_folder_once(tmp_path: Path, monkeypatch: pytest.Mo
     _riga_plus(tmp_path)
     masks = tmp_path / "BinRushed" / "masks"
     src = RigaPlusSource(tmp_path)
-    listings: list[Path] = []
-    iterdir = Path.iterdir
-
-    def counted(self: Path) -> Iterator[Path]:
-        listings.append(self)
-        return iterdir(self)
-
-    monkeypatch.setattr(Path, "iterdir", counted)
+    listings = _count_listings(monkeypatch)
     first = [src.load(i) for i in range(3)]
     assert sorted(listings) == sorted([masks, tmp_path / "Magrabia" / "masks"])
     again = [src.load(i) for i in range(3)]

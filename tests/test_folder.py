@@ -7,6 +7,7 @@ from PIL import Image
 from edue.data.folder import FolderSource, decode_labels, encode_labels, write_folder_dataset
 from edue.errors import DataError
 from tests.conftest import make_case
+from tests.fake_layouts import write_folder_case
 
 
 def test_roundtrip_nested_structures(tmp_path, rng):
@@ -35,14 +36,8 @@ def test_bit_encoding_for_overlapping_structures():
 
 
 def _write_one(tmp_path, image, mask, labels=None):
-    root = tmp_path / "ds"
-    (root / "c1").mkdir(parents=True)
-    Image.fromarray(image).save(root / "c1" / "image.png")
-    Image.fromarray(mask).save(root / "c1" / "rater_a.png")
-    Image.fromarray(mask).save(root / "c1" / "rater_b.png")
     spec = {"structures": ["lesion"], "labels": labels or {"lesion": [1, 255]}}
-    (root / "dataset.json").write_text(json.dumps(spec))
-    return root
+    return write_folder_case(tmp_path / "ds", "c1", image, {"a": mask, "b": mask}, spec)
 
 
 def test_unexpected_mask_values_name_the_file(tmp_path):
