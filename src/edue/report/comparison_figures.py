@@ -15,7 +15,6 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from edue import result_keys as rk
-from edue.metrics.disagreement import spearman
 from edue.report.figures import colormap, new_figure, save_figure
 from edue.report.runs import RunResult
 
@@ -230,7 +229,11 @@ def reliability_figure(
 def _run_spearman(run: RunResult, x: np.ndarray, y: np.ndarray, s: str) -> float:
     """The run's recorded image-level Spearman, else computed from its per-case SVs."""
     rho = run.value(rk.key(rk.IMAGE_SPEARMAN, s))
-    return rho if np.isfinite(rho) else spearman(x, y)
+    if np.isfinite(rho):
+        return rho
+    from edue.metrics.disagreement import spearman  # the metrics import MONAI: only here
+
+    return spearman(x, y)
 
 
 def sv_scatter_figure(
