@@ -255,6 +255,16 @@ class MethodConfig(_Section):
         mc_samples: MC dropout samples at prediction.
         ensemble_size: Deep Ensemble members.
         member: train only this member of a Deep Ensemble (independent jobs).
+        samples: members drawn at prediction by the sampling methods (``ssn``,
+            ``prob_unet``): each sample is one member.
+        ssn_rank: Stochastic Segmentation Network: rank of the low-rank factor of the
+            logit covariance (0: diagonal only).
+        ssn_samples: Stochastic Segmentation Network: logit samples per image in
+            training (antithetic pairs, so an even number).
+        latent_dim: Probabilistic U-Net: size of the latent space.
+        kl_weight: Probabilistic U-Net: β, the weight of the KL term.
+        fcomb_layers: Probabilistic U-Net: 1×1 layers combining the features with a
+            latent sample.
     """
 
     name: str = "edue"
@@ -277,6 +287,12 @@ class MethodConfig(_Section):
     mc_samples: Annotated[int, Field(ge=2)] = 10
     ensemble_size: Annotated[int, Field(ge=2)] = 5
     member: NonNegativeInt | None = None
+    samples: Annotated[int, Field(ge=2)] = 16
+    ssn_rank: NonNegativeInt = 10
+    ssn_samples: Annotated[int, Field(ge=2, multiple_of=2)] = 20
+    latent_dim: PositiveInt = 6
+    kl_weight: Annotated[float, Field(ge=0.0)] = 1.0
+    fcomb_layers: PositiveInt = 3
 
     @model_validator(mode="before")
     @classmethod
