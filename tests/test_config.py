@@ -75,7 +75,7 @@ BAD_VALUES = [
         ["method.name=magic"],
         "method.name = 'magic': not a registered method (one of: edue, "
         "layer_ensembles, mc_dropout, plain, deep_supervision, deep_supervision_heads, "
-        "deep_ensemble)",
+        "deep_ensemble, ssn, prob_unet)",
     ),
     (
         ["data.format=dicom"],

@@ -23,6 +23,8 @@ RUNS = {
         2,
     ),
     "deep_ensemble": ("deep_ensemble", "Deep Ensemble", 2),
+    "ssn": ("ssn", "SSN", 3),
+    "prob_unet": ("prob_unet", "Prob. U-Net", 3),
     "edue_no_guidance": ("edue", "edue_no_guidance", 2),
     "edue_no_sampling": ("edue", "edue_no_sampling", 2),
 }

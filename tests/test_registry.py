@@ -68,6 +68,8 @@ def test_builtin_methods_in_their_order():
         "deep_supervision",
         "deep_supervision_heads",
         "deep_ensemble",
+        "ssn",
+        "prob_unet",
     )
     config = load_config(None, ["method.ensemble_size=3", "method.mc_samples=4"])
     table = {s.name: (s.members(config), s.passes(config)) for s in method_specs()}
@@ -79,6 +81,8 @@ def test_builtin_methods_in_their_order():
         "deep_supervision": (1, 1),
         "deep_supervision_heads": (3, 1),
         "deep_ensemble": (3, 3),
+        "ssn": (16, 1),
+        "prob_unet": (16, 1),
     }
 
 
@@ -91,6 +95,8 @@ def test_builtin_methods_in_their_order():
         ("layer_ensembles", "layer_ensembles"),
         ("deep_supervision", "deep_supervision"),
         ("deep_supervision_heads", "deep_supervision"),
+        ("ssn", "ssn"),
+        ("prob_unet", "prob_unet"),
     ],
 )
 def test_each_method_name_is_written_in_one_module(name, module):

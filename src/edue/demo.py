@@ -48,7 +48,7 @@ DEMO_2D: dict[str, Any] = {
 QUICK_OVERRIDES: dict[str, Any] = {
     "data": {"options": {"size": 32}, "split": {"train": 16, "val": 8, "test": 8}},
     "model": {"channels": [8, 16, 32]},
-    "method": {"ensemble_size": 2, "mc_samples": 3, "skip_first": 1},
+    "method": {"ensemble_size": 2, "mc_samples": 3, "samples": 3, "skip_first": 1},
     "train": {"epochs": 1, "batch_size": 8},
 }
 

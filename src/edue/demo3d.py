@@ -51,6 +51,6 @@ QUICK_3D: dict[str, Any] = {
         "patch_size": [12, 12, 12],
     },
     "model": {"channels": [4, 8, 16]},  # 2 EDUE heads (one head has no spread)
-    "method": {"ensemble_size": 2, "mc_samples": 3, "skip_first": 1},
+    "method": {"ensemble_size": 2, "mc_samples": 3, "samples": 3, "skip_first": 1},
     "train": {"epochs": 1, "batch_size": 2},
 }

@@ -1,4 +1,5 @@
-"""Methods chosen by name: EDUE and the baselines it is judged against.
+"""Methods chosen by name: EDUE, the baselines it is judged against, and the generative
+models of the raters (Stochastic Segmentation Networks, the Probabilistic U-Net).
 
 Each method lives in its own module and registers itself in :mod:`edue.methods.registry`;
 importing this package registers the built-in ones.
@@ -13,6 +14,8 @@ from edue.methods import (  # noqa: F401  (each registers itself)
     layer_ensembles,
     mc_dropout,
     plain,
+    prob_unet,
+    ssn,
 )
 from edue.methods.base import Method
 from edue.methods.deep_ensemble import DeepEnsemble
@@ -21,6 +24,7 @@ from edue.methods.edue import EDUE
 from edue.methods.layer_ensembles import LayerEnsembles
 from edue.methods.mc_dropout import MCDropout
 from edue.methods.plain import PlainUNet
+from edue.methods.prob_unet import ProbUNet
 from edue.methods.registry import (
     BuildRequest,
     MethodSpec,
@@ -33,6 +37,7 @@ from edue.methods.registry import (
     register_method,
     unregister_method,
 )
+from edue.methods.ssn import SSN
 
 __all__ = [
     "EDUE",
@@ -44,6 +49,8 @@ __all__ = [
     "Method",
     "MethodSpec",
     "PlainUNet",
+    "ProbUNet",
+    "SSN",
     "build_method",
     "method_spec_for",
     "get_method",
