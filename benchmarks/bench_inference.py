@@ -20,9 +20,11 @@ from typing import Any
 import _common as C
 import torch
 
-from edue.methods import get_method, method_names
+from edue.methods import get_method, method_names, prob_unet, ssn
 
 LATENCY_TARGET, ENSEMBLE_TARGET, SAMPLER_TARGET = 1.1, 4.5, 8.0
+#: every sample of a sampling method (SSN, the Probabilistic U-Net) against one U-Net pass
+SSN_TARGET, PROB_UNET_TARGET = 1.3, 2.0
 
 
 def warm_pass(name: str, method: Any, x: torch.Tensor) -> Callable[[], object]:
@@ -137,9 +139,12 @@ def measure_memory(
 
 # --------------------------------------------------------------------------- report
 def latency_targets(
-    per_batch: Mapping[int, Mapping[str, Mapping[str, float]]], passes: Mapping[str, int]
+    per_batch: Mapping[int, Mapping[str, Mapping[str, float]]],
+    passes: Mapping[str, int],
+    members: Mapping[str, int],
 ) -> list[dict[str, Any]]:
-    """The subject against the reference; the multi-pass methods against the subject."""
+    """The subject against the reference; the multi-pass methods against the subject; the
+    sampling methods (all their samples) against the reference."""
     r = C.roles()
     subject, reference = r.subject, r.one_pass_reference
     out = []
@@ -156,6 +161,11 @@ def latency_targets(
                 name = f"{spec.label} ({letter}={passes[spec.name]}) / {subject.label} latency"
                 value = figures[spec.name]["ratio_to_edue"]
                 out.append(C.target(f"{name} (batch {batch})", value, ">=", wanted))
+        for spec, wanted in ((ssn.SPEC, SSN_TARGET), (prob_unet.SPEC, PROB_UNET_TARGET)):
+            if spec.name in figures:
+                name = f"{spec.label} ({members[spec.name]} samples) / {reference.label} latency"
+                value = figures[spec.name]["ratio_to_plain"]
+                out.append(C.target(f"{name} (batch {batch})", value, "<=", wanted))
     return out
 
 
@@ -299,7 +309,7 @@ def run(
         f"Inference latency ({size}², {dev.type}, {torch.get_num_threads()} threads)",
         settings_text(size, channels, dev, models, rounds_used),
         [C.table(f"Latency per image at {size}×{size}", headers, rows)],
-        latency_targets(per_batch, passes),
+        latency_targets(per_batch, passes, members),
         notes_of(overhead, params, mem, timings),
         size=size,
         channels=list(channels),
