@@ -9,33 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edue.methods.registry import method_names, register_method, unregister_method
-
-#: whether edue.methods imports this method itself; else it is registered only while
-#: this file's tests run, so the other test files see the built-in registry
-BUILT_IN = "prob_unet" in method_names()
-
-from edue.methods import prob_unet  # noqa: E402  (registers the method)
-
-if not BUILT_IN:
-    unregister_method("prob_unet")
-
-from edue.config import load_config  # noqa: E402
-from edue.engine.checkpoint import load_checkpoint  # noqa: E402
-from edue.engine.training.callbacks import TrainingCallback  # noqa: E402
-from edue.methods.prob_unet import Combination, ProbUNet, kl_diagonal_gaussians  # noqa: E402
-from edue.methods.registry import BuildRequest, get_method, method_specs  # noqa: E402
-from edue.nets.unet import UNet  # noqa: E402
-from tests.conftest import TINY_OVERRIDES  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _registered():
-    if not BUILT_IN:
-        register_method(prob_unet.SPEC, replace=True)
-    yield
-    if not BUILT_IN:
-        unregister_method("prob_unet")
+from edue.config import load_config
+from edue.engine.checkpoint import load_checkpoint
+from edue.engine.training.callbacks import TrainingCallback
+from edue.methods.prob_unet import Combination, ProbUNet, kl_diagonal_gaussians
+from edue.methods.registry import BuildRequest, get_method, method_specs
+from edue.nets.unet import UNet
+from tests.conftest import TINY_OVERRIDES
 
 
 def _method(spatial_dims: int = 2, samples: int = 4, **kwargs) -> ProbUNet:

@@ -1,7 +1,6 @@
 """Stochastic Segmentation Networks: the low-rank sampling, the Monte-Carlo loss, the
 members at prediction, and a training run that loads, predicts and resumes bitwise."""
 
-import importlib
 import json
 import math
 import warnings
@@ -15,25 +14,8 @@ from edue.config import load_config
 from edue.engine.checkpoint import load_checkpoint
 from edue.engine.training.callbacks import TrainingCallback
 from edue.engine.training.trainer import train
-from edue.methods import BuildRequest, method_names, register_method, unregister_method
+from edue.methods import BuildRequest, ssn
 from tests.conftest import TINY_OVERRIDES
-
-# Importing the module registers "ssn". Until the package registers it with the built-in
-# methods, it is registered only while this module's tests run, so that the other test
-# modules see the registry they expect.
-BUILT_IN = "ssn" in method_names()
-ssn = importlib.import_module("edue.methods.ssn")
-if not BUILT_IN:
-    unregister_method("ssn")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _ssn_registered():
-    if not BUILT_IN:
-        register_method(ssn.SPEC, replace=True)
-    yield
-    if not BUILT_IN:
-        unregister_method("ssn")
 
 
 def _packed(mean, log_diag, factor):
@@ -227,7 +209,7 @@ class _Stop(Exception):
 
 
 @pytest.fixture(scope="module")
-def ssn_run(tmp_path_factory, _ssn_registered):
+def ssn_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ssn") / "run"
     assert main(["train", *RUN, "--out", str(out)]) == 0
     return out
