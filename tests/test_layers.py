@@ -31,6 +31,7 @@ RANK = {
     "demo": 9,
     "demo3d": 9,
     "study": 9,
+    "launcher": 9,
     "cli": 9,
     "__main__": 9,
     "": 9,  # the package root: load(), lazy attributes

@@ -14,7 +14,8 @@ same seeds. Layout of the study folder::
 
 A killed study continues where it stopped: finished runs and evaluations are kept, an
 interrupted run resumes from its ``last.pt``. Seeds are independent and run as separate
-processes with ``jobs > 1``.
+processes with ``jobs > 1``; with a submitit launcher (``slurm``, ``local``, ``debug``;
+:mod:`edue.launcher`) every run, seed and ensemble member is its own job instead.
 
 *Arms* are named variants of a method (``--arm NAME:key=value,…``: ``method.*`` values
 over the study's, ``name=`` picks the method, default ``edue``; ``preset=paper`` starts
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import functools
 import json
 import logging
 import time
@@ -43,6 +45,7 @@ from edue import result_keys as rk
 from edue.config import Config, config_from_dict
 from edue.errors import ConfigError
 from edue.io import write_json
+from edue.launcher import LAUNCHERS, StudyJob, executor, job_folder, launch
 from edue.methods.registry import get_method, method_label
 from edue.report.roles import method_with_role, methods_with_role
 
@@ -131,10 +134,17 @@ def run_study(
     n_boot: int = 1000,
     arms: dict[str, dict[str, Any]] | None = None,
     subject: str | None = None,
+    launcher: str = "processes",
+    cluster: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate and compare ``methods`` over ``seeds``; returns ``study.json``.
 
     Args:
+        jobs: ``processes``: seeds trained side by side; a submitit launcher: jobs
+            running at a time (``1``: one after another, except on Slurm, where every
+            job is queued at once).
+        launcher: where the work runs (:data:`edue.launcher.LAUNCHERS`).
+        cluster: submitit executor parameters (``timeout_min``, ``slurm_partition``, …).
         arms: named variants (run name → ``method.*`` values; see :func:`run_config`),
             run after the registered ``methods`` (or where ``methods`` names them).
         subject: the run compared with every other one (default: the registered
@@ -157,12 +167,20 @@ def run_study(
         raise ConfigError(
             f"--subject {subject}: not one of the study's runs ({', '.join(methods)})"
         )
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"--launcher {launcher!r}: expected one of {', '.join(LAUNCHERS)}")
+    if launcher != "processes":
+        executor(launcher, job_folder(out), cluster or {})  # a wrong parameter fails first
     before = _previous_minutes(out)
     methods, seeds, arms = _claim_folder(out, config, methods, seeds, arms)
     started = time.perf_counter()
     threads = max(1, _cores() // max(1, jobs))
     args = [(config.to_dict(), list(methods), seed, str(out), ood, threads, arms) for seed in seeds]
-    if jobs > 1:
+    if launcher != "processes":
+        _run_with_submitit(
+            config, methods, seeds, out, ood, arms, launcher, dict(cluster or {}), jobs
+        )
+    elif jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
             list(pool.map(_study_seed_in_worker, *zip(*args, strict=True)))
     else:
@@ -271,6 +289,98 @@ def _torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def _seed_config(
+    base: Config,
+    run: str,
+    arms: dict[str, dict[str, Any]],
+    seed: int,
+    out: str | Path,
+    threads: int,
+) -> Config:
+    """The configuration of ``run`` for ``seed``, trained into ``out/seed<S>/<run>``."""
+    config = run_config(base, run, arms)
+    config.train.seed = seed
+    config.train.threads = threads
+    config.out_dir = str(Path(out) / f"seed{seed}" / run)
+    return config
+
+
+def _runs_in_order(methods: Sequence[str], arms: dict[str, dict[str, Any]]) -> list[str]:
+    """Registered methods in training order (a reused run first), then the arms."""
+    from edue.engine.training.jobs import training_order
+
+    registered = training_order([m for m in methods if m not in arms])
+    return [*registered, *(m for m in methods if m in arms)]
+
+
+def _train_seed(
+    base: Config,
+    methods: Sequence[str],
+    seed: int,
+    out: str | Path,
+    threads: int,
+    arms: dict[str, dict[str, Any]],
+) -> dict[str, Path]:
+    """Train (or resume, or reuse) every run of one seed; returns each run's checkpoint."""
+    from edue.engine.checkpoint import reconfigured_checkpoint
+    from edue.engine.training.jobs import train_compared
+
+    trained: dict[str, Path] = {}
+    keys: dict[str, str] = {}
+    for run in _runs_in_order(methods, arms):
+        config = _seed_config(base, run, arms, seed, out, threads)
+        started = time.perf_counter()
+        key = _training_key(config)
+        same = next((r for r, k in keys.items() if k == key), None)
+        if run in arms and same is not None:  # read differently, trained the same
+            trained[run] = reconfigured_checkpoint(trained[same], config)
+            log.info(f"[study] seed {seed}: {run} reuses the weights of {same}")
+        else:
+            trained[run] = train_compared(config, trained)
+            log.info(f"[study] seed {seed}: {run} trained ({time.perf_counter() - started:.0f} s)")
+        keys.setdefault(run, key)
+    return trained
+
+
+def _test_cases(base: Config) -> list[Any]:
+    """The study's test images (every run is evaluated on the same ones)."""
+    from edue.data.pipeline import prepare_data
+
+    test = prepare_data(base.data, ["test"], require_train=False).subsets["test"]
+    return [test.load(i) for i in range(len(test))]
+
+
+def _evaluation_folder(out: str | Path, seed: int, run: str) -> Path:
+    return Path(out) / f"seed{seed}" / run / "eval"
+
+
+def _evaluate_run(
+    base: Config,
+    run: str,
+    seed: int,
+    out: str | Path,
+    checkpoint: Path,
+    cases: list[Any],
+    ood: bool,
+    arms: dict[str, dict[str, Any]],
+) -> None:
+    """Evaluate one trained run on the test images into ``seed<S>/<run>/eval``."""
+    from edue.engine.evaluation.evaluate import evaluate_predictor
+    from edue.engine.inference.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(checkpoint, device=base.train.device)
+    label = run if run in arms else None
+    evaluate_predictor(
+        predictor,
+        cases,
+        _evaluation_folder(out, seed, run),
+        ood=ood,
+        seed=seed,
+        extra={"label": label, "seed": seed},
+    )
+    log.info(f"[study] seed {seed}: {run} evaluated")
+
+
 def _study_seed(
     config_dict: dict[str, Any],
     methods: list[str],
@@ -282,44 +392,126 @@ def _study_seed(
 ) -> None:
     """Train and evaluate every run for one seed (one process of the study; the caller
     sets torch's threads, :func:`_torch_threads`)."""
-    from edue.data.pipeline import prepare_data
-    from edue.engine.checkpoint import reconfigured_checkpoint
-    from edue.engine.evaluation.evaluate import evaluate_predictor
-    from edue.engine.inference.predictor import Predictor
-    from edue.engine.training.jobs import train_compared, training_order
-
     arms = arms or {}
     base = config_from_dict(config_dict)
-    trained: dict[str, Path] = {}
-    keys: dict[str, str] = {}
-    registered = training_order([m for m in methods if m not in arms])
-    for run in [*registered, *(m for m in methods if m in arms)]:
-        config = run_config(base, run, arms)
-        config.train.seed = seed
-        config.train.threads = threads
-        config.out_dir = str(Path(out) / f"seed{seed}" / run)
-        started = time.perf_counter()
-        key = _training_key(config)
-        same = next((r for r, k in keys.items() if k == key), None)
-        if run in arms and same is not None:  # read differently, trained the same
-            trained[run] = reconfigured_checkpoint(trained[same], config)
-            log.info(f"[study] seed {seed}: {run} reuses the weights of {same}")
-        else:
-            trained[run] = train_compared(config, trained)
-            log.info(f"[study] seed {seed}: {run} trained ({time.perf_counter() - started:.0f} s)")
-        keys.setdefault(run, key)
-    test = prepare_data(base.data, ["test"], require_train=False).subsets["test"]
-    cases = [test.load(i) for i in range(len(test))]
+    trained = _train_seed(base, methods, seed, out, threads, arms)
+    cases = _test_cases(base)
     for run in methods:
-        folder = Path(out) / f"seed{seed}" / run / "eval"
-        if (folder / "metrics.json").is_file():
-            continue
-        predictor = Predictor.from_checkpoint(trained[run], device=base.train.device)
-        label = run if run in arms else None
-        evaluate_predictor(
-            predictor, cases, folder, ood=ood, seed=seed, extra={"label": label, "seed": seed}
+        if not (_evaluation_folder(out, seed, run) / "metrics.json").is_file():
+            _evaluate_run(base, run, seed, out, trained[run], cases, ood, arms)
+
+
+def _finished(config: Config) -> bool:
+    """Whether the run of ``config`` finished training (its ``last.pt`` says so)."""
+    from edue.engine.checkpoint import load_checkpoint
+
+    last = Path(config.out_dir) / "last.pt"
+    return last.is_file() and bool(load_checkpoint(last).get("finished"))
+
+
+def plan_training(
+    base: Config,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    out: str | Path,
+    arms: dict[str, dict[str, Any]] | None = None,
+) -> list[StudyJob]:
+    """The training jobs a study still needs: one per run, seed and ensemble member.
+
+    Left out: finished runs, runs that reuse another run's weights (``trained_as``, an
+    arm trained like an earlier run) and an ensemble's member 0 when it is another
+    run's (``first_member_from``); these are assembled afterwards in no time.
+    """
+    from edue.engine.training.ensemble import member_config
+
+    arms = arms or {}
+    jobs: list[StudyJob] = []
+    for seed in seeds:
+        keys: dict[str, str] = {}
+        for run in _runs_in_order(methods, arms):
+            config = _seed_config(base, run, arms, seed, out, threads=1)
+            key = _training_key(config)
+            same = next((r for r, k in keys.items() if k == key), None)
+            keys.setdefault(run, key)
+            spec = get_method(config.method.name)
+            if (run in arms and same is not None) or (spec.trained_as in keys):
+                continue
+            if not spec.trains_members_separately:
+                if not _finished(config):
+                    jobs.append(StudyJob("train", seed, run))
+                continue
+            for i in range(config.method.ensemble_size):
+                if i == 0 and spec.first_member_from in keys:
+                    continue
+                if not _finished(member_config(config, i)):
+                    jobs.append(StudyJob("train", seed, run, member=i))
+    return jobs
+
+
+def run_job(
+    job: StudyJob,
+    config_dict: dict[str, Any],
+    out: str,
+    arms: dict[str, dict[str, Any]],
+    ood: bool,
+    threads: int | None,
+) -> str:
+    """Run one study job (in a submitit job: a cluster node, a local subprocess).
+
+    Returns:
+        The trained run's folder, or the evaluation folder.
+    """
+    from edue.engine.training.ensemble import member_config
+    from edue.engine.training.trainer import train_or_resume
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    base = config_from_dict(config_dict)
+    cores = threads or _cores()
+    with _torch_threads(cores):
+        config = _seed_config(base, job.run, arms, job.seed, out, cores)
+        if job.kind == "train":
+            if job.member is not None:
+                config = member_config(config, job.member)
+            return str(train_or_resume(config))
+        if job.checkpoint is None:
+            raise ConfigError(f"study job {job.name}: no checkpoint to evaluate")
+        _evaluate_run(
+            base, job.run, job.seed, out, Path(job.checkpoint), _test_cases(base), ood, arms
         )
-        log.info(f"[study] seed {seed}: {run} evaluated")
+        return str(_evaluation_folder(out, job.seed, job.run))
+
+
+def _run_with_submitit(
+    config: Config,
+    methods: list[str],
+    seeds: list[int],
+    out: Path,
+    ood: bool,
+    arms: dict[str, dict[str, Any]],
+    launcher: str,
+    parameters: dict[str, Any],
+    jobs: int,
+) -> None:
+    """Train every run as its own job, assemble, then evaluate each run as a job."""
+    in_flight = jobs if jobs > 1 else (None if launcher == "slurm" else 1)
+    threads = None if launcher == "slurm" else max(1, _cores() // (in_flight or 1))
+    work = functools.partial(
+        run_job, config_dict=config.to_dict(), out=str(out), arms=arms, ood=ood, threads=threads
+    )
+    folder = job_folder(out)
+    training = plan_training(config, methods, seeds, out, arms)
+    log.info(f"[study] {len(training)} training jobs through submitit ({launcher})")
+    launch(training, work, launcher, folder, parameters, in_flight)
+    evaluations: list[StudyJob] = []
+    for seed in seeds:
+        trained = _train_seed(config, methods, seed, out, 1, arms)  # all done: assembles
+        evaluations += [
+            StudyJob("evaluate", seed, run, checkpoint=str(trained[run]))
+            for run in methods
+            if not (_evaluation_folder(out, seed, run) / "metrics.json").is_file()
+        ]
+    log.info(f"[study] {len(evaluations)} evaluation jobs through submitit ({launcher})")
+    launch(evaluations, work, launcher, folder, parameters, in_flight)
 
 
 def time_side_by_side(

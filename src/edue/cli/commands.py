@@ -74,6 +74,7 @@ def _resumed(args: argparse.Namespace, overrides: list[str], main_rank: bool) ->
 def cmd_study(args: argparse.Namespace) -> int:
     from edue.config import load_config
     from edue.errors import ConfigError
+    from edue.launcher import parse_parameters
     from edue.methods.registry import method_names
     from edue.outputs import check_output_dir
     from edue.study import parse_arm, run_study
@@ -100,6 +101,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         n_boot=args.n_boot,
         arms=arms,
         subject=args.subject,
+        launcher=args.launcher,
+        cluster=parse_parameters(args.cluster),
     )
     print(f"study of {len(methods)} methods x {len(seeds)} seeds: {args.out}/study.md")
     for target in summary.get("targets", []):

@@ -241,7 +241,29 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--out", required=True, help="study folder (a killed study resumes here)")
-    p.add_argument("--jobs", type=int, default=1, help="seeds trained side by side")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="processes: seeds trained side by side; submitit launchers: jobs running at a "
+        "time (default 1; on Slurm every job is queued at once)",
+    )
+    p.add_argument(
+        "--launcher",
+        choices=("processes", "slurm", "local", "debug"),
+        default="processes",
+        help="where the work runs: local worker processes (default), or one job per "
+        "method, seed and ensemble member through submitit: a Slurm cluster, local "
+        "subprocesses, or this process (debug); needs edue[cluster]",
+    )
+    p.add_argument(
+        "--cluster",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a submitit executor parameter (timeout_min=600, slurm_partition=gpu, "
+        "gpus_per_node=1, cpus_per_task=8, mem_gb=32, …); repeatable",
+    )
     p.add_argument("--ood", action="store_true", help="also run the distortion study")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap draws of the intervals")
     p.add_argument(
