@@ -11,6 +11,7 @@ import torch
 import edue
 from edue.cli import main
 from edue.config import load_config
+from edue.data.case import random_rater
 from edue.engine.checkpoint import load_checkpoint
 from edue.engine.training.callbacks import TrainingCallback
 from edue.engine.training.trainer import train
@@ -62,7 +63,7 @@ def test_antithetic_pairs_are_symmetric_about_the_mean():
 
 
 # ----------------------------------------------------------------------------- the loss
-def _fit_contradicting_raters(rank: int) -> float:
+def _fit_contradicting_raters(rank: int, likelihood: str = "mc") -> float:
     """Fit a free distribution over 21 logits to two raters who agree on the first
     third (foreground) and the last (background) and contradict each other on the
     middle third; the loss of the fit (many samples, fixed seed)."""
@@ -85,24 +86,57 @@ def _fit_contradicting_raters(rank: int) -> float:
     draws = torch.Generator().manual_seed(1)
     for _ in range(300):
         packed = params.reshape(2 + rank, 1, 1, 1, n).expand(-1, 2, -1, -1, -1)
-        loss, _ = ssn.ssn_loss(packed, batch, 20, draws)
+        loss, _ = ssn.ssn_loss(packed, batch, 20, draws, likelihood=likelihood)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
         packed = params.reshape(2 + rank, 1, 1, 1, n).expand(-1, 2, -1, -1, -1)
-        final, parts = ssn.ssn_loss(packed, batch, 2000, torch.Generator().manual_seed(2))
+        final, parts = ssn.ssn_loss(
+            packed, batch, 2000, torch.Generator().manual_seed(2), likelihood="mc"
+        )
     assert set(parts) == {"nll", "logit_var"}
     return float(final)
 
 
 def test_a_low_rank_factor_fits_contradicting_raters_better_than_the_diagonal():
+    # trained and scored with the original estimator (the likelihood, 2000 samples)
     diagonal, low_rank = _fit_contradicting_raters(0), _fit_contradicting_raters(1)
     # independent pixels can at best say 1/2 on each of the 7 disputed pixels
     # (7 log 2 / 21 ≈ 0.23 per logit); one factor flips them together (≈ log 2 / 21)
     assert diagonal > 0.18
     assert low_rank < 0.08
     assert low_rank < diagonal - 0.1
+    # the paired estimator cannot use the flip: a pair holds both raters, and it must
+    # explain one of them; trained with it, the factor gains (almost) nothing
+    paired = _fit_contradicting_raters(1, likelihood="paired")
+    assert paired > diagonal - 0.05
+
+
+def test_the_paired_likelihood_scores_each_antithetic_pair_as_one():
+    g = torch.Generator().manual_seed(0)
+    mean = torch.randn(2, 1, 4, 4, generator=g)
+    params = _packed(mean, torch.zeros_like(mean), 0.5 * torch.randn(1, 2, 1, 4, 4, generator=g))
+    masks = (torch.rand(2, 1, 1, 4, 4, generator=g) > 0.5).float()
+    batch = {"masks": masks, "rater_valid": torch.ones(2, 1, dtype=torch.bool)}
+    # the same draws as the loss: the rater, then the samples
+    draws = torch.Generator().manual_seed(3)
+    random_rater(masks, batch["rater_valid"], draws)
+    logits = ssn.sample_logits(ssn.unpack(params), 6, draws, antithetic=True)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, masks[:, 0].expand_as(logits), reduction="none"
+    )
+    ell = -bce.flatten(2).sum(-1)  # [6, B]
+    pairs = (ell[:3] + ell[3:]) / 2
+    expected = ((math.log(3) - torch.logsumexp(pairs, 0)) / 16).mean()
+    loss, _ = ssn.ssn_loss(params, batch, 6, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(loss, expected)
+    original = ((math.log(6) - torch.logsumexp(ell, 0)) / 16).mean()
+    loss, _ = ssn.ssn_loss(params, batch, 6, torch.Generator().manual_seed(3), likelihood="mc")
+    torch.testing.assert_close(loss, original)
+    assert float(expected) >= float(original)  # Jensen: a lower bound of the likelihood
+    with pytest.raises(ValueError, match="likelihood"):
+        ssn.ssn_loss(params, batch, 6, likelihood="exact")
 
 
 def test_the_loss_is_the_bce_of_the_mean_without_variance():

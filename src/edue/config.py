@@ -261,6 +261,10 @@ class MethodConfig(_Section):
             logit covariance (0: diagonal only).
         ssn_samples: Stochastic Segmentation Network: logit samples per image in
             training (antithetic pairs, so an even number).
+        ssn_likelihood: Stochastic Segmentation Network: ``paired`` (each antithetic
+            pair of samples scored as one; default) or ``mc`` (the original estimator,
+            whose covariance grows unchecked without a region-of-interest mask); see
+            :mod:`edue.methods.ssn`.
         latent_dim: Probabilistic U-Net: size of the latent space.
         kl_weight: Probabilistic U-Net: β, the weight of the KL term.
         fcomb_layers: Probabilistic U-Net: 1×1 layers combining the features with a
@@ -290,6 +294,7 @@ class MethodConfig(_Section):
     samples: Annotated[int, Field(ge=2)] = 16
     ssn_rank: NonNegativeInt = 10
     ssn_samples: Annotated[int, Field(ge=2, multiple_of=2)] = 20
+    ssn_likelihood: Literal["paired", "mc"] = "paired"
     latent_dim: PositiveInt = 6
     kl_weight: Annotated[float, Field(ge=0.0)] = 1.0
     fcomb_layers: PositiveInt = 3
