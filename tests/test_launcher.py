@@ -58,8 +58,12 @@ def test_a_debug_study_trains_each_job_and_a_rerun_has_nothing_left(tmp_path):
     assert not (out / "seed0" / "deep_ensemble" / "member_0").exists()  # the plain run
     assert plan_training(config, ["plain", "deep_ensemble"], [0], out) == []
     stamp = (out / "seed0" / "plain" / "best.pt").stat().st_mtime_ns
-    run_study(config, ["plain", "deep_ensemble"], [0], out, n_boot=20, launcher="debug")
+    # an extension may name as its subject a run the folder already holds
+    again = run_study(
+        config, ["deep_ensemble"], [0], out, n_boot=20, launcher="debug", subject="plain"
+    )
     assert (out / "seed0" / "plain" / "best.pt").stat().st_mtime_ns == stamp
+    assert again["subject"] == "plain" and set(again["differences"]) == {"deep_ensemble"}
 
 
 @pytest.mark.slow

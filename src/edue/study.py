@@ -163,10 +163,9 @@ def run_study(
         raise ConfigError("a study needs at least one method or arm, and one seed")
     for arm in arms:
         run_config(config, arm, arms)  # a wrong arm fails before any work
-    if subject is not None and subject not in methods:
-        raise ConfigError(
-            f"--subject {subject}: not one of the study's runs ({', '.join(methods)})"
-        )
+    if subject is not None and subject not in [*_requested_runs(out), *methods]:
+        runs = ", ".join(dict.fromkeys([*_requested_runs(out), *methods]))
+        raise ConfigError(f"--subject {subject}: not one of the study's runs ({runs})")
     if launcher not in LAUNCHERS:
         raise ConfigError(f"--launcher {launcher!r}: expected one of {', '.join(LAUNCHERS)}")
     if launcher != "processes":
@@ -197,6 +196,15 @@ def run_study(
 
     compare_runs([str(out / f"seed{seeds[0]}" / m / "eval") for m in methods], out / "report")
     return summary
+
+
+def _requested_runs(out: Path) -> list[str]:
+    """The runs of the study already in ``out`` (none when there is none)."""
+    try:
+        request = json.loads((out / "study-request.json").read_text(encoding="utf-8"))
+        return [str(m) for m in request["methods"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _cores() -> int:
@@ -636,7 +644,11 @@ def check_targets(summary: dict[str, Any], subject: str) -> list[dict[str, Any]]
     the reference was not part of the study)."""
     table, diffs = summary["mean_std"], summary["differences"]
     ensemble = method_with_role("ensemble_reference")
-    soft = [s.name for s in methods_with_role("one_pass_reference") if s.name in table]
+    soft = [
+        s.name
+        for s in methods_with_role("one_pass_reference")
+        if s.name in table and s.name != subject
+    ]
     out: list[dict[str, Any]] = []
 
     def add(target: str, structure: str, value: float, passed: bool | None) -> None:
