@@ -262,6 +262,30 @@ def test_a_trained_run_loads_and_predicts(ssn_run):
     assert torch.equal(again.members, prediction.members)
 
 
+def test_evaluation_adds_the_ged_of_many_samples(ssn_run):
+    from edue.data.synthetic import FundusConfig, generate_case
+    from edue.engine.evaluation.evaluate import many_sample_ged
+    from edue.metrics.ged import ged_lidc
+
+    predictor = edue.load(str(ssn_run))
+    cases = [generate_case(i, seed=5, config=FundusConfig(size=32)) for i in range(2)]
+    figures = many_sample_ged(predictor, cases, samples=8)
+    assert set(figures) == {f"ged_many/{s}/{q}" for s in ("disc", "cup") for q in ("mean", "std")}
+    assert predictor.method.samples == 3  # restored
+    # the value is the GED of the first 8 draws of the usual seeded sampler
+    predictor.method.samples = 8
+    try:
+        by_hand = [
+            ged_lidc(predictor.predict(c.image).members, torch.from_numpy(c.masks).float())
+            for c in cases
+        ]
+    finally:
+        predictor.method.samples = 3
+    expected = torch.stack(by_hand).mean(0)
+    assert figures["ged_many/disc/mean"] == pytest.approx(float(expected[0]), abs=1e-6)
+    assert figures["ged_many/cup/mean"] == pytest.approx(float(expected[1]), abs=1e-6)
+
+
 def test_resume_after_an_interruption_is_bitwise(ssn_run, tmp_path):
     class StopBeforeFourthStep(TrainingCallback):  # mid-epoch 2 (two steps an epoch)
         def on_step_start(self, trainer, batch):

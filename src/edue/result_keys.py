@@ -52,6 +52,9 @@ _MEMBER_SOFT_DICE = "member_soft_dice_"
 
 #: the distribution-shift gate's distance of an image (one per image, not per structure)
 OOD_SCORE = "ood_score"
+#: GED of :data:`MANY_SAMPLES` draws (methods that sample: ``ged_many/s/mean``, ``/std``)
+GED_MANY = "ged_many"
+MANY_SAMPLES = 100
 
 #: Per-case metrics, in the column order of ``per_case.csv``.
 PER_CASE_METRICS = (

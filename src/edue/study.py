@@ -52,7 +52,10 @@ from edue.report.roles import method_with_role, methods_with_role
 log = logging.getLogger("edue.study")
 
 #: per-image metrics compared by their mean over images
-MEAN_METRICS = ("soft_dice", "nll", "pixel_ncc")
+MEAN_METRICS = ("soft_dice", "nll", "pixel_ncc", "ged")
+#: per-image metrics reported by their mean only (no per-image column to pair: the GED of
+#: many samples, methods that sample only) or not compared (Hungarian-matched IoU)
+REPORTED_ONLY = ("hungarian_iou", "ged_many")
 #: image-level correlations compared as correlations over images (model SV vs expert SV)
 CORRELATIONS = ("image_spearman", "image_partial_spearman", "image_spearman_per_boundary")
 #: the study's targets against the references (see docs/method.md, "Study targets")
@@ -594,7 +597,7 @@ def summarise(
         table[m] = {}
         for s in structures:
             for key in (
-                *[rk.key(k, s, rk.MEAN) for k in MEAN_METRICS],
+                *[rk.key(k, s, rk.MEAN) for k in (*MEAN_METRICS, *REPORTED_ONLY)],
                 *[rk.key(k, s) for k in CORRELATIONS],
             ):
                 values = np.array([float(info["metrics"].get(key, np.nan)) for info in metrics[m]])
@@ -603,6 +606,7 @@ def summarise(
                     [float(finite.mean()), float(finite.std())] if finite.size else [np.nan, np.nan]
                 )
     summary["mean_std"] = table
+    summary["members"] = {m: int(metrics[m][0].get("n_members", 0)) for m in methods}
     summary["labels"] = {m: run_label(m, arms or {}) for m in methods}
     summary["arms"] = dict(arms or {})
     if subject is None:
@@ -712,6 +716,9 @@ def study_markdown(summary: dict[str, Any]) -> str:
         "",
         "Mean ± std over seeds (test split). Spearman: model SV vs expert SV over images;",
         "partial: controlling for the structure's area; per boundary: SV per boundary pixel.",
+        "GED (squared, d = 1 − IoU, self-pairs included, empty–empty IoU 1) and HM-IoU of",
+        f"the members (their number: `members`); GED of {rk.MANY_SAMPLES} samples for the",
+        "methods that sample (MC dropout, SSN, the Probabilistic U-Net).",
         "",
     ]
     if summary.get("arms"):
@@ -729,19 +736,23 @@ def study_markdown(summary: dict[str, Any]) -> str:
         ("partial", rk.template(rk.IMAGE_PARTIAL_SPEARMAN), 2),
         ("per boundary", rk.template(rk.IMAGE_SPEARMAN_PER_BOUNDARY), 2),
         ("pixel NCC", rk.template(rk.PIXEL_NCC, rk.MEAN), 2),
+        ("GED (members)", rk.template(rk.GED, rk.MEAN), 3),
+        (f"GED ({rk.MANY_SAMPLES} samples)", rk.template(rk.GED_MANY, rk.MEAN), 3),
+        ("HM-IoU (members)", rk.template(rk.HUNGARIAN_IOU, rk.MEAN), 3),
     ]
     for s in structures:
         lines += [
             f"## {s}",
             "",
-            "| method | " + " | ".join(c[0] for c in columns) + " | ms/image |",
-            "|---" * (len(columns) + 2) + "|",
+            "| method | members | " + " | ".join(c[0] for c in columns) + " | ms/image |",
+            "|---" * (len(columns) + 3) + "|",
         ]
         for m in summary["methods"]:
             row = summary["mean_std"][m]
             ms = summary.get("timing", {}).get(m, float("nan")) * 1000
             cells = [_pm(row[key.format(s=s)], digits) for _, key, digits in columns]
-            lines.append(f"| {label(m)} | " + " | ".join(cells) + f" | {ms:.1f} |")
+            members = summary.get("members", {}).get(m, "—")
+            lines.append(f"| {label(m)} | {members} | " + " | ".join(cells) + f" | {ms:.1f} |")
         lines.append("")
     if summary.get("differences"):
         lines += [

@@ -23,6 +23,9 @@ class Method(nn.Module):
     name = "method"
     #: the uncertainty map of its predictions (:data:`edue.prediction.SCORES`)
     score = "variance"
+    #: whether its members are draws whose number is free (``samples`` attribute: MC
+    #: dropout, SSN, the Probabilistic U-Net), so more can be drawn at evaluation
+    sampled = False
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()

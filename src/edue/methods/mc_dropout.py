@@ -23,6 +23,7 @@ class MCDropout(PlainUNet):
     """
 
     name = "mc_dropout"
+    sampled = True
 
     def __init__(self, network: Backbone, samples: int = 10, generator_seed: int = 0) -> None:
         super().__init__(network)

@@ -306,6 +306,7 @@ class ProbUNet(Method):
     """
 
     name = "prob_unet"
+    sampled = True
 
     def __init__(
         self,

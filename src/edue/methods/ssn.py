@@ -390,6 +390,7 @@ class SSN(Method):
     """
 
     name = "ssn"
+    sampled = True
 
     def __init__(
         self,

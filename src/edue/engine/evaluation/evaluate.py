@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from edue import result_keys as rk
 from edue.data.case import MultiRaterCase
@@ -39,6 +40,7 @@ from edue.io import atomic_path, write_json, write_npz
 from edue.metrics import EvaluationAccumulator
 from edue.metrics.cost import time_per_image
 from edue.metrics.expert_units import linear_fit, mean_absolute_error
+from edue.metrics.ged import ged_lidc
 from edue.metrics.qc import (
     DEFAULT_POOR_THRESHOLDS,
     check_structure_names,
@@ -115,6 +117,8 @@ def evaluate_predictor(
             sample_preds.append(pred)
     seconds = time.perf_counter() - started
     aggregated = acc.aggregate()
+    if predictor.method.sampled:
+        aggregated.update(many_sample_ged(predictor, cases))
     referral: dict[str, Any] | None = None
     if calibration is not None:
         flags = gate.flags(gate_scores) if gate is not None else None
@@ -152,6 +156,38 @@ def evaluate_predictor(
         write_json(out / "ood.json", ood_study(predictor, cases, seed=seed, gate=gate))
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def many_sample_ged(
+    predictor: Predictor, cases: Sequence[MultiRaterCase], samples: int = rk.MANY_SAMPLES
+) -> dict[str, float]:
+    """GED of ``samples`` draws per image, for a method that samples (``method.sampled``):
+    the LIDC literature reports GED with 16 and with 100 samples.
+
+    The method's ``samples`` is set for the pass and restored after it; the members are
+    drawn from the same seeded generator as at prediction (the first draws are the
+    usual members). Conventions: :data:`edue.metrics.ged.LIDC_PRESET`.
+
+    Returns:
+        ``ged_many/s/mean`` and ``ged_many/s/std`` over the images, per structure.
+    """
+    method = predictor.method
+    before = int(getattr(method, "samples"))  # noqa: B009 - a sampling method's attribute
+    setattr(method, "samples", samples)  # noqa: B010
+    values: list[np.ndarray] = []
+    try:
+        for case, pred, _ in predictor.predict_cases_with_features(list(cases)):
+            raters = torch.from_numpy(np.asarray(case.masks, dtype=np.float32))
+            values.append(ged_lidc(pred.members.float().cpu(), raters).numpy())
+    finally:
+        setattr(method, "samples", before)  # noqa: B010
+    table = np.stack(values)  # [images, K]
+    out: dict[str, float] = {}
+    for k, structure in enumerate(cases[0].structures):
+        column = table[:, k]
+        out[rk.key(rk.GED_MANY, structure, rk.MEAN)] = float(np.nanmean(column))
+        out[rk.key(rk.GED_MANY, structure, rk.STD)] = float(np.nanstd(column))
+    return out
 
 
 def _alphas(calibration: Calibration) -> tuple[float, ...]:
