@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from edue.config import load_config
 from edue.engine.checkpoint import load_checkpoint
 from edue.engine.training.callbacks import TrainingCallback
+from edue.methods import prob_unet
 from edue.methods.prob_unet import Combination, ProbUNet, kl_diagonal_gaussians
 from edue.methods.registry import BuildRequest, get_method, method_specs
 from edue.nets.unet import UNet
@@ -78,7 +79,20 @@ def _batch(image: torch.Tensor, raters: torch.Tensor, valid: list[bool]) -> dict
     }
 
 
-def test_the_loss_reconstructs_one_valid_rater_drawn_by_the_generator():
+def test_log_sigma_is_bounded_so_the_kl_stays_finite():
+    method = _method()
+    with torch.no_grad():
+        method.prior.project.bias.fill_(-1e4)  # an encoder driven far out
+    _mu, log_sigma = method.prior(_image(batch=2))
+    assert torch.all(log_sigma.abs() <= prob_unet.LOG_SIGMA_BOUND)
+    kl = prob_unet.kl_diagonal_gaussians(
+        torch.zeros_like(log_sigma), log_sigma.abs(), _mu, log_sigma
+    )
+    assert torch.isfinite(kl).all()
+
+
+def test_the_loss_reconstructs_one_valid_rater_drawn_by_the_generator(monkeypatch):
+    monkeypatch.setattr(prob_unet, "LOG_SIGMA_BOUND", 100.0)  # room for log σ = −30
     method = _method().eval()
     with torch.no_grad():  # a posterior of (almost) no spread: the loss tells the rater
         project = method.posterior.project

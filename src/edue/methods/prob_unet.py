@@ -146,6 +146,11 @@ def _spatial_axes(x: torch.Tensor) -> tuple[int, ...]:
     return tuple(range(2, x.ndim))
 
 
+#: log σ of the prior and the posterior is kept in ``(−b, b)`` by ``b · tanh(· / b)``
+#: (the identity near 0): ``exp(±2 b)`` in the KL stays finite in float32
+LOG_SIGMA_BOUND = 10.0
+
+
 class HalvingPool(nn.Module):
     """2× average pooling along every axis longer than one, rounding up (a last odd
     pixel is averaged alone), so any input size can be encoded.
@@ -202,7 +207,8 @@ class GaussianEncoder(nn.Module):
             x = block(x)
         pooled = x.mean(dim=_spatial_axes(x), keepdim=True)  # [B, C_last, 1, …]
         out = self.project(pooled).flatten(1)
-        return out[:, : self.latent_dim], out[:, self.latent_dim :]
+        log_sigma = LOG_SIGMA_BOUND * torch.tanh(out[:, self.latent_dim :] / LOG_SIGMA_BOUND)
+        return out[:, : self.latent_dim], log_sigma
 
 
 class Combination(nn.Module):
