@@ -80,7 +80,8 @@ BAD_VALUES = [
     (
         ["data.format=dicom"],
         "data.format = 'dicom': unknown format (one of: folder, hecktor, "
-        "lidc-hdf5, lidc-pickle, qubiq, riga-discregion, riga-plus, synthetic, synthetic3d)",
+        "lidc-hdf5, lidc-pickle, monai-datalist, nnunet-raw, qubiq, riga-discregion, riga-plus, "
+        "synthetic, synthetic3d)",
     ),
     (
         ["data.split={train: 10, dev: 2}"],

@@ -30,6 +30,8 @@ _READERS: dict[str, str] = {
     "lidc-pickle": "edue.data.lidc:LidcPickleSource",
     "lidc-hdf5": "edue.data.lidc:LidcHdf5Source",
     "qubiq": "edue.data.qubiq:QubiqSource",
+    "monai-datalist": "edue.data.monai_datalist:MonaiDatalistSource",
+    "nnunet-raw": "edue.data.nnunet_raw:NnunetRawSource",
 }
 
 _SPLIT_PRESETS: dict[str, str | SplitPreset] = {
