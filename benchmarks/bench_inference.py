@@ -215,6 +215,46 @@ def notes_of(
     return notes
 
 
+def ssn_pass_and_samples(
+    models: Mapping[str, Any],
+    reference: str,
+    size: int,
+    rounds: int,
+    dev: torch.device,
+    gen: torch.Generator,
+) -> dict[str, float] | None:
+    """SSN's single pass (the distribution's parameters) and its pass plus its samples,
+    timed side by side with the reference's pass at batch 1: medians in ms and ratios."""
+    if ssn.SPEC.name not in models:
+        return None
+    model, ref = models[ssn.SPEC.name], models[reference]
+    x = torch.randn(1, C.IMAGE_CHANNELS, size, size, generator=gen).to(dev)
+    fns = {
+        "reference": lambda: ref.predict_members(x),
+        "pass": lambda: model(x),
+        "pass_and_samples": lambda: model.predict_members(x),
+    }
+    with torch.no_grad():
+        times = C.interleaved(fns, rounds, None, dev, f"SSN pass and samples {size}²")
+    out = {f"{k}_ms": 1000 * C.median(t) for k, t in times.items()}
+    out["pass_ratio"] = C.paired_ratio(times["pass"], times["reference"])
+    out["pass_and_samples_ratio"] = C.paired_ratio(times["pass_and_samples"], times["reference"])
+    out["samples"] = float(model.n_members)
+    return out
+
+
+def ssn_note(split: Mapping[str, float] | None, reference: str) -> list[str]:
+    """One line: SSN's single pass and its pass plus samples against the reference."""
+    if not split:
+        return []
+    return [
+        f"SSN at batch 1, timed side by side: the single pass (the distribution) "
+        f"{split['pass_ms']:.1f} ms = {split['pass_ratio']:.2f}× a {C.label(reference)} pass "
+        f"({split['reference_ms']:.1f} ms); the pass plus {int(split['samples'])} samples "
+        f"{split['pass_and_samples_ms']:.1f} ms = {split['pass_and_samples_ratio']:.2f}×."
+    ]
+
+
 def settings_text(
     size: int, channels: Sequence[int], dev: torch.device, models: Mapping[str, Any], rounds: Any
 ) -> str:
@@ -277,6 +317,7 @@ def run(
             timings[batch] = C.interleaved(
                 fns, rounds_used[batch], warm, dev, f"inference {size}² batch {batch}"
             )
+    ssn_split = ssn_pass_and_samples(models, reference, size, 5 if quick else 11, dev, gen)
     overhead = None
     if subject in models:
         x = torch.randn(1, C.IMAGE_CHANNELS, size, size, generator=gen).to(dev)
@@ -310,7 +351,7 @@ def run(
         settings_text(size, channels, dev, models, rounds_used),
         [C.table(f"Latency per image at {size}×{size}", headers, rows)],
         latency_targets(per_batch, passes, members),
-        notes_of(overhead, params, mem, timings),
+        notes_of(overhead, params, mem, timings) + ssn_note(ssn_split, reference),
         size=size,
         channels=list(channels),
         device=dev.type,
@@ -321,6 +362,7 @@ def run(
         raw_seconds={str(b): v for b, v in timings.items()},
         memory=mem,
         edue_overhead_ms=overhead,
+        ssn_pass_and_samples=ssn_split,
     )
 
 
