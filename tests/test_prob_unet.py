@@ -89,6 +89,12 @@ def test_log_sigma_is_bounded_so_the_kl_stays_finite():
         torch.zeros_like(log_sigma), log_sigma.abs(), _mu, log_sigma
     )
     assert torch.isfinite(kl).all()
+    # the bound keeps the gradient that pulls a runaway log σ back (straight through)
+    raw = torch.tensor([-50.0, 0.5, 50.0], requires_grad=True)
+    out = prob_unet.bounded(raw)
+    assert out.tolist() == [-prob_unet.LOG_SIGMA_BOUND, 0.5, prob_unet.LOG_SIGMA_BOUND]
+    out.sum().backward()
+    assert raw.grad is not None and raw.grad.tolist() == [1.0, 1.0, 1.0]
 
 
 def test_the_loss_reconstructs_one_valid_rater_drawn_by_the_generator(monkeypatch):

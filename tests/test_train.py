@@ -7,7 +7,7 @@ from edue.config import load_config
 from edue.engine.checkpoint import load_checkpoint
 from edue.engine.inference.predictor import Predictor
 from edue.engine.training.trainer import Trainer, train
-from edue.errors import TrainingDiverged
+from edue.errors import ConfigError, TrainingDiverged
 from tests.conftest import TINY_OVERRIDES
 
 
@@ -63,3 +63,16 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(TrainingDiverged, match="epoch 2, batch 1"):
         trainer.fit()
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+
+
+def test_a_method_s_learning_rate_scale_sets_its_peak_learning_rate(tmp_path):
+    config = load_config(
+        None,
+        [*TINY_OVERRIDES, "train.lr=0.004", "method.lr_scale=0.25", f"out_dir={tmp_path}/r"],
+    )
+    trainer = Trainer(config)
+    trainer.setup()
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [pytest.approx(0.001)]
+    assert trainer.scheduler.eta_min == pytest.approx(0.001 * 0.05)  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="lr_scale"):
+        load_config(None, ["method.lr_scale=0"])

@@ -265,6 +265,9 @@ class MethodConfig(_Section):
             pair of samples scored as one; default) or ``mc`` (the original estimator,
             whose covariance grows unchecked without a region-of-interest mask); see
             :mod:`edue.methods.ssn`.
+        lr_scale: this method's learning rate as a multiple of ``train.lr`` (a study
+            shares ``train.lr``; a method that needs a smaller one gets it, said in its
+            row). Default 1.
         latent_dim: Probabilistic U-Net: size of the latent space.
         kl_weight: Probabilistic U-Net: β, the weight of the KL term.
         fcomb_layers: Probabilistic U-Net: 1×1 layers combining the features with a
@@ -295,6 +298,7 @@ class MethodConfig(_Section):
     ssn_rank: NonNegativeInt = 10
     ssn_samples: Annotated[int, Field(ge=2, multiple_of=2)] = 20
     ssn_likelihood: Literal["paired", "mc"] = "paired"
+    lr_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     latent_dim: PositiveInt = 6
     kl_weight: Annotated[float, Field(ge=0.0)] = 1.0
     fcomb_layers: PositiveInt = 3

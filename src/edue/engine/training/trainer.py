@@ -39,6 +39,11 @@ from edue.methods import Method, build_method, get_method
 log = logging.getLogger("edue.train")
 
 
+def learning_rate(config: Config) -> float:
+    """The run's peak learning rate: ``train.lr × method.lr_scale``."""
+    return float(config.train.lr * config.method.lr_scale)
+
+
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
     """One line per epoch (as ``log.jsonl`` records it): losses, validation, seconds."""
     figures = [
@@ -152,11 +157,12 @@ class Trainer:
             self.model = torch.compile(  # type: ignore[assignment]
                 self.model, backend=cfg.train.compile_backend
             )
+        lr = learning_rate(cfg)
         self.optimizer = torch.optim.Adam(
-            self.method.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+            self.method.parameters(), lr=lr, weight_decay=cfg.train.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=cfg.train.epochs, eta_min=cfg.train.lr * 0.05
+            self.optimizer, T_max=cfg.train.epochs, eta_min=lr * 0.05
         )
         self.scaler = rt.grad_scaler()
         self.rater_generator = torch.Generator(device=rt.device).manual_seed(
@@ -193,13 +199,12 @@ class Trainer:
         over the new total (from ``train.lr`` down to 5 % of it), and the run is no
         longer finished unless its patience ran out."""
         cfg = self.config.train
+        lr = learning_rate(self.config)
         self.scheduler.T_max = cfg.epochs  # type: ignore[attr-defined]
-        eta_min = cfg.lr * 0.05
+        eta_min = lr * 0.05
         t = self.scheduler.last_epoch
         for group in self.optimizer.param_groups:
-            group["lr"] = (
-                eta_min + (cfg.lr - eta_min) * (1 + math.cos(math.pi * t / cfg.epochs)) / 2
-            )
+            group["lr"] = eta_min + (lr - eta_min) * (1 + math.cos(math.pi * t / cfg.epochs)) / 2
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]  # type: ignore[attr-defined]
         patience = cfg.patience
         out_of_patience = bool(patience) and self.epoch - self.best_epoch >= patience
