@@ -442,3 +442,22 @@ def test_datalist_trains_one_epoch(tmp_path: Path) -> None:
     )
     run = train(config)
     assert (run / "best.pt").is_file()
+
+
+def test_edue_data_convert_round_trips_the_embedded_dataset_through_both_layouts(tmp_path):
+    from edue.cli import main
+
+    nn_dir, ml_dir = tmp_path / "nn", tmp_path / "ml"
+    synth = ["--format", "synthetic", "--option", "n=4", "--option", "size=32"]
+    assert main(["data", "convert", *synth, "--to", "nnunet-raw", "--out", str(nn_dir)]) == 0
+    convert = ["data", "convert", str(nn_dir), "--format", "nnunet-raw"]
+    assert main([*convert, "--to", "monai-datalist", "--out", str(ml_dir)]) == 0
+    original = list(open_source("synthetic", n=4, size=32))
+    back = list(open_source("monai-datalist", str(ml_dir)))
+    assert [c.case_id for c in back] == [c.case_id for c in original]
+    for a, b in zip(original, back, strict=True):
+        assert b.structures == a.structures
+        np.testing.assert_array_equal(b.image, a.image)
+        np.testing.assert_array_equal(b.masks, a.masks)
+    # the output may not be inside the input
+    assert main([*convert, "--to", "monai-datalist", "--out", str(nn_dir / "x")]) == 2

@@ -279,6 +279,28 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 2 if args.strict and not report.ok else 0
 
 
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    import yaml
+
+    from edue.data.monai_datalist import write_monai_datalist
+    from edue.data.nnunet_raw import write_nnunet_raw
+    from edue.data.source import open_source
+    from edue.outputs import check_output_dir
+
+    options = {}
+    for item in args.option:
+        key, _, value = item.partition("=")
+        options[key] = yaml.safe_load(value)
+    inputs = [args.root] if args.root else []
+    out = check_output_dir(args.out, inputs=inputs, what="output folder (--out)")
+    source = open_source(args.format, args.root, **options)
+    cases = list(source)
+    writer = write_monai_datalist if args.to == "monai-datalist" else write_nnunet_raw
+    written = writer(cases, out)
+    print(f"{len(cases)} cases of {args.format} written as {args.to}: {written}")
+    return 0
+
+
 def cmd_riga_extract(args: argparse.Namespace) -> int:
     from edue.data.riga_extract import extract_riga
     from edue.outputs import check_output_dir

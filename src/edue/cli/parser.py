@@ -12,6 +12,7 @@ from edue.cli.commands import (
     cmd_compare,
     cmd_config_show,
     cmd_data_check,
+    cmd_data_convert,
     cmd_data_synth,
     cmd_demo,
     cmd_ensemble_gather,
@@ -213,6 +214,22 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         help="reader option (repeatable)",
     )
     c.set_defaults(func=cmd_data_check)
+    v = dsub.add_parser(
+        "convert",
+        help="write any readable dataset as a MONAI datalist or an nnU-Net raw folder",
+    )
+    v.add_argument("root", nargs="?", default=None, help="dataset root (none for synthetic)")
+    v.add_argument("--format", default="folder", help="the dataset's reader")
+    v.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="reader option (repeatable), e.g. n=100 for synthetic",
+    )
+    v.add_argument("--to", required=True, choices=("monai-datalist", "nnunet-raw"))
+    v.add_argument("--out", required=True, help="the folder to write")
+    v.set_defaults(func=cmd_data_convert)
     r = dsub.add_parser("riga-extract", help="masks from the original RIGA release")
     r.add_argument("src")
     r.add_argument("--out", required=True)
