@@ -240,3 +240,18 @@ def test_resume_after_an_interruption_is_bitwise(reference_run, tmp_path):
     b = load_checkpoint(resumed / "last.pt")["model"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+
+
+def test_validation_follows_the_prior_that_prediction_samples():
+    method = _method().eval()
+    image = _image(batch=1)
+    raters = torch.stack([torch.ones(2, 16, 16), torch.zeros(2, 16, 16)])
+    batch = _batch(image, raters, [True, False])
+    with torch.no_grad():
+        logits = method(image)  # the prior's mean latent
+        value, parts = method.validation_loss(logits, batch, torch.Generator().manual_seed(0))
+        expected = F.binary_cross_entropy_with_logits(logits[0], raters[0][None])
+        elbo, _ = method.loss(method(image), batch, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(value, expected)
+    assert set(parts) == {"rec"}
+    assert float(elbo) != pytest.approx(float(value))  # not the posterior's ELBO

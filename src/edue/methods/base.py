@@ -45,6 +45,16 @@ class Method(nn.Module):
         """Scalar training loss and its named parts."""
         raise NotImplementedError
 
+    def validation_loss(
+        self,
+        logits: torch.Tensor,
+        batch: dict[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss that early stopping and the choice of ``best.pt`` follow: the
+        training loss, unless the method trains on something prediction does not use."""
+        return self.loss(logits, batch, generator)
+
     @torch.no_grad()
     def predict_members(self, x: torch.Tensor) -> torch.Tensor:
         """Member probabilities ``[S, B, K, *spatial]`` (the module must be in eval mode)."""

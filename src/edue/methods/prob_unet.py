@@ -461,6 +461,26 @@ class ProbUNet(Method):
         total = rec + self.kl_weight * kl / elements
         return total, {"rec": float(rec.detach()), "kl": float(kl.detach())}
 
+    def validation_loss(
+        self,
+        logits: torch.Tensor,
+        batch: dict[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """BCE of one drawn rater against the logits of the *prior's* mean latent (what
+        ``forward`` gives in evaluation), not the ELBO: the ELBO reconstructs from the
+        posterior, which sees the mask, so it keeps improving while the prior that
+        prediction samples is useless, and early stopping on it picks such epochs.
+
+        Args:
+            logits: the forward's output ``[1, B, K, *sp]``.
+            batch: ``masks [B, R, K, *sp]``, ``rater_valid [B, R]``.
+            generator: random source of the rater draw.
+        """
+        target = random_rater(batch["masks"], batch["rater_valid"], generator).float()
+        rec = bce(logits[0].float(), target)
+        return rec, {"rec": float(rec.detach())}
+
     # ------------------------------------------------------------------ prediction
     def _members(self, encoded: _Encoded) -> torch.Tensor:
         """Probabilities ``[N, B, K, *sp]`` of ``N`` seeded prior draws."""

@@ -48,7 +48,7 @@ def validation_metrics(
         }
         with runtime.autocast():
             logits = method(batch["image"]).float()
-        loss, _ = method.loss(logits, batch, generator)
+        loss, _ = method.validation_loss(logits, batch, generator)
         loss_sum += float(loss) * len(idx)
         members = method.members_after_forward(batch["image"], logits).float().cpu()
         for j, case_index in enumerate(idx):
