@@ -303,3 +303,14 @@ def test_resume_after_an_interruption_is_bitwise(ssn_run, tmp_path):
     b = load_checkpoint(resumed / "last.pt")["model"]
     assert a.keys() == b.keys() and any(k.startswith("network.factor_head") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+
+
+def test_prediction_samples_in_place_equal_the_differentiable_ones():
+    params = torch.randn(2 + 3, 2, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    dist = ssn.unpack(params)
+    for shared in (True, False):
+        with torch.no_grad():  # the in-place path used at prediction
+            fast = ssn.sample_logits(dist, 5, torch.Generator().manual_seed(1), shared=shared)
+        with torch.enable_grad():
+            slow = ssn.sample_logits(dist, 5, torch.Generator().manual_seed(1), shared=shared)
+        assert torch.equal(fast, slow)

@@ -225,6 +225,14 @@ def sample_logits(
     eps_d = torch.randn(
         (draws, images, *mean.shape[1:]), generator=generator, device=mean.device, dtype=mean.dtype
     )
+    if not torch.is_grad_enabled() and not antithetic:  # prediction: the same values,
+        out = eps_d.expand(draws, *mean.shape).contiguous() if shared else eps_d
+        out.mul_(dist.diagonal.sqrt())  # computed in place, without temporaries
+        if eps_w is not None:
+            columns = dist.factor.reshape(dist.rank, b, -1)  # [R, B, K·N]
+            low_rank = torch.einsum("sbr,rbn->sbn", eps_w.expand(draws, b, dist.rank), columns)
+            out.add_(low_rank.reshape(draws, *mean.shape))
+        return out.add_(mean)
     deviation = dist.diagonal.sqrt() * eps_d
     if eps_w is not None:
         columns = dist.factor.reshape(dist.rank, b, -1)  # [R, B, K·N]
@@ -435,7 +443,7 @@ class SSN(Method):
         generator seeded anew on every call (the global random state is untouched)."""
         dist = unpack(logits.float(), self.epsilon)
         generator = torch.Generator(device=dist.mean.device).manual_seed(self.generator_seed)
-        return torch.sigmoid(sample_logits(dist, self.samples, generator, shared=True))
+        return torch.sigmoid_(sample_logits(dist, self.samples, generator, shared=True))
 
     @torch.no_grad()
     def logit_variance(self, x: torch.Tensor) -> torch.Tensor:
