@@ -265,35 +265,34 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data_check(args: argparse.Namespace) -> int:
+def _reader_options(items: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` reader options, values read as YAML."""
     import yaml
 
-    from edue.data.check import check_path
-
-    options = {}
-    for item in args.option:
+    options: dict[str, object] = {}
+    for item in items:
         key, _, value = item.partition("=")
         options[key] = yaml.safe_load(value)
-    report = check_path(args.root, args.format, options)
+    return options
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from edue.data.check import check_path
+
+    report = check_path(args.root, args.format, _reader_options(args.option))
     print(report.format())
     return 2 if args.strict and not report.ok else 0
 
 
 def cmd_data_convert(args: argparse.Namespace) -> int:
-    import yaml
-
     from edue.data.monai_datalist import write_monai_datalist
     from edue.data.nnunet_raw import write_nnunet_raw
     from edue.data.source import open_source
     from edue.outputs import check_output_dir
 
-    options = {}
-    for item in args.option:
-        key, _, value = item.partition("=")
-        options[key] = yaml.safe_load(value)
     inputs = [args.root] if args.root else []
     out = check_output_dir(args.out, inputs=inputs, what="output folder (--out)")
-    source = open_source(args.format, args.root, **options)
+    source = open_source(args.format, args.root, **_reader_options(args.option))
     cases = list(source)
     writer = write_monai_datalist if args.to == "monai-datalist" else write_nnunet_raw
     written = writer(cases, out)

@@ -187,6 +187,16 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+def _add_reader_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="reader option (repeatable), e.g. n=100 for synthetic",
+    )
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
@@ -206,13 +216,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     c.add_argument("root")
     c.add_argument("--format", default="folder")
     c.add_argument("--strict", action="store_true", help="any problem is an error")
-    c.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="reader option (repeatable)",
-    )
+    _add_reader_options(c)
     c.set_defaults(func=cmd_data_check)
     v = dsub.add_parser(
         "convert",
@@ -220,13 +224,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     )
     v.add_argument("root", nargs="?", default=None, help="dataset root (none for synthetic)")
     v.add_argument("--format", default="folder", help="the dataset's reader")
-    v.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="reader option (repeatable), e.g. n=100 for synthetic",
-    )
+    _add_reader_options(v)
     v.add_argument("--to", required=True, choices=("monai-datalist", "nnunet-raw"))
     v.add_argument("--out", required=True, help="the folder to write")
     v.set_defaults(func=cmd_data_convert)
