@@ -342,3 +342,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         methods=args.methods,
         with_ablations=args.ablations,
     )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from edue.engine.predict.export import SIDECAR, export_model
+
+    path = export_model(args.checkpoint, args.out, args.format)
+    print(f"exported {args.format}: {path} (sidecar {path.parent / SIDECAR})")
+    return 0

@@ -17,6 +17,7 @@ from edue.cli.commands import (
     cmd_demo,
     cmd_ensemble_gather,
     cmd_evaluate,
+    cmd_export,
     cmd_model_show,
     cmd_predict,
     cmd_riga_extract,
@@ -356,6 +357,16 @@ def _add_cache(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_cache)
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="a trained one-pass method as one ONNX or TorchScript graph")
+    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    p.add_argument(
+        "--out", required=True, help="output folder (model.onnx or model.ts, and model.json)"
+    )
+    p.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``edue``."""
     from edue._version import __version__
@@ -379,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_study,
         _add_demo,
         _add_cache,
+        _add_export,
     ):
         add(sub)
     return parser
