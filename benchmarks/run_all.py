@@ -23,6 +23,7 @@ from typing import Any
 import _common as C
 import bench_backbones
 import bench_evaluate
+import bench_export
 import bench_heads
 import bench_inference
 import bench_loader
@@ -61,8 +62,9 @@ def plan(quick: bool, threads: int) -> list[tuple[str, str, Callable[[], dict[st
         "memory": bench_memory,
         "referral": bench_referral,
         "backbones": bench_backbones,
+        "export": bench_export,
     }
-    groups = {"heads": "inference", "memory": "predict"}
+    groups = {"heads": "inference", "memory": "predict", "export": "predict"}
     steps = [
         ("inference", "inference", partial(inference, size=256)),
         ("inference_128", "inference", pair_128),

@@ -195,3 +195,49 @@ def test_missing_onnx_names_the_extra(tiny_run, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"onnxruntime.*pip install 'edue\[onnx\]'"):
         onnx_session(tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx").exists()
+
+
+DYNUNET = {
+    2: [
+        "data.format=synthetic",
+        "data.options={size: 32}",
+        "data.split={train: 4, val: 2, test: 2}",
+        "data.size=32",
+        "model.backbone=dynunet",
+        "model.filters=[4, 8, 16, 32]",
+    ],
+    3: [
+        "data.format=synthetic3d",
+        "data.options={size: 16, n_raters: 2}",
+        "data.split={train: 2, val: 1, test: 1}",
+        "data.patch_size=[16, 16, 16]",
+        "model.backbone=dynunet",
+        "model.filters=[4, 8, 16]",
+    ],
+}
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_a_dynunet_run_exports_to_onnx_with_the_predictor_s_outputs(dims, tmp_path):
+    from edue.engine.training.trainer import train
+
+    common = ["train.epochs=1", "train.batch_size=2", "train.device=cpu"]
+    run = train(load_config(None, [*DYNUNET[dims], *common, f"out_dir={tmp_path}/run"]))
+    predictor = Predictor.from_checkpoint(run)
+    session = onnx_session(export_onnx(run, tmp_path / "onnx"))
+    wrapper = ExportWrapper(predictor.method, predictor.size_divisor)
+    gen = torch.Generator().manual_seed(2)
+    # at the training size the graph is the Predictor's whole prediction
+    trained = (32, 32) if dims == 2 else (16, 16, 16)
+    batch = torch.rand((2, predictor.in_channels, *trained), generator=gen)
+    assert (
+        max(max_diffs(session.run(None, {"image": batch.numpy()}), reference(predictor, batch)))
+        < TOL
+    )
+    # elsewhere the Predictor resizes (2D) or slides windows (3D) outside the graph
+    # (docs/deploy.md); the graph still equals the network's own pass at any size
+    other = (24, 40) if dims == 2 else (16, 8, 24)
+    batch = torch.rand((2, predictor.in_channels, *other), generator=gen)
+    with torch.no_grad():
+        want = tuple(t.numpy() for t in wrapper(batch))
+    assert max(max_diffs(session.run(None, {"image": batch.numpy()}), want)) < TOL
