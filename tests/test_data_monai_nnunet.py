@@ -461,3 +461,7 @@ def test_edue_data_convert_round_trips_the_embedded_dataset_through_both_layouts
         np.testing.assert_array_equal(b.masks, a.masks)
     # the output may not be inside the input
     assert main([*convert, "--to", "monai-datalist", "--out", str(nn_dir / "x")]) == 2
+    # a missing dataset is one error, and no output folder is left behind
+    missing = ["data", "convert", str(tmp_path / "nope"), "--format", "nnunet-raw"]
+    assert main([*missing, "--to", "monai-datalist", "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()

@@ -166,9 +166,9 @@ def run_study(
         raise ConfigError("a study needs at least one method or arm, and one seed")
     for arm in arms:
         run_config(config, arm, arms)  # a wrong arm fails before any work
-    if subject is not None and subject not in [*_requested_runs(out), *methods]:
-        runs = ", ".join(dict.fromkeys([*_requested_runs(out), *methods]))
-        raise ConfigError(f"--subject {subject}: not one of the study's runs ({runs})")
+    runs = list(dict.fromkeys([*_requested_runs(out), *methods]))
+    if subject is not None and subject not in runs:
+        raise ConfigError(f"--subject {subject}: not one of the study's runs ({', '.join(runs)})")
     if launcher not in LAUNCHERS:
         raise ConfigError(f"--launcher {launcher!r}: expected one of {', '.join(LAUNCHERS)}")
     if launcher != "processes":

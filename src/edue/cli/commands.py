@@ -291,9 +291,10 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     from edue.outputs import check_output_dir
 
     inputs = [args.root] if args.root else []
-    out = check_output_dir(args.out, inputs=inputs, what="output folder (--out)")
-    source = open_source(args.format, args.root, **_reader_options(args.option))
-    cases = list(source)
+    what = "output folder (--out)"
+    check_output_dir(args.out, inputs=inputs, what=what, create=False)
+    cases = list(open_source(args.format, args.root, **_reader_options(args.option)))
+    out = check_output_dir(args.out, inputs=inputs, what=what)  # made once the data read
     writer = write_monai_datalist if args.to == "monai-datalist" else write_nnunet_raw
     written = writer(cases, out)
     print(f"{len(cases)} cases of {args.format} written as {args.to}: {written}")
