@@ -151,3 +151,22 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_run")
     config = load_config(None, [*TINY_OVERRIDES, f"out_dir={out}"])
     return train(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_any_size(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_run`` as if trained on images of several sizes: no training size recorded,
+    so it predicts every image at the image's own size (no resampling)."""
+    import shutil
+
+    import torch
+
+    from edue.engine.checkpoint import save_checkpoint
+
+    out = tmp_path_factory.mktemp("tiny_run_any_size") / "run"
+    shutil.copytree(tiny_run, out)
+    for path in out.glob("*.pt"):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state["data"]["grid"] = {"size": None, "spacing": None}
+        save_checkpoint(path, state)
+    return out

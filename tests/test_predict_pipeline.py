@@ -55,13 +55,22 @@ def _one_by_one(checkpoint: str, files: list[Path], out: Path, figures: bool) ->
         image, meta = read_image(path, predictor.spatial_dims)
         predictor.check_image(image, str(path))
         pred = predictor.predict(image, case_id=stem_of(path))
-        done.append(write_prediction(pred, path, out, meta.affine))
+        entry = write_prediction(pred, path, out, meta.affine)
+        shape = image.shape[1:]
+        if predictor.input_shape(shape) != shape:
+            entry["resampled"] = {
+                "shape": list(shape),
+                "spacing": None,
+                "predicted_at": list(predictor.input_shape(shape)),
+            }
+        done.append(entry)
         if figures:
             write_prediction_figure(image, pred, out, stem_of(path), path.name)
     summary = {
         "checkpoint": checkpoint,
         "method": predictor.name,
         "structures": list(predictor.structures),
+        "training_grid": predictor.grid.to_dict(),
         "predictions": done,
         "failed": [],
     }
@@ -86,7 +95,7 @@ def test_pipeline_writes_the_bytes_of_the_serial_path(tiny_run, tmp_path):
     assert _contents(tmp_path / "piped") == _contents(tmp_path / "serial")
 
 
-def test_batch_sizes_1_and_8_write_the_same_bytes_with_figures(tiny_run, tmp_path):
+def test_batch_sizes_1_and_8_write_the_same_bytes_with_figures(tiny_run_any_size, tmp_path):
     # Sizes of at least 208² here: below that PyTorch computes the first convolutions of
     # a single image with another kernel than those of a batch (last-bit differences).
     sizes = [(224, 224)] * 5 + [(208, 240)] * 2 + [(224, 224)]
@@ -95,7 +104,7 @@ def test_batch_sizes_1_and_8_write_the_same_bytes_with_figures(tiny_run, tmp_pat
     for batch_size in (1, 8):
         outs[batch_size] = tmp_path / f"batch{batch_size}"
         predict_files(
-            str(tiny_run),
+            str(tiny_run_any_size),
             files,
             str(outs[batch_size]),
             batch_size=batch_size,
@@ -108,7 +117,7 @@ def test_batch_sizes_1_and_8_write_the_same_bytes_with_figures(tiny_run, tmp_pat
     assert [p["input"] for p in summary["predictions"]] == files
 
 
-def test_mixed_sizes_are_batched_by_runs_of_equal_shape(tiny_run, tmp_path, monkeypatch):
+def test_mixed_sizes_are_batched_by_runs_of_equal_shape(tiny_run_any_size, tmp_path, monkeypatch):
     sizes = [(24, 24), (24, 24), (24, 24), (20, 28), (20, 28), (24, 24), (24, 24), (16, 16)]
     files = _pngs(tmp_path / "in", sizes)
     np.save(tmp_path / "in" / "img06.npy", read_image(files[6], 2)[0].transpose(1, 2, 0))
@@ -117,18 +126,18 @@ def test_mixed_sizes_are_batched_by_runs_of_equal_shape(tiny_run, tmp_path, monk
     batches: list[list[tuple[int, ...]]] = []
     original = Predictor.predict_batch
 
-    def spy(self, images, case_ids=None):
+    def spy(self, images, case_ids=None, spacing=None):
         batches.append([tuple(np.shape(i)) for i in images])
-        return original(self, images, case_ids)
+        return original(self, images, case_ids, spacing)
 
     monkeypatch.setattr(Predictor, "predict_batch", spy)
     out = tmp_path / "out"
-    result = predict_files(str(tiny_run), [str(f) for f in files], str(out), batch_size=2)
+    result = predict_files(str(tiny_run_any_size), [str(f) for f in files], str(out), batch_size=2)
     a, b, c = (3, 24, 24), (3, 20, 28), (3, 16, 16)
     assert batches == [[a, a], [a], [b, b], [a, a], [c]]
     assert [d["input"] for d in result.done] == [str(f) for f in files]
     monkeypatch.undo()
-    predictor = Predictor.from_checkpoint(tiny_run)
+    predictor = Predictor.from_checkpoint(tiny_run_any_size)
     for path, size in zip(files, sizes, strict=True):
         arrays = np.load(out / f"{stem_of(path)}.npz")
         assert arrays["mean"].shape == (2, *size)

@@ -14,9 +14,9 @@ import torch
 from edue.config import Config, config_from_dict
 from edue.data.case import MultiRaterCase
 from edue.data.source import CaseSource
-from edue.data.transforms import resize_image
 from edue.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from edue.engine.inference.features import FeatureTap, encoder_block_names, tapped_modules
+from edue.engine.inference.grid import TrainingGrid, from_grid, to_grid
 from edue.engine.inference.memory import MB, check_stack_fits, default_memory_budget_mb
 from edue.engine.inference.receptive_field import NetworkProfile, probe_side, profile_network
 from edue.engine.inference.tiling import (
@@ -64,6 +64,32 @@ def load_weights(
     method.load_state_dict(weights)
 
 
+def checked_image(
+    image: np.ndarray | torch.Tensor, spatial_dims: int, in_channels: int, where: str = "image"
+) -> torch.Tensor:
+    """An image ``[C, *sp]`` checked against a model of ``spatial_dims`` and
+    ``in_channels``, as a float tensor.
+
+    Raises:
+        DataError: wrong dimensionality, channel count or non-finite values.
+    """
+    tensor = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+    if tensor.ndim != spatial_dims + 1:
+        kind = "2D image [C, H, W]" if spatial_dims == 2 else "3D volume [C, D, H, W]"
+        raise DataError(
+            f"this model expects a {kind}, got an array of shape {tuple(tensor.shape)}", where
+        )
+    if tensor.shape[0] != in_channels:
+        raise DataError(
+            f"this model expects {in_channels} channel(s), the image has {tensor.shape[0]}",
+            where,
+        )
+    tensor = tensor.float()
+    if not torch.isfinite(tensor).all():
+        raise DataError("image contains NaN or Inf values", where)
+    return tensor
+
+
 class Predictor:
     """A trained method ready to predict.
 
@@ -92,6 +118,8 @@ class Predictor:
         self.in_channels = int(data_info["in_channels"])
         self.spatial_dims = int(data_info["spatial_dims"])
         self.weights_sha256 = weights_sha256
+        #: the training resolution inputs are resampled to (:mod:`edue.engine.inference.grid`)
+        self.grid = TrainingGrid.from_dict(data_info.get("grid"), config.data.size)
         self._taps: dict[tuple[str, ...], FeatureTap] = {}
         self._profile: NetworkProfile | None = None
         self._default_budget_mb: int | None = None
@@ -156,33 +184,17 @@ class Predictor:
         Raises:
             DataError: wrong dimensionality, channel count or non-finite values.
         """
-        tensor = torch.as_tensor(
-            np.asarray(image) if not isinstance(image, torch.Tensor) else image
-        )
-        if tensor.ndim != self.spatial_dims + 1:
-            kind = "2D image [C, H, W]" if self.spatial_dims == 2 else "3D volume [C, D, H, W]"
-            raise DataError(
-                f"this model expects a {kind}, got an array of shape {tuple(tensor.shape)}", where
-            )
-        if tensor.shape[0] != self.in_channels:
-            raise DataError(
-                f"this model expects {self.in_channels} channel(s), the image has "
-                f"{tensor.shape[0]}",
-                where,
-            )
-        tensor = tensor.float()
-        if not torch.isfinite(tensor).all():
-            raise DataError("image contains NaN or Inf values", where)
-        return tensor
+        return checked_image(image, self.spatial_dims, self.in_channels, where)
 
     # ------------------------------------------------------------------ prediction
-    def _input_size(self, shape: Sequence[int]) -> tuple[int, ...]:
-        """2D images are resized to the training size when one was set; the U-Net
-        accepts any other size as it is (odd sizes are padded inside)."""
-        size = self.config.data.size
-        if self.spatial_dims == 2 and size:
-            return (int(size), int(size))
-        return tuple(int(s) for s in shape)
+    def input_shape(
+        self, shape: Sequence[int], spacing: Sequence[float] | None = None
+    ) -> tuple[int, ...]:
+        """The spatial shape an image of ``shape`` (voxel ``spacing``, if known) is
+        predicted at: the training grid's (:meth:`TrainingGrid.target_shape`), else its
+        own (the network pads odd sizes inside)."""
+        target = self.grid.target_shape(shape, spacing)
+        return tuple(int(s) for s in shape) if target is None else target
 
     def roi_size(self) -> tuple[int, ...] | None:
         """Sliding-window size (``infer.roi_size``, else the training patch), if any."""
@@ -370,17 +382,19 @@ class Predictor:
         self,
         images: Sequence[np.ndarray | torch.Tensor],
         case_ids: Sequence[str | None] | None = None,
+        spacing: Sequence[float] | None = None,
     ) -> list[Prediction]:
         """Predict several images of the same size in one forward pass.
 
         Args:
             images: each ``[C, *sp]``.
             case_ids: optional identifiers.
+            spacing: their voxel spacing, when known (:meth:`input_shape`).
 
         Returns:
             One :class:`Prediction` per image, at the image's own size.
         """
-        return self.predict_batch_with_features(images, case_ids, tap=None)[0]
+        return self.predict_batch_with_features(images, case_ids, tap=None, spacing=spacing)[0]
 
     def _tap(self, names: tuple[str, ...]) -> FeatureTap:
         """The feature tap on the modules ``names`` of the method: made once per set of
@@ -389,6 +403,14 @@ class Predictor:
         if names not in self._taps:
             self._taps[names] = FeatureTap(tapped_modules(self.method, names), persistent=True)
         return self._taps[names]
+
+    def check_feature_modules(self, names: Sequence[str]) -> None:
+        """Refuse feature modules the method lacks (a gate fitted on another model).
+
+        Raises:
+            CheckpointError: the method has no such module.
+        """
+        tapped_modules(self.method, names)
 
     def feature_module_names(self) -> list[str]:
         """The modules whose pooled outputs the distribution-shift gate reads: the
@@ -401,6 +423,7 @@ class Predictor:
         images: Sequence[np.ndarray | torch.Tensor],
         case_ids: Sequence[str | None] | None = None,
         tap: Sequence[str] | None = None,
+        spacing: Sequence[float] | None = None,
     ) -> tuple[list[Prediction], torch.Tensor | None]:
         """:meth:`predict_batch`, also returning the pooled outputs of the modules ``tap``.
 
@@ -414,6 +437,8 @@ class Predictor:
             images: each ``[C, *sp]``.
             case_ids: optional identifiers.
             tap: names of the modules to read (``None``: no features).
+            spacing: the images' voxel spacing (one for the batch), when known: a volume
+                outside the training spacings is resampled (:meth:`input_shape`).
 
         Returns:
             The predictions and the channel means of the modules' outputs, concatenated
@@ -429,18 +454,10 @@ class Predictor:
             for img, cid in zip(images, case_ids or [None] * len(images), strict=True)
         ]
         shape = tuple(tensors[0].shape[1:])
-        size = self._input_size(shape)
-        batch = torch.stack([resize_image(t, size) for t in tensors]).to(self.device)
+        size = self.input_shape(shape, spacing)
+        batch = to_grid(tensors, size).to(self.device)
         members, features = self.members_with_features(batch, tap)  # [S', B, K, *size]
-        if tuple(members.shape[3:]) != shape:
-            s, b = members.shape[:2]
-            flat = members.reshape(s * b, *members.shape[2:])
-            members = (
-                torch.stack([resize_image(m, shape) for m in flat])
-                .reshape(s, b, members.shape[2], *shape)
-                .clamp(0, 1)
-            )
-        members = members.cpu()
+        members = from_grid(members, shape).cpu()
         preds = [
             self.prediction(members[:, i], (case_ids or [None] * len(tensors))[i])
             for i in range(len(tensors))
@@ -459,9 +476,14 @@ class Predictor:
             score=self.method.score,
         )
 
-    def predict(self, image: np.ndarray | torch.Tensor, case_id: str | None = None) -> Prediction:
-        """One forward pass on one image ``[C, *sp]``."""
-        return self.predict_batch([image], [case_id])[0]
+    def predict(
+        self,
+        image: np.ndarray | torch.Tensor,
+        case_id: str | None = None,
+        spacing: Sequence[float] | None = None,
+    ) -> Prediction:
+        """One forward pass on one image ``[C, *sp]`` (voxel ``spacing``, if known)."""
+        return self.predict_batch([image], [case_id], spacing)[0]
 
     def predict_cases(
         self, source: CaseSource | Sequence[MultiRaterCase], batch_size: int = 16
@@ -483,7 +505,7 @@ class Predictor:
         for index in range(len(cases)):
             case = cases.load(index) if isinstance(cases, CaseSource) else cases[index]
             if pending and (
-                len(pending) == batch_size or pending[0].spatial_shape != case.spatial_shape
+                len(pending) == batch_size or self._grid_key(pending[0]) != self._grid_key(case)
             ):
                 yield from self._flush(pending, tap)
                 pending = []
@@ -491,11 +513,15 @@ class Predictor:
         if pending:
             yield from self._flush(pending, tap)
 
+    def _grid_key(self, case: MultiRaterCase) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Cases of equal key share a pass: the same shape, predicted at the same shape."""
+        return case.spatial_shape, self.input_shape(case.spatial_shape, case.spacing)
+
     def _flush(
         self, cases: list[MultiRaterCase], tap: Sequence[str] | None
     ) -> Iterator[tuple[MultiRaterCase, Prediction, torch.Tensor | None]]:
         preds, features = self.predict_batch_with_features(
-            [c.image for c in cases], [c.case_id for c in cases], tap
+            [c.image for c in cases], [c.case_id for c in cases], tap, cases[0].spacing
         )
         rows = [None] * len(cases) if features is None else list(features)
         yield from zip(cases, preds, rows, strict=True)

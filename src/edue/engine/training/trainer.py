@@ -30,6 +30,7 @@ from edue.data.pipeline import (
     prepare_data,
 )
 from edue.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from edue.engine.inference.grid import TrainingGrid
 from edue.engine.runtime import Runtime, setup_runtime, teardown_runtime
 from edue.engine.training.callbacks import StepRecord, TrainingCallback
 from edue.errors import TrainingDiverged
@@ -141,6 +142,8 @@ class Trainer:
             "structures": list(first.structures),
             "spatial_dims": first.spatial_dims,
             "image_size": list(first.spatial_shape),
+            # the training resolution travels with the model (prediction resamples to it)
+            "grid": TrainingGrid.from_source(self.subsets["train"]).to_dict(),
         }
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.method: Method = build_method(
