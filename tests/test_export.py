@@ -4,6 +4,7 @@ variance, at any batch and spatial size."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from edue.config import load_config
 from edue.engine.inference.predictor import Predictor
 from edue.engine.predict import export as export_module
 from edue.engine.predict.export import (
+    OUTPUT_NAMES,
     ExportWrapper,
     export_onnx,
     export_torchscript,
@@ -22,7 +24,9 @@ from edue.engine.predict.export import (
     write_onnx,
     write_torchscript,
 )
+from edue.engine.predict.onnx_model import OnnxPredictor
 from edue.errors import ConfigError
+from edue.io import write_png
 from edue.methods import build_method
 from tests.conftest import TINY_OVERRIDES
 
@@ -67,13 +71,14 @@ def max_diffs(got: tuple, want: tuple) -> list[float]:
     return out
 
 
-@pytest.mark.parametrize("run_name", ["tiny_run", "volume_run"])
+@pytest.mark.parametrize("run_name", ["tiny_run", "tiny_run_any_size", "volume_run"])
 def test_onnx_and_torchscript_match_the_predictor(run_name, request, tmp_path):
     run = request.getfixturevalue(run_name)
     predictor = Predictor.from_checkpoint(run)
     onnx_path = export_onnx(run, tmp_path / "onnx")
     ts_path = export_torchscript(run, tmp_path / "ts")
     session = onnx_session(onnx_path)
+    runner = OnnxPredictor(onnx_path)
     traced = torch.jit.load(str(ts_path))
     wrapper = ExportWrapper(predictor.method, predictor.size_divisor)
     sizes = [(32, 32), (20, 27)] if predictor.spatial_dims == 2 else [(16, 16, 16), (12, 10, 14)]
@@ -82,7 +87,13 @@ def test_onnx_and_torchscript_match_the_predictor(run_name, request, tmp_path):
         batch = torch.rand((2, predictor.in_channels, *size), generator=gen)
         want = reference(predictor, batch)
         assert want[0].shape == (2, predictor.method.n_members, len(predictor.structures), *size)
-        from_onnx = session.run(None, {"image": batch.numpy()})
+        # edue predict's ONNX path: resampled onto the training grid and back, like the
+        # checkpoint's Predictor
+        assert max(max_diffs(reference(runner, batch), want)) < TOL
+        if predictor.input_shape(size) != size:  # the graph alone sees the training grid
+            assert run_name == "tiny_run" and size == (20, 27)
+            continue
+        from_onnx = session.run(list(OUTPUT_NAMES), {"image": batch.numpy()})
         with torch.no_grad():
             from_ts = tuple(t.numpy() for t in traced(batch))
             from_wrapper = tuple(t.numpy() for t in wrapper(batch))
@@ -109,7 +120,9 @@ def test_sidecar_says_what_the_model_takes_and_gives(tiny_run, tmp_path):
     assert meta["outputs"]["members"] == ["B", "S", "K", "H", "W"]
     assert meta["input_normalisation"]["kind"] == "none"
     assert meta["size_divisor"] == predictor.size_divisor == 4
-    assert meta["input_size"] is None and meta["roi_size"] is None
+    assert meta["input_size"] == [32, 32] and meta["roi_size"] is None
+    assert meta["training_grid"]["size"] == [32, 32]
+    assert meta["separate_segmentation"] is (predictor.method.stack_size > meta["members"])
 
 
 @pytest.mark.parametrize(
@@ -231,7 +244,12 @@ def test_a_dynunet_run_exports_to_onnx_with_the_predictor_s_outputs(dims, tmp_pa
     trained = (32, 32) if dims == 2 else (16, 16, 16)
     batch = torch.rand((2, predictor.in_channels, *trained), generator=gen)
     assert (
-        max(max_diffs(session.run(None, {"image": batch.numpy()}), reference(predictor, batch)))
+        max(
+            max_diffs(
+                session.run(list(OUTPUT_NAMES), {"image": batch.numpy()}),
+                reference(predictor, batch),
+            )
+        )
         < TOL
     )
     # elsewhere the Predictor resizes (2D) or slides windows (3D) outside the graph
@@ -240,4 +258,66 @@ def test_a_dynunet_run_exports_to_onnx_with_the_predictor_s_outputs(dims, tmp_pa
     batch = torch.rand((2, predictor.in_channels, *other), generator=gen)
     with torch.no_grad():
         want = tuple(t.numpy() for t in wrapper(batch))
-    assert max(max_diffs(session.run(None, {"image": batch.numpy()}), want)) < TOL
+    assert max(max_diffs(session.run(list(OUTPUT_NAMES), {"image": batch.numpy()}), want)) < TOL
+
+
+def test_predict_with_the_onnx_model_writes_what_the_checkpoint_writes(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    calibrate = ["calibrate", str(run), "--poor", "disc=0.5", "cup=0.3", "--alpha", "0.2"]
+    assert main([*calibrate, "--false-alarm", "0.5", "--device", "cpu"]) == 0
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "x")]) == 0
+    assert (tmp_path / "x" / "calibration.json").is_file()  # travels with the model
+    rng = np.random.default_rng(3)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i, shape in enumerate([(32, 32, 3), (32, 32, 3), (48, 40, 3)]):
+        write_png(inputs / f"img{i}.png", (rng.random(shape) * 255).astype(np.uint8))
+    outs = {}
+    for name, model in (("checkpoint", run), ("onnx", tmp_path / "x" / "model.onnx")):
+        outs[name] = tmp_path / name
+        args = ["predict", str(model), str(inputs), "--out", str(outs[name]), "--no-figures"]
+        assert main([*args, "--no-gallery"]) == 0
+    want = json.loads((outs["checkpoint"] / "predictions.json").read_text())
+    got = json.loads((outs["onnx"] / "predictions.json").read_text())
+    assert got["method"] == want["method"] and got["structures"] == want["structures"]
+    assert got["referral"]["gate"] is True  # the gate read the graph's features
+    for g, w in zip(got["predictions"], want["predictions"], strict=True):
+        assert g["refer"] == w["refer"] and g["reasons"] == w["reasons"]
+        assert g.get("resampled") == w.get("resampled")
+        assert g["ood"]["available"] and g["ood"]["unlike_training"] == w["ood"]["unlike_training"]
+        assert g["ood"]["score"] == pytest.approx(w["ood"]["score"], rel=1e-4, abs=1e-5)
+        for name in w["sv"]:
+            assert g["sv"][name] == pytest.approx(w["sv"][name], rel=1e-4, abs=1e-5)
+        a, b = (
+            np.load(outs["onnx"] / f"{g['output']}.npz"),
+            np.load(outs["checkpoint"] / f"{w['output']}.npz"),
+        )
+        assert set(a.files) == set(b.files)
+        for key in ("members", "mean", "variance", "uncertainty"):
+            assert float(np.abs(a[key] - b[key]).max()) < TOL
+    assert "resampled" in got["predictions"][2]  # 48×40 onto the training 32²
+
+
+def test_onnx_model_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    bad = tmp_path / "m" / "model.onnx"
+    bad.write_bytes(b"not a graph")
+    write_png(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    assert main(["predict", str(bad), str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]) == 2
+    assert "model.json" in capsys.readouterr().err  # no sidecar beside it
+    (tmp_path / "m" / "model.json").write_text(json.dumps({"method": "edue"}))
+    assert main(["predict", str(bad), str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]) == 2
+    assert "the sidecar lacks structures" in capsys.readouterr().err
+    meta = {
+        "method": "edue",
+        "structures": ["a"],
+        "in_channels": 1,
+        "spatial_dims": 2,
+        "score": "variance",
+        "members": 2,
+    }
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    assert main(["predict", str(bad), str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable ONNX model" in err and len(err.strip().splitlines()) == 1

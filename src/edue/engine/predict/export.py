@@ -17,14 +17,16 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from edue.engine.inference.features import encoder_block_names, tapped_modules
 from edue.errors import ConfigError
 from edue.methods.base import Method
 from edue.variance import leading_variance
@@ -32,6 +34,8 @@ from edue.variance import leading_variance
 #: the graph's input and output names
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("members", "mean", "variance")
+#: the ONNX graph's fourth output: the encoder blocks' pooled outputs ``[B, ΣC]``
+FEATURES_NAME = "features"
 #: the export formats and the files they write
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.ts"}
 #: the sidecar's file name
@@ -60,28 +64,56 @@ class ExportWrapper(nn.Module):
         method: a one-pass method with its weights loaded (the wrapper and the method
             are put in eval mode).
         size_divisor: the input sizes the network needs multiples of.
+        feature_modules: names of modules whose pooled outputs are a fourth output
+            ``features`` (the ONNX export gives the encoder blocks', which the
+            distribution-shift gate of ``edue calibrate`` reads); hooks are registered
+            on them for the wrapper's life.
 
     Shapes:
         input ``image`` ``[B, C, *sp]`` float32; outputs ``members`` ``[B, S, K, *sp]``,
         ``mean`` ``[B, K, *sp]`` (the method's segmentation probability, else the
         members' mean) and ``variance`` ``[B, K, *sp]`` (unbiased (S − 1) variance across
-        members, :func:`~edue.variance.leading_variance`; zeros for ``S == 1``).
+        members, :func:`~edue.variance.leading_variance`; zeros for ``S == 1``); with
+        ``feature_modules`` also ``features`` ``[B, ΣC]``.
     """
 
-    def __init__(self, method: Method, size_divisor: int) -> None:
+    def __init__(
+        self, method: Method, size_divisor: int, feature_modules: Sequence[str] = ()
+    ) -> None:
         super().__init__()
         self.method = method
         self.size_divisor = int(size_divisor)
+        self.feature_modules = tuple(feature_modules)
+        self._kept: list[list[torch.Tensor]] = [[] for _ in self.feature_modules]
+        self.feature_channels: list[int] = []  # per module, known after a pass
+        for k, module in enumerate(tapped_modules(method, self.feature_modules)):
+            module.register_forward_hook(self._keeper(k))
         self.eval()  # the exporter restores the wrapper's mode, and the method's with it
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _keeper(self, k: int):  # type: ignore[no-untyped-def]
+        def keep(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            self._kept[k].append(output.float().mean(tuple(range(2, output.ndim))))
+
+        return keep
+
+    def _features(self) -> torch.Tensor:
+        """The pooled features of the pass ``[B, ΣC]``: each module's channel means over
+        space (averaged over its calls), as :class:`FeatureTap` reads them."""
+        kept, self._kept = self._kept, [[] for _ in self.feature_modules]
+        pooled = [torch.stack(calls).mean(0) for calls in kept]
+        self.feature_channels = [int(p.shape[1]) for p in pooled]
+        return torch.cat(pooled, 1)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Members ``[B, S, K, *sp]``, mean ``[B, K, *sp]`` and variance ``[B, K, *sp]`` of
-        ``image`` ``[B, C, *sp]``."""
+        ``image`` ``[B, C, *sp]``, and with ``feature_modules`` their pooled outputs
+        ``[B, ΣC]`` (the distribution-shift gate's input)."""
         spatial = image.shape[2:]
         pads: list[Any] = []
         for size in reversed(spatial):
             pads += [0, (self.size_divisor - size % self.size_divisor) % self.size_divisor]
         padded = nn.functional.pad(image.float(), pads)
+        self._kept = [[] for _ in self.feature_modules]
         stack = self.method.members_from_logits(self.method(padded)).float()
         crop: tuple[Any, ...] = (..., *(slice(0, s) for s in spatial))
         stack = stack[crop]  # [S', B, K, *sp]
@@ -91,6 +123,8 @@ class ExportWrapper(nn.Module):
             variance = torch.zeros_like(mean)
         else:
             variance = leading_variance(members)
+        if self.feature_modules:
+            return members.transpose(0, 1), mean, variance, self._features()
         return members.transpose(0, 1), mean, variance
 
 
@@ -134,8 +168,9 @@ def _require(module: str, purpose: str) -> None:
         raise ConfigError(f"{purpose} needs the '{module}' package: {_INSTALL}")
 
 
-def load_for_export(checkpoint: str | Path) -> tuple[Any, ExportWrapper]:
-    """The predictor of ``checkpoint`` (on the CPU) and its :class:`ExportWrapper`.
+def load_for_export(checkpoint: str | Path, features: bool = False) -> tuple[Any, ExportWrapper]:
+    """The predictor of ``checkpoint`` (on the CPU) and its :class:`ExportWrapper`
+    (with ``features``: giving the pooled outputs of the encoder blocks too).
 
     Raises:
         CheckpointError: missing, unsafe, corrupt or incompatible checkpoint.
@@ -145,15 +180,17 @@ def load_for_export(checkpoint: str | Path) -> tuple[Any, ExportWrapper]:
 
     predictor = Predictor.from_checkpoint(checkpoint, "cpu")
     check_exportable(predictor.method)
-    return predictor, ExportWrapper(predictor.method, predictor.size_divisor)
+    blocks = encoder_block_names(predictor.method) if features else []
+    return predictor, ExportWrapper(predictor.method, predictor.size_divisor, blocks)
 
 
 def example_input(predictor: Any, batch: int = 2) -> torch.Tensor:
     """A random traced input ``[batch, C, *sp]`` at the training size (or two divisors
     above the network's downsampling factor a side)."""
-    size = predictor.config.data.size if predictor.spatial_dims == 2 else None
-    side = int(size) if size else 4 * int(predictor.size_divisor)
-    shape = (batch, predictor.in_channels, *([side] * predictor.spatial_dims))
+    size = predictor.grid.size
+    side = 4 * int(predictor.size_divisor)
+    spatial = tuple(size) if size is not None else (side,) * predictor.spatial_dims
+    shape = (batch, predictor.in_channels, *spatial)
     return torch.rand(shape, generator=torch.Generator().manual_seed(0))
 
 
@@ -163,7 +200,6 @@ def sidecar(predictor: Any, fmt: str, opset: int | None = None) -> dict[str, Any
 
     dims = predictor.spatial_dims
     sp = ["H", "W"] if dims == 2 else ["D", "H", "W"]
-    size = predictor.config.data.size if dims == 2 else None
     method = predictor.method
     return {
         "format": fmt,
@@ -172,6 +208,8 @@ def sidecar(predictor: Any, fmt: str, opset: int | None = None) -> dict[str, Any
         "opset": opset,
         "method": method.name,
         "members": int(method.n_members),
+        # the mean output is the method's own segmentation head, not the members' mean
+        "separate_segmentation": int(method.stack_size) > int(method.n_members),
         "structures": list(predictor.structures),
         "in_channels": predictor.in_channels,
         "spatial_dims": dims,
@@ -191,12 +229,18 @@ def sidecar(predictor: Any, fmt: str, opset: int | None = None) -> dict[str, Any
         ),
         "input_normalisation": input_normalisation(method),
         "input_handling": INPUT_HANDLING,
-        "input_size": None if not size else [int(size), int(size)],
+        "input_size": None if predictor.grid.size is None else list(predictor.grid.size),
+        "training_grid": predictor.grid.to_dict(),
+        "training_grid_note": (
+            "edue predict resamples inputs onto this grid before the graph and the outputs "
+            "back: 2D images to 'size' when set; volumes whose spacing lies outside "
+            "[0.9 * spacing_min, 1.1 * spacing_max] to 'spacing' (see docs/deploy.md)"
+        ),
         "roi_size": None if predictor.roi_size() is None else list(predictor.roi_size()),
         "input_size_note": (
             "resize 2D images to input_size (bilinear) before the graph and the outputs "
             "back, as edue's Predictor does"
-            if size
+            if predictor.grid.size is not None
             else "any size: the graph takes the image as it is"
         ),
         "roi_note": (
@@ -226,10 +270,24 @@ def _write_sidecar(out_dir: Path, content: dict[str, Any]) -> None:
     (out_dir / SIDECAR).write_text(json.dumps(content, indent=2) + "\n")
 
 
+def _copy_calibration(checkpoint: str | Path, out_dir: Path) -> None:
+    """The checkpoint's ``calibration.json`` (``edue calibrate``) and its gate's arrays,
+    when it has them, go beside the exported model: ``edue predict model.onnx`` then
+    decides referrals as with the checkpoint (the calibration names the weights it was
+    fitted for)."""
+    from edue.engine.referral.calibration import calibration_path, gate_file_for
+
+    found = calibration_path(checkpoint)
+    if found.is_file():
+        for path in (gate_file_for(found), found):  # the gate's arrays, then their index
+            if path.is_file():
+                shutil.copyfile(path, out_dir / path.name)
+
+
 def write_onnx(wrapper: ExportWrapper, example: torch.Tensor, path: Path, opset: int = 17) -> None:
     """Trace ``wrapper`` on ``example`` ``[B, C, *sp]`` into the ONNX file ``path``, with
     the batch and spatial axes dynamic (input ``image``; outputs ``members``, ``mean``,
-    ``variance``)."""
+    ``variance``, and ``features`` when the wrapper has feature modules)."""
     names = ["height", "width"] if example.ndim == 4 else ["depth", "height", "width"]
     spatial = {i + 2: name for i, name in enumerate(names)}
     axes = {
@@ -238,13 +296,17 @@ def write_onnx(wrapper: ExportWrapper, example: torch.Tensor, path: Path, opset:
         "mean": {0: "batch", **spatial},
         "variance": {0: "batch", **spatial},
     }
+    outputs = list(OUTPUT_NAMES)
+    if wrapper.feature_modules:
+        outputs.append(FEATURES_NAME)
+        axes[FEATURES_NAME] = {0: "batch"}
     with torch.no_grad(), _forward_only():
         torch.onnx.export(
             wrapper,
             (example,),
             str(path),
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
+            output_names=outputs,
             dynamic_axes=axes,  # type: ignore[arg-type]
             opset_version=opset,
             dynamo=False,
@@ -277,12 +339,24 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, opset: int = 17) ->
         CheckpointError: missing, unsafe, corrupt or incompatible checkpoint.
     """
     _require("onnx", "the ONNX export")
-    predictor, wrapper = load_for_export(checkpoint)
+    predictor, wrapper = load_for_export(checkpoint, features=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / FORMATS["onnx"]
-    write_onnx(wrapper, example_input(predictor), path, opset)
-    _write_sidecar(out, sidecar(predictor, "onnx", opset))
+    example = example_input(predictor)
+    write_onnx(wrapper, example, path, opset)
+    content = sidecar(predictor, "onnx", opset)
+    with torch.no_grad(), _forward_only():
+        wrapper(example[:1])
+    content["features"] = {
+        "output": FEATURES_NAME,
+        "modules": list(wrapper.feature_modules),
+        "channels": wrapper.feature_channels,
+        "note": "each module's output averaged over space, concatenated in this order; "
+        "the distribution-shift gate of edue calibrate reads some of them",
+    }
+    _write_sidecar(out, content)
+    _copy_calibration(checkpoint, out)
     return path
 
 
@@ -307,6 +381,7 @@ def export_torchscript(checkpoint: str | Path, out_dir: str | Path) -> Path:
     path = out / FORMATS["torchscript"]
     write_torchscript(wrapper, example_input(predictor), path)
     _write_sidecar(out, sidecar(predictor, "torchscript"))
+    _copy_calibration(checkpoint, out)
     return path
 
 

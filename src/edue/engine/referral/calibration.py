@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edue.engine.checkpoint import resolve_checkpoint
-from edue.engine.inference.features import tapped_modules
 from edue.engine.referral.gate import OODGate
 from edue.engine.referral.schema import check_calibration_file
 from edue.errors import CheckpointError, EdueError
@@ -229,7 +228,7 @@ class Calibration:
             )
         if self.gate is not None:
             try:
-                tapped_modules(predictor.method, self.gate.modules)
+                predictor.check_feature_modules(self.gate.modules)
             except CheckpointError as exc:
                 raise EdueError(exc.reason, self.path) from None
 
