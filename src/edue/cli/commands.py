@@ -171,6 +171,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         calibration=args.calibration,
         use_calibration=not args.no_calibration,
         gallery_writer=None if args.no_gallery else write_gallery,
+        dicom_out=args.dicom_out,
     )
     for item in result.failed:
         print(f"edue: skipped {item['input']}: {item['reason']}", file=sys.stderr)
@@ -178,6 +179,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"predicted {len(result.done)} image(s), {len(result.failed)} failed; "
         f"outputs in {result.out_dir}"
     )
+    if result.resampled:
+        print(
+            f"resampled {result.resampled} of {len(result.done)} input(s) to {result.grid} "
+            "for the model, and their outputs back to each input's own grid"
+        )
     print(referral_line(result.referral, args.no_calibration))
     if result.gallery is not None:
         print(f"gallery: {result.gallery}")

@@ -44,8 +44,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="one-pass prediction on new images")
-    p.add_argument("checkpoint", help="checkpoint file or run folder")
-    p.add_argument("inputs", nargs="+", help="image files or folders (PNG, TIFF, JPEG, NIfTI, NPY)")
+    p.add_argument(
+        "checkpoint",
+        help="checkpoint file or run folder, or an exported model.onnx (ONNX Runtime)",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="image files or folders (PNG, TIFF, JPEG, NIfTI, NPY; DICOM series in folders)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument(
@@ -71,6 +78,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "--no-calibration", action="store_true", help="no referral decisions, whatever file exists"
     )
     p.add_argument("--no-gallery", action="store_true", help="skip predictions.html")
+    p.add_argument(
+        "--dicom-out",
+        action="store_true",
+        help="for DICOM input, also a DICOM Segmentation (probabilities) and a Parametric "
+        "Map (uncertainty) per series, referencing the source instances",
+    )
     p.set_defaults(func=cmd_predict)
 
 

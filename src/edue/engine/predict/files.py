@@ -64,6 +64,7 @@ from edue.errors import ConfigError, DataError
 from edue.io import SUPPORTED_SUFFIXES, suffix_of, write_json
 
 if TYPE_CHECKING:
+    from edue.engine.predict.dicom import DicomSeries
     from edue.engine.referral.calibration import Calibration
 
 __all__ = [
@@ -87,8 +88,18 @@ DEFAULT_BATCH_SIZE = 8
 GalleryWriter = Callable[[Path, Mapping[str, Any]], Path]
 
 
-def collect_inputs(inputs: Sequence[str]) -> list[Path]:
+def _holds_dicom(path: Path) -> bool:
+    from edue.engine.predict.dicom import holds_dicom
+
+    return holds_dicom(path)
+
+
+def collect_inputs(inputs: Sequence[str], dicom: list[Path] | None = None) -> list[Path]:
     """Expand folders into their supported image files (sorted); keep files as given.
+
+    With ``dicom`` (a list), the folders holding DICOM files and the DICOM files given
+    are appended to it (:func:`~edue.engine.predict.dicom.holds_dicom`), for
+    :func:`dicom_inputs` to read as series, and a folder holding only DICOM is no error.
 
     A folder in the project's own dataset layout (it holds ``dataset.json``) gives each
     case's ``image.*`` file, not the raters' masks. A file named twice (directly, or
@@ -111,16 +122,43 @@ def collect_inputs(inputs: Sequence[str]) -> list[Path]:
                 and not p.name.startswith(".")
                 and (not dataset or stem_of(p) == "image")  # not the raters' masks
             )
-            if not found:
+            holds_dicom = dicom is not None and _holds_dicom(path)
+            if holds_dicom:
+                dicom.append(path)  # type: ignore[union-attr]
+            if not found and not holds_dicom:
                 raise DataError("folder holds no supported image files", path)
             files.extend(found)
         elif path.exists():
-            files.append(path)
+            if dicom is not None and _holds_dicom(path):
+                dicom.append(path)
+            else:
+                files.append(path)
         else:
             raise DataError("input not found", path)
     unique = list({p.resolve(): p for p in reversed(files)}.values())[::-1]
     output_names(unique)  # two inputs that cannot be told apart fail here, before work
     return unique
+
+
+def dicom_inputs(roots: Sequence[Path]) -> dict[Path, DicomSeries]:
+    """The DICOM series of folders (and files) of DICOM, each under the path its outputs
+    are named after: ``<folder>/<series name>`` (a name made of the series number,
+    modality, description and a hash of its UID; see
+    :func:`~edue.engine.predict.dicom.find_dicom_series`).
+
+    Raises:
+        ConfigError: pydicom is not installed (names the ``edue[dicom]`` extra).
+        DataError: an unreadable DICOM file or a series that cannot be stacked (mixed
+            orientations, uneven or repeated slice positions), naming the file.
+    """
+    from edue.engine.predict.dicom import find_dicom_series
+
+    found: dict[Path, DicomSeries] = {}
+    for root in roots:
+        folder = root if root.is_dir() else root.parent
+        for series in find_dicom_series(root):
+            found[folder / series.name] = series
+    return found
 
 
 def output_names(files: Sequence[Path]) -> list[str]:
@@ -166,6 +204,9 @@ class PredictResult:
         referral: how many images were referred and why (``None`` without calibration).
         calibration: the calibration file used, if any.
         gallery: the page written by the gallery writer, if any.
+        grid: the training grid inputs were resampled to, in words (see
+            :mod:`edue.engine.inference.grid`); the entries of resampled inputs hold
+            ``resampled``.
     """
 
     out_dir: Path
@@ -174,6 +215,12 @@ class PredictResult:
     referral: dict[str, Any] | None = None
     calibration: Path | None = None
     gallery: Path | None = None
+    grid: str = ""
+
+    @property
+    def resampled(self) -> int:
+        """How many inputs were predicted on the training grid and resampled back."""
+        return sum("resampled" in entry for entry in self.done)
 
 
 def predict_files(
@@ -188,6 +235,7 @@ def predict_files(
     calibration: str | Path | None = None,
     use_calibration: bool = True,
     gallery_writer: GalleryWriter | None = None,
+    dicom_out: bool = False,
 ) -> PredictResult:
     """Predict every input and write its outputs and ``predictions.json``.
 
@@ -211,6 +259,9 @@ def predict_files(
             ``calibration.json`` beside the checkpoint, when there is one.
         use_calibration: ``False``: no referral decisions, whatever file exists.
         gallery_writer: makes a page of the run once ``predictions.json`` is written.
+        dicom_out: for each DICOM series also a DICOM Segmentation and Parametric Maps
+            (:func:`~edue.engine.predict.dicom.write_dicom_outputs`), listed in its
+            entry under ``dicom``.
 
     Raises:
         DataError / CheckpointError: the first bad input (unless ``skip_bad``) or a bad
@@ -226,10 +277,15 @@ def predict_files(
         raise ConfigError(f"the batch size must be at least 1, got {batch_size}")
     if writer_threads < 1:
         raise ConfigError(f"writer threads must be at least 1, got {writer_threads}")
-    predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    predictor = load_predictor(checkpoint, device)
     referral = _checked_calibration(predictor, checkpoint, calibration) if use_calibration else None
-    files = collect_inputs(inputs)
-    result = PredictResult(Path(out_dir))
+    roots: list[Path] = []
+    files = collect_inputs(inputs, roots)
+    series = dicom_inputs(roots)
+    files = [*files, *series]
+    if dicom_out and not series:
+        raise ConfigError("--dicom-out: none of the inputs is DICOM")
+    result = PredictResult(Path(out_dir), grid=predictor.grid.describe())
     result.out_dir.mkdir(parents=True, exist_ok=True)
     pipeline = _Pipeline(
         predictor,
@@ -239,6 +295,8 @@ def predict_files(
         batch_size,
         writer_threads,
         calibration=referral,
+        dicom=series,
+        dicom_out=dicom_out,
     )
     done, failed = pipeline.run(files, output_names(files))
     result.done.extend(done)
@@ -247,6 +305,7 @@ def predict_files(
         "checkpoint": str(checkpoint),
         "method": predictor.name,
         "structures": list(predictor.structures),
+        "training_grid": predictor.grid.to_dict(),
         "predictions": result.done,
         "failed": result.failed,
     }
@@ -268,6 +327,21 @@ def predict_files(
     if gallery_writer is not None:
         result.gallery = gallery_writer(result.out_dir, summary)
     return result
+
+
+def load_predictor(model: str | Path, device: str = "auto") -> Predictor:
+    """A checkpoint's :class:`Predictor`, or an exported ``.onnx`` model's
+    :class:`~edue.engine.predict.onnx_model.OnnxPredictor` (ONNX Runtime, CPU).
+
+    Raises:
+        CheckpointError: a missing or unreadable checkpoint, model or sidecar.
+        ConfigError: an ONNX model without ``onnxruntime`` installed.
+    """
+    from edue.engine.predict.onnx_model import OnnxPredictor, is_onnx_model
+
+    if is_onnx_model(model):
+        return OnnxPredictor(model)  # type: ignore[return-value]  # the same interface
+    return Predictor.from_checkpoint(model, device=device)
 
 
 def _checked_calibration(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from edue.io import NIFTI_SUFFIXES, read_image, suffix_of
 from edue.prediction import Prediction
 
 if TYPE_CHECKING:
+    from edue.engine.predict.dicom import DicomSeries
     from edue.engine.referral.calibration import Calibration
 
 #: At most this many input values (channels × pixels or voxels) go through the model in
@@ -49,7 +50,9 @@ class _Loaded:
     path: Path
     image: np.ndarray | None = None
     affine: np.ndarray | None = None
+    spacing: tuple[float, ...] | None = None
     error: BaseException | None = None
+    series: DicomSeries | None = None  # a DICOM series read ahead of the pipeline
 
     @property
     def values(self) -> int:
@@ -62,9 +65,17 @@ class _Loaded:
         assert self.image is not None
         return self.image
 
+    @property
+    def volume_files(self) -> bool:
+        """Whether the outputs are volumes (NIfTI) rather than 2D maps (PNG): NIfTI
+        input and DICOM volumes."""
+        if self.series is not None:
+            return self.series.spatial_dims == 3
+        return _is_nifti(self.path)
+
     def key(self) -> tuple[bool, tuple[int, ...]]:
-        """Images of equal key share a forward pass: same file type and same shape."""
-        return _is_nifti(self.path), tuple(self.array.shape)
+        """Images of equal key share a forward pass: same output type and same shape."""
+        return self.volume_files, tuple(self.array.shape)
 
 
 @dataclass
@@ -81,6 +92,8 @@ class _Job:
     values: int
     prediction: Prediction | None = None
     image: np.ndarray | None = None
+    volume_files: bool = False
+    series: DicomSeries | None = None  # write the DICOM outputs of this series
 
 
 class _Budget:
@@ -131,8 +144,16 @@ _END = object()  # the reader has handed over its last input
 class _Reader:
     """A thread reading the inputs in order, ahead of the model."""
 
-    def __init__(self, files: Sequence[Path], spatial_dims: int, skip_bad: bool, batch: int):
+    def __init__(
+        self,
+        files: Sequence[Path],
+        spatial_dims: int,
+        skip_bad: bool,
+        batch: int,
+        dicom: Mapping[Path, DicomSeries] | None = None,
+    ):
         self._files = list(files)
+        self._dicom = dict(dicom or {})
         self._spatial_dims = spatial_dims
         self._skip_bad = skip_bad
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -147,12 +168,16 @@ class _Reader:
         index = 0
         try:
             for index, path in enumerate(self._files):
-                item = _Loaded(index, path)
+                item = _Loaded(index, path, series=self._dicom.get(path))
                 try:
-                    # NIfTI tells its own dimensionality; 2D formats follow the model
-                    dims = None if _is_nifti(path) else self._spatial_dims
-                    item.image, meta = read_image(path, dims)
-                    item.affine = meta.affine
+                    if item.series is not None:  # read when the inputs were collected
+                        item.image = item.series.image
+                        item.affine, item.spacing = item.series.affine, item.series.spacing
+                    else:
+                        # NIfTI tells its own dimensionality; 2D formats follow the model
+                        dims = None if _is_nifti(path) else self._spatial_dims
+                        item.image, meta = read_image(path, dims)
+                        item.affine, item.spacing = meta.affine, meta.spacing
                 except Exception as exc:  # handed over in order: the consumer decides
                     item.error = exc
                 if not self._budget.acquire(item.values):
@@ -211,7 +236,26 @@ class _Writer:
 
     def _write(self, job: _Job) -> None:
         try:
-            write_arrays(job.arrays, job.names, job.path, self._out, job.affine, job.output)
+            write_arrays(
+                job.arrays,
+                job.names,
+                job.path,
+                self._out,
+                job.affine,
+                job.output,
+                volume=job.volume_files,
+            )
+            if job.series is not None:
+                from edue.engine.predict.dicom import write_dicom_outputs
+
+                job.entry["dicom"] = write_dicom_outputs(
+                    job.series,
+                    job.arrays["mean"],
+                    job.arrays["uncertainty"],
+                    job.names,
+                    self._out,
+                    job.output,
+                )
             with self._lock:
                 self.done[job.index] = job.entry
             if self._figure_writer is not None:
@@ -260,8 +304,12 @@ class _Pipeline:
         batch_size: int,
         writer_threads: int,
         calibration: Calibration | None = None,
+        dicom: Mapping[Path, DicomSeries] | None = None,
+        dicom_out: bool = False,
     ) -> None:
         self.predictor = predictor
+        self.dicom = dict(dicom or {})
+        self.dicom_out = dicom_out
         self.out = out
         self.skip_bad = skip_bad
         self.figure_writer = figure_writer
@@ -285,7 +333,9 @@ class _Pipeline:
                 ``skip_bad`` and a :class:`DataError`), once every thread has stopped.
         """
         self.outputs = list(outputs) if outputs is not None else [stem_of(f) for f in files]
-        reader = _Reader(files, self.predictor.spatial_dims, self.skip_bad, self.batch_size)
+        reader = _Reader(
+            files, self.predictor.spatial_dims, self.skip_bad, self.batch_size, self.dicom
+        )
         writer = _Writer(
             self.out, self.writer_threads, self.skip_bad, self.figure_writer, self.batch_size
         )
@@ -341,8 +391,13 @@ class _Pipeline:
         return (
             len(batch) < self.batch_size
             and batch[0].key() == item.key()
+            and self._predicted_at(batch[0]) == self._predicted_at(item)
             and values <= MAX_BATCH_VALUES
         )
+
+    def _predicted_at(self, item: _Loaded) -> tuple[int, ...]:
+        """The shape the model predicts an input at (the training grid's, or its own)."""
+        return self.predictor.input_shape(item.array.shape[1:], item.spacing)
 
     def _record(self, index: int, path: Path, exc: DataError) -> None:
         self.failed[index] = {"input": str(path), "reason": exc.reason}
@@ -354,10 +409,13 @@ class _Pipeline:
         images, ids = [b.array for b in batch], [stem_of(b.path) for b in batch]
         features = None
         try:
+            spacing = batch[0].spacing
             if self.tap is None:
-                preds = self.predictor.predict_batch(images, ids)
+                preds = self.predictor.predict_batch(images, ids, spacing)
             else:  # the gate's features come from the same forward pass
-                preds, features = self.predictor.predict_batch_with_features(images, ids, self.tap)
+                preds, features = self.predictor.predict_batch_with_features(
+                    images, ids, self.tap, spacing
+                )
         except DataError as exc:
             if len(batch) > 1:  # which one? one by one, as the serial order would tell
                 for item in batch:
@@ -409,8 +467,22 @@ class _Pipeline:
         with_figure = self.figure_writer is not None
         output = self.outputs[item.index]
         entry = prediction_entry(pred, item.path, output)
+        shape, predicted_at = item.array.shape[1:], self._predicted_at(item)
+        if tuple(shape) != predicted_at:  # resampled onto the training grid and back
+            entry["resampled"] = {
+                "shape": [int(s) for s in shape],
+                "spacing": None if item.spacing is None else [float(s) for s in item.spacing],
+                "predicted_at": list(predicted_at),
+            }
         if decision is not None:
             entry.update(decision)
+        if item.series is not None:
+            entry["dicom_series"] = {
+                "uid": item.series.uid,
+                "modality": item.series.modality,
+                "instances": len(item.series.files),
+                "first_file": str(item.series.files[0]),
+            }
         return _Job(
             index=item.index,
             path=item.path,
@@ -422,4 +494,6 @@ class _Pipeline:
             values=item.values,
             prediction=pred if with_figure else None,
             image=item.image if with_figure else None,
+            volume_files=item.volume_files,
+            series=item.series if self.dicom_out else None,
         )

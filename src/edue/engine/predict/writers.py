@@ -49,6 +49,7 @@ def write_arrays(
     out: Path,
     affine: np.ndarray | None,
     stem: str | None = None,
+    volume: bool | None = None,
 ) -> None:
     """Write the NPZ and the probability / uncertainty maps of one image.
 
@@ -62,12 +63,16 @@ def write_arrays(
         affine: the input's affine (NIfTI), else ``None``.
         stem: the outputs' name relative to ``out`` (default: the input's stem); a name
             with folders (``case_a/image``) mirrors the inputs' tree.
+        volume: NIfTI maps (``True``) or PNG maps per structure (``False``); default:
+            NIfTI for NIfTI input.
     """
     stem = stem or stem_of(source)
     (out / stem).parent.mkdir(parents=True, exist_ok=True)
     # stored, not deflated: float maps shrink ~10 % for ~30x the CPU time of writing
     write_npz(out / f"{stem}.npz", compress=False, **arrays)  # type: ignore[arg-type]
-    if suffix_of(source) in NIFTI_SUFFIXES:
+    if volume is None:
+        volume = suffix_of(source) in NIFTI_SUFFIXES
+    if volume:
         write_nifti(
             out / f"{stem}_probability.nii.gz",
             np.moveaxis(arrays["mean"], 0, -1).astype(np.float32),
