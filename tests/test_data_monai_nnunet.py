@@ -137,10 +137,20 @@ def test_datalist_uneven_raters_and_single_rater_warning(tmp_path: Path) -> None
     spec = _png_datalist(tmp_path)
     spec["training"][1]["label"] = spec["training"][1]["label"][:2]
     _rewrite(tmp_path, spec)
+    # label lists of different lengths: refused (a missing file is the likelier cause)
+    message = _one_line_error(
+        lambda: open_source("monai-datalist", str(tmp_path)),
+        "label lists of different lengths: case 'case1_ch0' lists 2 rater file",
+        "dataset.json",
+    )
+    assert "varying_raters: true" in message
+    # unless the raters truly differ by case (LIDC-style): an option, or the file says so
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # several raters: no warning
-        src = open_source("monai-datalist", str(tmp_path))
+        src = open_source("monai-datalist", str(tmp_path), varying_raters=True)
     assert [src.load(i).n_raters for i in range(4)] == [3, 2, 3, 3]
+    _rewrite(tmp_path, {**spec, "edue_varying_raters": True})
+    assert open_source("monai-datalist", str(tmp_path)).load(1).n_raters == 2
     for item in spec["training"]:
         item["label"] = item["label"][0]  # a plain path: one rater
     _rewrite(tmp_path, spec)

@@ -130,6 +130,11 @@ class MonaiDatalistSource(CaseSource):
             cases (splits are made by edue). Every entry needs a label.
         labels: structures ``{name: value | [values]}``, overriding the file's.
         base_dir: folder that relative paths start from (default: the JSON's folder).
+        varying_raters: accept entries with label lists of different lengths (raters
+            who read only some cases, as in LIDC-IDRI); by default they are refused,
+            since a missing file in a list is the likelier cause. The file's
+            ``edue_varying_raters: true`` (written by :func:`write_monai_datalist` for
+            such cases) sets it too.
     """
 
     def __init__(
@@ -138,6 +143,7 @@ class MonaiDatalistSource(CaseSource):
         lists: str | Sequence[str] = ("training",),
         labels: dict[str, Any] | None = None,
         base_dir: str | Path | None = None,
+        varying_raters: bool = False,
         **_: Any,
     ) -> None:
         self.path = datalist_path(Path(root))
@@ -168,11 +174,29 @@ class MonaiDatalistSource(CaseSource):
         if not self._entries:
             raise DataError(f"lists {self.lists} are empty", self.path)
         self._check_ids()
+        self._check_rater_counts(varying_raters or spec.get("edue_varying_raters") is True)
         self.case_ids = [e.case_id for e in self._entries]
         self.patient_ids = [e.patient_id for e in self._entries]
         self.spatial_dims = label_dims(self._entries[0].labels[0])
         if all(len(e.labels) == 1 for e in self._entries):
             warn_single_rater(self.path)
+
+    def _check_rater_counts(self, varying: bool) -> None:
+        """Refuse label lists of different lengths unless raters may vary by case.
+
+        Raises:
+            DataError: names the first entry whose list differs from the first entry's.
+        """
+        first = len(self._entries[0].labels)
+        odd = next((e for e in self._entries if len(e.labels) != first), None)
+        if odd is not None and not varying:
+            raise DataError(
+                f"label lists of different lengths: case '{odd.case_id}' lists "
+                f"{len(odd.labels)} rater file(s), case '{self._entries[0].case_id}' "
+                f"{first}; give every entry one file per rater, or set the reader option "
+                "varying_raters: true if raters truly differ between cases",
+                self.path,
+            )
 
     def _entry(self, list_name: str, index: int, item: Any) -> _Entry:
         where = f"entry {index} of '{list_name}'"
@@ -259,7 +283,8 @@ def write_monai_datalist(
     :func:`~edue.data.nnunet_raw.label_regions`; the top-level ``labels`` map names
     value ``k`` after structure ``k``, and nested structures (regions) are written
     under ``edue_structures`` (``{"disc": [1, 2], "cup": [2]}``), which the reader
-    prefers. The number of raters may differ between cases.
+    prefers. Where the number of raters differs between cases the file says so
+    (``edue_varying_raters: true``), so that it reads back.
 
     Args:
         cases: cases with the same structures, channels and dimensions.
@@ -304,6 +329,8 @@ def write_monai_datalist(
     }
     if any(len(v) > 1 for v in regions.values()):
         spec["edue_structures"] = regions
+    if len({case.n_raters for case in cases}) > 1:
+        spec["edue_varying_raters"] = True
     spec["numTraining"] = len(cases)
     spec[list_name] = entries
     path = out / "dataset.json"
