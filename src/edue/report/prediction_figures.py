@@ -1,4 +1,5 @@
-"""The picture ``edue predict`` draws for each image."""
+"""The picture ``edue predict`` draws for each image (with array operations:
+:mod:`edue.report.prediction_pictures`)."""
 
 from __future__ import annotations
 
@@ -26,14 +27,8 @@ def write_prediction_figure(
     Returns:
         The PNG written.
     """
+    from edue.report.prediction_pictures import overlay_picture, slices_picture
+
     if pred.spatial_dims == 3:
-        from edue.report.volume_figures import orthogonal_slices_figure
-
-        path = out_dir / f"{stem}_slices.png"
-        orthogonal_slices_figure(image, pred, path, title=title)
-    else:
-        from edue.report.figures import overlay_figure
-
-        path = out_dir / f"{stem}_overlay.png"
-        overlay_figure(image, pred, path, title=title)
-    return path
+        return slices_picture(image, pred, out_dir / f"{stem}_slices.png", title)
+    return overlay_picture(image, pred, out_dir / f"{stem}_overlay.png", title)
