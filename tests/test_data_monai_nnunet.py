@@ -475,3 +475,29 @@ def test_edue_data_convert_round_trips_the_embedded_dataset_through_both_layouts
     missing = ["data", "convert", str(tmp_path / "nope"), "--format", "nnunet-raw"]
     assert main([*missing, "--to", "monai-datalist", "--out", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_layouts_end_edue_data_check_with_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    """The command-line face of the errors above: one line naming the file, exit 2."""
+    from edue.cli import main
+
+    def check(root: Path, fmt: str, names: str, says: str) -> None:
+        assert main(["data", "check", str(root), "--format", fmt]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and names in err and says in err, err
+
+    datalist = tmp_path / "datalist"
+    datalist.mkdir()
+    spec = _png_datalist(datalist)
+    (datalist / spec["training"][2]["label"][1]).unlink()  # an entry's missing file
+    check(datalist, "monai-datalist", "case2_r2.png", "label file not found")
+    spec = _png_datalist(datalist)
+    spec["training"][3]["label"] = spec["training"][3]["label"][:1]
+    _rewrite(datalist, spec)
+    check(datalist, "monai-datalist", "dataset.json", "label lists of different lengths")
+    nnunet = tmp_path / "nnunet"
+    nnunet.mkdir()
+    _nnunet_3d(nnunet, n_cases=2)
+    described = json.loads((nnunet / "dataset.json").read_text())
+    _rewrite(nnunet, {k: v for k, v in described.items() if k != "labels"})
+    check(nnunet, "nnunet-raw", "dataset.json", "no 'labels'")

@@ -371,11 +371,16 @@ def _add_cache(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="a trained one-pass method as one ONNX or TorchScript graph")
+    p = sub.add_parser(
+        "export",
+        help="a trained one-pass method as one ONNX or TorchScript graph, or a MONAI bundle",
+    )
     p.add_argument("checkpoint", help="checkpoint file or run folder")
-    p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "monai-bundle"])
     p.add_argument(
-        "--out", required=True, help="output folder (model.onnx or model.ts, and model.json)"
+        "--out",
+        required=True,
+        help="output folder (model.onnx or model.ts and model.json; a bundle's folder)",
     )
     p.set_defaults(func=cmd_export)
 
