@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -397,3 +398,45 @@ def test_two_gloo_ranks_train_the_backbone_in_step(backbone, tmp_path):
     weights = [k for k in rank0 if not k.endswith(statistics)]
     assert weights and all(torch.equal(rank0[k], rank1[k]) for k in weights), "ranks diverged"
     assert (tmp_path / "run" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("backbone", _params("smp-resnet18"))
+def test_onnx_export_of_an_smp_backbone_equals_the_predictor(backbone, tmp_path):
+    """ONNX Runtime gives the PyTorch members, mean and variance of an smp encoder, its
+    input normalisation inside the graph, at the training size and (resampled like the
+    Predictor) at another."""
+    pytest.importorskip("onnxruntime")
+    import json
+
+    import segmentation_models_pytorch as smp
+
+    from edue.engine.inference.predictor import Predictor
+    from edue.engine.predict.export import OUTPUT_NAMES, export_onnx, onnx_session
+    from edue.engine.predict.onnx_model import OnnxPredictor
+    from edue.engine.training.trainer import train
+
+    donor = smp.create_model("Unet", "resnet18", encoder_weights=None, in_channels=3)
+    weights = tmp_path / "w.pt"
+    torch.save(donor.encoder.state_dict(), weights)
+    extra = [f"model.encoder_weights_path={weights}"]
+    config = _config(backbone, "edue", tmp_path / "run", extra)
+    config.train.epochs = 1
+    run = train(config)
+    predictor = Predictor.from_checkpoint(run)
+    path = export_onnx(run, tmp_path / "onnx")
+    meta = json.loads((tmp_path / "onnx" / "model.json").read_text())
+    assert meta["input_normalisation"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    session, runner = onnx_session(path), OnnxPredictor(path)
+    gen = torch.Generator().manual_seed(0)
+    for size in [(64, 64), (96, 80)]:
+        batch = torch.rand((2, 3, *size), generator=gen)
+        preds = predictor.predict_batch(list(batch))
+        want = [torch.stack([getattr(p, n) for p in preds]).numpy() for n in OUTPUT_NAMES]
+        got = runner.predict_batch(list(batch))
+        for name, w in zip(OUTPUT_NAMES, want, strict=True):
+            g = torch.stack([getattr(p, name) for p in got]).numpy()
+            assert float(np.abs(g - w).max()) < 1e-4, (size, name)
+        if size == (64, 64):  # the training size: the graph alone
+            outs = session.run(list(OUTPUT_NAMES), {"image": batch.numpy()})
+            for name, g, w in zip(OUTPUT_NAMES, outs, want, strict=True):
+                assert float(np.abs(g - w).max()) < 1e-4, name
