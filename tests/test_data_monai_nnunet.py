@@ -427,31 +427,46 @@ def test_writers_refuse_what_a_label_map_cannot_hold(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- end to end
-def test_datalist_trains_one_epoch(tmp_path: Path) -> None:
-    from edue.config import load_config
-    from edue.engine.training.trainer import train
+@pytest.mark.parametrize("layout", ["monai-datalist-2d-png", "nnunet-raw-3d-nifti"])
+def test_three_rater_layouts_train_and_evaluate_end_to_end(layout: str, tmp_path: Path) -> None:
+    """A datalist of 2D PNGs and an nnU-Net folder of NIfTI volumes, three raters each
+    (written here), train an epoch and evaluate against all three raters."""
+    from edue.cli import main
 
-    path = write_monai_datalist(
-        [generate_case(i, seed=0, config=FundusConfig(size=32)) for i in range(8)],
-        tmp_path / "data",
-    )
-    config = load_config(
-        None,
-        [
-            "data.format=monai-datalist",
-            f"data.root={path}",
-            "data.split={train: 4, val: 2, test: 2}",
-            "model.channels=[4, 8]",
-            "train.epochs=1",
-            "train.batch_size=2",
-            "train.device=cpu",
-            "method.skip_first=0",
-            "method.mc_samples=2",
-            f"out_dir={tmp_path / 'run'}",
-        ],
-    )
-    run = train(config)
-    assert (run / "best.pt").is_file()
+    root = tmp_path / "data"
+    root.mkdir()
+    if layout.startswith("monai"):
+        _png_datalist(root, n_train=5)
+        fmt = "monai-datalist"
+    else:
+        _nnunet_3d(root, n_cases=5)
+        fmt = "nnunet-raw"
+    run = tmp_path / "run"
+    args = [
+        "train",
+        f"data.format={fmt}",
+        f"data.root={root}",
+        "data.split={train: 3, val: 1, test: 1}",
+        "model.channels=[4, 8]",
+        "train.epochs=1",
+        "train.batch_size=2",
+        "train.device=cpu",
+        "method.skip_first=0",
+        "--out",
+        str(run),
+    ]
+    assert main(args) == 0
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    structures = ["GTVp", "GTVn"] if fmt == "monai-datalist" else ["GTVp", "GTVn", "tumour"]
+    assert metrics["structures"] == structures
+    for name in structures:  # scored against the three raters: their vote and spread
+        for metric in ("soft_dice", "pixel_ncc", "ged"):
+            assert f"{metric}/{name}/mean" in metrics["metrics"], (metric, name)
+        assert metrics["metrics"][f"expert_sv/{name}/mean"] > 0  # the raters disagree
+    rows = (tmp_path / "eval" / "per_case.csv").read_text().strip().splitlines()
+    n_test = int(metrics["metrics"]["n_cases"])  # the split keeps a patient's cases together
+    assert n_test >= 1 and len(rows) == 1 + n_test
 
 
 def test_edue_data_convert_round_trips_the_embedded_dataset_through_both_layouts(tmp_path):

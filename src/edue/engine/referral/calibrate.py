@@ -175,11 +175,16 @@ def fit_calibration(
             )
         )
     gate, gate_scores, notes = None, np.zeros(0), []
-    if tap is not None and cal.features is not None and train.features is not None:
+    if tap is None or cal.features is None or train.features is None:
+        notes.append("no distribution-shift gate: the model has no encoder blocks to read")
+    elif len(train.features) < 2:
+        notes.append(
+            f"no distribution-shift gate: {len(train.features)} training image(s), a "
+            "Gaussian of the features needs at least two"
+        )
+    else:
         gate = OODGate.fit(tap, train.features, cal.features, false_alarm)
         gate_scores = gate.score(cal.features)
-    else:
-        notes.append("no distribution-shift gate: the model has no encoder blocks to read")
     return Calibration(
         checkpoint=checkpoint,
         weights_sha256=weights_sha256,
