@@ -17,11 +17,8 @@ hd = pytest.importorskip("highdicom")
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
-from edue.engine.predict.dicom import (  # noqa: E402
-    DicomSeries,
-    find_dicom_series,
-    write_dicom_outputs,
-)
+from edue.engine.predict.dicom import DicomSeries, find_dicom_series  # noqa: E402
+from edue.engine.predict.dicom_out import write_dicom_outputs  # noqa: E402
 from edue.errors import ConfigError, DataError  # noqa: E402
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"

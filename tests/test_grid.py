@@ -17,16 +17,10 @@ from edue.data.transforms import resize_image
 from edue.engine.inference.grid import TrainingGrid, from_grid, to_grid
 from edue.engine.inference.predictor import Predictor
 from edue.io import read_image, write_png
+from tests.test_export import VOLUME_OVERRIDES as VOLUME_RUN
 
-VOLUME_OVERRIDES = [
-    "data.format=synthetic3d",
-    "data.options={size: 16, n_raters: 2}",
-    "data.split={train: 6, val: 1, test: 1}",
-    "model.channels=[4, 8, 16]",
-    "train.epochs=1",
-    "train.batch_size=2",
-    "train.device=cpu",
-]
+#: test_export's volume run with more training volumes (several spacings to record)
+VOLUME_OVERRIDES = [*VOLUME_RUN, "data.split={train: 6, val: 1, test: 1}"]
 
 
 @pytest.fixture(scope="module")

@@ -354,13 +354,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from edue.engine.predict.export import SIDECAR, export_model
 
-    path = export_model(args.checkpoint, args.out, args.format)
     if args.format == "monai-bundle":
+        from edue.engine.predict.bundle import export_bundle
+
+        path = export_bundle(args.checkpoint, args.out)
         print(
             f"exported a MONAI bundle: {path} (run it with: python -m monai.bundle run "
             f"--config_file {path / 'configs' / 'inference.json'} --bundle_root {path} "
             "--dataset_dir IMAGES)"
         )
     else:
+        path = export_model(args.checkpoint, args.out, args.format)
         print(f"exported {args.format}: {path} (sidecar {path.parent / SIDECAR})")
     return 0

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from edue.io import atomic_path
+from edue.report.prediction_pictures import outline
 from edue.report.runs import as_float
 
 GALLERY_FILE = "predictions.html"
@@ -126,19 +127,6 @@ def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarr
     return np.stack(channels, -1)
 
 
-def _boundary(mask: np.ndarray) -> np.ndarray:
-    """Pixels of ``mask`` ``[H, W]`` with a 4-neighbour outside it."""
-    padded = np.pad(mask, 1, constant_values=False)
-    inner = (
-        padded[1:-1, 1:-1]
-        & padded[:-2, 1:-1]
-        & padded[2:, 1:-1]
-        & padded[1:-1, :-2]
-        & padded[1:-1, 2:]
-    )
-    return mask & ~inner
-
-
 def _hex_rgb(colour: str) -> np.ndarray:
     return np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.float64) / 255
 
@@ -176,8 +164,8 @@ def card_pictures(
     rgb = base if base.ndim == 3 else np.repeat(base[..., None], 3, -1)
     for k in range(mean.shape[0]):
         mask = _resize((mean[k] > 0.5).astype(np.float64), size, nearest=True) > 0.5
-        edge = _boundary(mask)
-        edge |= _boundary(mask & ~edge)  # two pixels wide, inside the structure
+        edge = outline(mask)
+        edge |= outline(mask & ~edge)  # two pixels wide, inside the structure
         rgb[edge] = _hex_rgb(STRUCTURE_COLOURS[k % len(STRUCTURE_COLOURS)])
     heat = _resize(np.clip(uncertainty.max(0) / UNCERTAINTY_MAX, 0, 1), size, nearest=False)
     coloured = matplotlib.colormaps["inferno"](heat)[..., :3]

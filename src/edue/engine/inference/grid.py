@@ -29,6 +29,7 @@ import torch
 
 from edue.data.transforms import resize_image
 from edue.errors import DataError
+from edue.prediction import Prediction
 
 #: how far outside the training spacings an input may lie and still be taken as it is
 SPACING_SLACK = 0.10
@@ -173,3 +174,33 @@ def from_grid(stack: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     s, b, k = stack.shape[:3]
     flat = stack.reshape(s * b, k, *stack.shape[3:])
     return torch.stack([resize_image(m, shape) for m in flat]).reshape(s, b, k, *shape).clamp(0, 1)
+
+
+class OnTrainingGrid:
+    """What every predictor of ``edue predict`` shares about the training grid: the
+    shape an input is predicted at, and one image's prediction through the batch path.
+    A subclass sets ``grid`` and defines ``predict_batch(images, case_ids, spacing)``."""
+
+    grid: TrainingGrid
+
+    def input_shape(
+        self, shape: Sequence[int], spacing: Sequence[float] | None = None
+    ) -> tuple[int, ...]:
+        """The spatial shape an image of ``shape`` (voxel ``spacing``, if known) is
+        predicted at: the training grid's (:meth:`TrainingGrid.target_shape`), else its
+        own (the network pads odd sizes inside)."""
+        target = self.grid.target_shape(shape, spacing)
+        return tuple(int(s) for s in shape) if target is None else target
+
+    def predict(
+        self,
+        image: np.ndarray | torch.Tensor,
+        case_id: str | None = None,
+        spacing: Sequence[float] | None = None,
+    ) -> Prediction:
+        """One image ``[C, *sp]`` (voxel ``spacing``, if known) predicted alone: its
+        :class:`~edue.prediction.Prediction`."""
+        preds: list[Prediction] = self.predict_batch(  # type: ignore[attr-defined]
+            [image], [case_id], spacing
+        )
+        return preds[0]

@@ -16,7 +16,7 @@ from edue.data.case import MultiRaterCase
 from edue.data.source import CaseSource
 from edue.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from edue.engine.inference.features import FeatureTap, encoder_block_names, tapped_modules
-from edue.engine.inference.grid import TrainingGrid, from_grid, to_grid
+from edue.engine.inference.grid import OnTrainingGrid, TrainingGrid, from_grid, to_grid
 from edue.engine.inference.memory import MB, check_stack_fits, default_memory_budget_mb
 from edue.engine.inference.receptive_field import NetworkProfile, probe_side, profile_network
 from edue.engine.inference.tiling import (
@@ -90,7 +90,7 @@ def checked_image(
     return tensor
 
 
-class Predictor:
+class Predictor(OnTrainingGrid):
     """A trained method ready to predict.
 
     Args:
@@ -187,15 +187,6 @@ class Predictor:
         return checked_image(image, self.spatial_dims, self.in_channels, where)
 
     # ------------------------------------------------------------------ prediction
-    def input_shape(
-        self, shape: Sequence[int], spacing: Sequence[float] | None = None
-    ) -> tuple[int, ...]:
-        """The spatial shape an image of ``shape`` (voxel ``spacing``, if known) is
-        predicted at: the training grid's (:meth:`TrainingGrid.target_shape`), else its
-        own (the network pads odd sizes inside)."""
-        target = self.grid.target_shape(shape, spacing)
-        return tuple(int(s) for s in shape) if target is None else target
-
     def roi_size(self) -> tuple[int, ...] | None:
         """Sliding-window size (``infer.roi_size``, else the training patch), if any."""
         roi = self.config.infer.roi_size or self.config.data.patch_size
@@ -475,15 +466,6 @@ class Predictor:
             segmentation=segmentation,
             score=self.method.score,
         )
-
-    def predict(
-        self,
-        image: np.ndarray | torch.Tensor,
-        case_id: str | None = None,
-        spacing: Sequence[float] | None = None,
-    ) -> Prediction:
-        """One forward pass on one image ``[C, *sp]`` (voxel ``spacing``, if known)."""
-        return self.predict_batch([image], [case_id], spacing)[0]
 
     def predict_cases(
         self, source: CaseSource | Sequence[MultiRaterCase], batch_size: int = 16

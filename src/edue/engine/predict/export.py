@@ -386,9 +386,8 @@ def export_torchscript(checkpoint: str | Path, out_dir: str | Path) -> Path:
 
 
 def export_model(checkpoint: str | Path, out_dir: str | Path, fmt: str) -> Path:
-    """:func:`export_onnx`, :func:`export_torchscript` or
-    :func:`~edue.engine.predict.bundle.export_bundle` by name (``onnx``, ``torchscript``,
-    ``monai-bundle``).
+    """:func:`export_onnx` or :func:`export_torchscript` by name (``onnx``, ``torchscript``;
+    MONAI bundles: :func:`edue.engine.predict.bundle.export_bundle`).
 
     Raises:
         ConfigError: an unknown format, a missing extra or a method that cannot be exported.
@@ -397,13 +396,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, fmt: str) -> Path:
         return export_onnx(checkpoint, out_dir)
     if fmt == "torchscript":
         return export_torchscript(checkpoint, out_dir)
-    if fmt == "monai-bundle":
-        from edue.engine.predict.bundle import export_bundle
-
-        return export_bundle(checkpoint, out_dir)
-    raise ConfigError(
-        f"export format {fmt!r}: expected one of {[*sorted(FORMATS), 'monai-bundle']}"
-    )
+    raise ConfigError(f"export format {fmt!r}: expected one of {sorted(FORMATS)}")
 
 
 def onnx_session(path: str | Path) -> Any:

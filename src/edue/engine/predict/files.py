@@ -260,7 +260,7 @@ def predict_files(
         use_calibration: ``False``: no referral decisions, whatever file exists.
         gallery_writer: makes a page of the run once ``predictions.json`` is written.
         dicom_out: for each DICOM series also a DICOM Segmentation and Parametric Maps
-            (:func:`~edue.engine.predict.dicom.write_dicom_outputs`), listed in its
+            (:func:`~edue.engine.predict.dicom_out.write_dicom_outputs`), listed in its
             entry under ``dicom``.
 
     Raises:

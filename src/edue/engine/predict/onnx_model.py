@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edue.engine.inference.grid import TrainingGrid, from_grid, to_grid
+from edue.engine.inference.grid import OnTrainingGrid, TrainingGrid, from_grid, to_grid
 from edue.engine.inference.predictor import checked_image
 from edue.engine.predict.export import FEATURES_NAME, OUTPUT_NAMES, SIDECAR, onnx_session
 from edue.errors import CheckpointError
@@ -35,7 +35,7 @@ def is_onnx_model(path: str | Path) -> bool:
     return str(path).lower().endswith(".onnx")
 
 
-class OnnxPredictor:
+class OnnxPredictor(OnTrainingGrid):
     """An exported ONNX model with the interface ``edue predict`` uses.
 
     Args:
@@ -86,14 +86,6 @@ class OnnxPredictor:
     def check_image(self, image: np.ndarray | torch.Tensor, where: str = "image") -> torch.Tensor:
         """Validate an image ``[C, *sp]`` against the model (as the Predictor does)."""
         return checked_image(image, self.spatial_dims, self.in_channels, where)
-
-    def input_shape(
-        self, shape: Sequence[int], spacing: Sequence[float] | None = None
-    ) -> tuple[int, ...]:
-        """The spatial shape an image of ``shape`` is predicted at (the training grid's,
-        or its own)."""
-        target = self.grid.target_shape(shape, spacing)
-        return tuple(int(s) for s in shape) if target is None else target
 
     def check_feature_modules(self, names: Sequence[str]) -> None:
         """Refuse feature modules the graph does not give (a gate fitted on another model).
@@ -171,12 +163,3 @@ class OnnxPredictor:
             for i in range(len(tensors))
         ]
         return preds, features
-
-    def predict(
-        self,
-        image: np.ndarray | torch.Tensor,
-        case_id: str | None = None,
-        spacing: Sequence[float] | None = None,
-    ) -> Prediction:
-        """One run of the graph on one image ``[C, *sp]``."""
-        return self.predict_batch([image], [case_id], spacing)[0]

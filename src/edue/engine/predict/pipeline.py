@@ -246,7 +246,7 @@ class _Writer:
                 volume=job.volume_files,
             )
             if job.series is not None:
-                from edue.engine.predict.dicom import write_dicom_outputs
+                from edue.engine.predict.dicom_out import write_dicom_outputs
 
                 job.entry["dicom"] = write_dicom_outputs(
                     job.series,
