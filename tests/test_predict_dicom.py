@@ -132,3 +132,18 @@ def test_2d_dicom_and_png_inputs_predict_together(tmp_path, capsys):
         == 2
     )
     assert "none of the inputs is DICOM" in capsys.readouterr().err
+
+
+def test_skip_bad_predicts_the_good_series_and_names_the_bad(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = make_ct_series(folder, seed=0, series_number=1)
+    bad = make_ct_series(folder, seed=1, series_number=2, orientations={1: rotation(40.0, 10.0)})
+    model = one_channel_checkpoint(tmp_path, 3)
+    out = tmp_path / "out"
+    assert main(["predict", str(model), str(folder), "--out", str(out), "--skip-bad"]) == 1
+    summary = json.loads((out / "predictions.json").read_text())
+    assert [e["dicom_series"]["uid"] for e in summary["predictions"]] == [good.uid]
+    (failure,) = summary["failed"]
+    assert failure["input"] == str(bad.files[1]) and "orientation" in failure["reason"]
+    assert "skipped" in capsys.readouterr().err

@@ -117,7 +117,9 @@ class _Plane:
 
 
 # ------------------------------------------------------------------------------- reading
-def find_dicom_series(folder: str | Path) -> list[DicomSeries]:
+def find_dicom_series(
+    folder: str | Path, failed: list[DataError] | None = None
+) -> list[DicomSeries]:
     """Every image in a folder of DICOM files (searched recursively), one per series
     (or the image of one DICOM file).
 
@@ -128,6 +130,9 @@ def find_dicom_series(folder: str | Path) -> list[DicomSeries]:
 
     Args:
         folder: the folder.
+        failed: when given, a file that cannot be read and a series that cannot be
+            stacked are appended to it (one :class:`DataError` each) and left out,
+            instead of raising (``edue predict --skip-bad``).
 
     Returns:
         The series sorted by (SeriesNumber, SeriesInstanceUID); a projection series of
@@ -150,14 +155,27 @@ def find_dicom_series(folder: str | Path) -> list[DicomSeries]:
         )
         if hidden or not path.is_file():
             continue
-        dataset = _read_instance(path)
+        try:
+            dataset = _read_instance(path)
+        except DataError as exc:
+            if failed is None:
+                raise
+            failed.append(exc)
+            continue
         if dataset is not None:
             groups.setdefault(str(dataset.SeriesInstanceUID), []).append((path, dataset))
     if not groups:
+        if failed:
+            return []
         raise DataError("no DICOM image found in the folder", folder)
     series: list[DicomSeries] = []
     for uid in sorted(groups, key=lambda u: _series_sort_key(u, groups[u][0][1])):
-        series.extend(_series_images(uid, groups[uid]))
+        try:
+            series.extend(_series_images(uid, groups[uid]))
+        except DataError as exc:
+            if failed is None:
+                raise
+            failed.append(exc)
     _make_names_unique(series)
     return series
 

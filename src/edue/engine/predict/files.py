@@ -140,11 +140,18 @@ def collect_inputs(inputs: Sequence[str], dicom: list[Path] | None = None) -> li
     return unique
 
 
-def dicom_inputs(roots: Sequence[Path]) -> dict[Path, DicomSeries]:
+def dicom_inputs(
+    roots: Sequence[Path], failed: list[dict[str, str]] | None = None
+) -> dict[Path, DicomSeries]:
     """The DICOM series of folders (and files) of DICOM, each under the path its outputs
     are named after: ``<folder>/<series name>`` (a name made of the series number,
     modality, description and a hash of its UID; see
     :func:`~edue.engine.predict.dicom.find_dicom_series`).
+
+    Args:
+        roots: folders holding DICOM files, and DICOM files.
+        failed: when given (``--skip-bad``), an unreadable file or a series that cannot
+            be stacked is appended to it (``input``, ``reason``) and left out.
 
     Raises:
         ConfigError: pydicom is not installed (names the ``edue[dicom]`` extra).
@@ -156,8 +163,12 @@ def dicom_inputs(roots: Sequence[Path]) -> dict[Path, DicomSeries]:
     found: dict[Path, DicomSeries] = {}
     for root in roots:
         folder = root if root.is_dir() else root.parent
-        for series in find_dicom_series(root):
+        errors: list[DataError] | None = None if failed is None else []
+        for series in find_dicom_series(root, errors):
             found[folder / series.name] = series
+        for error in errors or []:
+            assert failed is not None
+            failed.append({"input": str(error.path or root), "reason": error.reason})
     return found
 
 
@@ -281,9 +292,10 @@ def predict_files(
     referral = _checked_calibration(predictor, checkpoint, calibration) if use_calibration else None
     roots: list[Path] = []
     files = collect_inputs(inputs, roots)
-    series = dicom_inputs(roots)
+    unreadable: list[dict[str, str]] = []
+    series = dicom_inputs(roots, unreadable if skip_bad else None)
     files = [*files, *series]
-    if dicom_out and not series:
+    if dicom_out and not series and not unreadable:
         raise ConfigError("--dicom-out: none of the inputs is DICOM")
     result = PredictResult(Path(out_dir), grid=predictor.grid.describe())
     result.out_dir.mkdir(parents=True, exist_ok=True)
@@ -300,7 +312,7 @@ def predict_files(
     )
     done, failed = pipeline.run(files, output_names(files))
     result.done.extend(done)
-    result.failed.extend(failed)
+    result.failed.extend([*unreadable, *failed])
     summary: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "method": predictor.name,
