@@ -62,6 +62,8 @@ def test_predict_a_dicom_folder_with_dicom_out(tmp_path, capsys):
         main(["predict", str(model), str(tmp_path / "in"), "--out", str(out), "--dicom-out"]) == 0
     )
     assert "predicted 2 image(s), 0 failed" in capsys.readouterr().out
+    page = (out / "predictions.html").read_text()  # the gallery read the series again
+    assert page.count("slice ") >= 2 and "could not be read again" not in page
     entries = json.loads((out / "predictions.json").read_text())["predictions"]
     assert [e["dicom_series"]["uid"] for e in entries] == [first.uid, second.uid]
     for written, entry in zip((first, second), entries, strict=True):

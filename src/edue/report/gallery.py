@@ -182,9 +182,29 @@ def _disagreement(entry: Mapping[str, Any]) -> float:
     return float(sum(float(v) for v in entry.get("sv", {}).values()))
 
 
-def _load_card(out_dir: Path, entry: Mapping[str, Any]) -> Card:
-    from edue.engine.predict.writers import stem_of
+def _read_input(entry: Mapping[str, Any], dims: int, dicom: dict[Path, Any]) -> np.ndarray:
+    """The input of a ``predictions.json`` entry read again: its file, or for a DICOM
+    series the series of that UID in its first file's folder (each folder read once per
+    page, in ``dicom``)."""
     from edue.io import NIFTI_SUFFIXES, read_image, suffix_of
+
+    series = entry.get("dicom_series")
+    if isinstance(series, Mapping):
+        from edue.engine.predict.dicom import find_dicom_series
+
+        folder = Path(str(series["first_file"])).parent
+        if folder not in dicom:
+            dicom[folder] = find_dicom_series(folder, failed=[])
+        (found,) = [s for s in dicom[folder] if s.uid == series["uid"]][:1]
+        return np.asarray(found.image)
+    source = Path(str(entry["input"]))
+    return np.asarray(read_image(source, None if suffix_of(source) in NIFTI_SUFFIXES else dims)[0])
+
+
+def _load_card(
+    out_dir: Path, entry: Mapping[str, Any], dicom: dict[Path, Any] | None = None
+) -> Card:
+    from edue.engine.predict.writers import stem_of
 
     source = Path(str(entry["input"]))
     output = str(entry.get("output") or stem_of(source))
@@ -198,8 +218,7 @@ def _load_card(out_dir: Path, entry: Mapping[str, Any]) -> Card:
         return card
     image: np.ndarray | None = None
     try:
-        dims = None if suffix_of(source) in NIFTI_SUFFIXES else mean.ndim - 1
-        image = np.asarray(read_image(source, dims)[0], dtype=np.float64)
+        image = _read_input(entry, mean.ndim - 1, {} if dicom is None else dicom).astype(np.float64)
     except Exception:
         card.note = "the input could not be read again: the outline is drawn on the probability"
     if mean.ndim == 4:  # a volume: its most uncertain axial slice
@@ -340,7 +359,8 @@ def write_gallery(out_dir: Path, summary: Mapping[str, Any]) -> Path:
         The page written.
     """
     out_dir = Path(out_dir)
-    cards = [_load_card(out_dir, entry) for entry in summary.get("predictions", [])]
+    dicom: dict[Path, Any] = {}  # DICOM folders read again, once each
+    cards = [_load_card(out_dir, entry, dicom) for entry in summary.get("predictions", [])]
     cards.sort(key=lambda c: -c.disagreement if np.isfinite(c.disagreement) else np.inf)
     path = out_dir / GALLERY_FILE
     with atomic_path(path) as tmp:
