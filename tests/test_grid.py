@@ -92,7 +92,12 @@ def test_predict_resamples_a_larger_image_and_says_so(
     assert "resampled 1 of 1 input(s) to the training size 32×32" in printed
     summary = json.loads((tmp_path / "out" / "predictions.json").read_text())
     entry = summary["predictions"][0]
-    assert entry["resampled"] == {"shape": [128, 128], "spacing": None, "predicted_at": [32, 32]}
+    assert entry["resampled"] == {
+        "shape": [128, 128],
+        "spacing": None,
+        "predicted_at": [32, 32],
+        "pixel_scale": 1 / 16,
+    }
     assert summary["training_grid"]["size"] == [32, 32]
     arrays = np.load(tmp_path / "out" / "large.npz")
     assert arrays["mean"].shape == (2, 128, 128)  # the outputs on the input's own grid
@@ -106,6 +111,10 @@ def test_predict_resamples_a_larger_image_and_says_so(
     want = from_grid(at_grid.detach(), (128, 128))
     members = predictor.method.split_stack(want)[0][:, 0]
     np.testing.assert_allclose(arrays["members"], members.numpy(), atol=1e-5)
+    # the SV counts pixels of the 32² grid predicted on: on the scale of a 32² image's
+    at_training_size = predictor.predict(resize_image(torch.from_numpy(image), (32, 32)))
+    for k, name in enumerate(summary["structures"]):
+        assert entry["sv"][name] == pytest.approx(float(at_training_size.sv[k]), rel=0.05)
     # a model with no training size takes the image as it is, and says nothing
     assert main(["predict", str(tiny_run_any_size), str(path), "--out", str(tmp_path / "o2")]) == 0
     assert "resampled" not in capsys.readouterr().out

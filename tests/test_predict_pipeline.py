@@ -62,6 +62,7 @@ def _one_by_one(checkpoint: str, files: list[Path], out: Path, figures: bool) ->
                 "shape": list(shape),
                 "spacing": None,
                 "predicted_at": list(predictor.input_shape(shape)),
+                "pixel_scale": pred.pixel_scale,
             }
         done.append(entry)
         if figures:

@@ -30,3 +30,11 @@ def test_entropy_is_max_at_half():
 def test_rejects_wrong_rank():
     with pytest.raises(ValueError, match=r"\[S, K"):
         Prediction(torch.zeros(4, 4))
+
+
+def test_sv_counts_pixels_of_the_grid_predicted_on():
+    members = torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    own = Prediction(members)
+    resampled = Prediction(members, pixel_scale=0.25)  # maps at twice the grid's size a side
+    torch.testing.assert_close(resampled.sv, own.sv * 0.25)
+    torch.testing.assert_close(resampled.uncertainty, own.uncertainty)  # the maps unchanged

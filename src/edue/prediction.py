@@ -65,6 +65,12 @@ class Prediction:
             ``variance`` (across members; ``p (1 − p)`` of a single member),
             ``bernoulli`` (``p (1 − p)`` of the segmentation probability) or ``combined``
             (their sum). See :data:`SCORES`.
+        pixel_scale: the area (2D) or volume (3D) of one pixel of these maps in pixels of
+            the grid the model predicted on: 1 unless the image was resampled onto the
+            training grid and the maps back (:mod:`edue.engine.inference.grid`). The SV
+            counts pixels of the predicted grid, so an image four times the training
+            size a side keeps the SV scale of the training images (and of a
+            calibration), instead of sixteen times it.
     """
 
     members: torch.Tensor
@@ -73,6 +79,7 @@ class Prediction:
     structures: tuple[str, ...] | None = None
     segmentation: torch.Tensor | None = None
     score: str = "variance"
+    pixel_scale: float = 1.0
     _cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -161,8 +168,10 @@ class Prediction:
 
     @property
     def sv(self) -> torch.Tensor:
-        """Image-level score: sum of the uncertainty map per structure ``[K]``."""
-        return self.uncertainty.flatten(1).sum(1)
+        """Image-level score: sum of the uncertainty map per structure ``[K]`` (in pixels
+        of the predicted grid: times :attr:`pixel_scale`)."""
+        total = self.uncertainty.flatten(1).sum(1)
+        return total if self.pixel_scale == 1.0 else total * self.pixel_scale
 
     def mask(self, threshold: float = 0.5) -> torch.Tensor:
         """Binary segmentation ``[K, *spatial]`` of the mean probability."""

@@ -158,6 +158,15 @@ class TrainingGrid:
         return "the input's own grid"
 
 
+def pixel_scale(predicted_at: Sequence[int], shape: Sequence[int]) -> float:
+    """How many pixels of the grid predicted on one pixel of an image of ``shape``
+    covers (1 when it was predicted at its own shape): the factor that keeps the SV of a
+    resampled image in the training grid's pixels (:attr:`Prediction.pixel_scale`)."""
+    if tuple(predicted_at) == tuple(shape):
+        return 1.0
+    return float(np.prod([float(p) for p in predicted_at]) / np.prod([float(s) for s in shape]))
+
+
 def to_grid(images: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
     """Images ``[C, *sp]`` of one shape resampled to ``size`` (:func:`resize_image`) and
     stacked ``[B, C, *size]`` (unchanged when ``size`` is their own)."""

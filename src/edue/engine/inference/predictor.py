@@ -16,7 +16,13 @@ from edue.data.case import MultiRaterCase
 from edue.data.source import CaseSource
 from edue.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from edue.engine.inference.features import FeatureTap, encoder_block_names, tapped_modules
-from edue.engine.inference.grid import OnTrainingGrid, TrainingGrid, from_grid, to_grid
+from edue.engine.inference.grid import (
+    OnTrainingGrid,
+    TrainingGrid,
+    from_grid,
+    pixel_scale,
+    to_grid,
+)
 from edue.engine.inference.memory import MB, check_stack_fits, default_memory_budget_mb
 from edue.engine.inference.receptive_field import NetworkProfile, probe_side, profile_network
 from edue.engine.inference.tiling import (
@@ -449,14 +455,18 @@ class Predictor(OnTrainingGrid):
         batch = to_grid(tensors, size).to(self.device)
         members, features = self.members_with_features(batch, tap)  # [S', B, K, *size]
         members = from_grid(members, shape).cpu()
+        scale = pixel_scale(size, shape)
         preds = [
-            self.prediction(members[:, i], (case_ids or [None] * len(tensors))[i])
+            self.prediction(members[:, i], (case_ids or [None] * len(tensors))[i], scale)
             for i in range(len(tensors))
         ]
         return preds, features
 
-    def prediction(self, stack: torch.Tensor, case_id: str | None = None) -> Prediction:
-        """The :class:`Prediction` of one image's predicted stack ``[S', K, *sp]``."""
+    def prediction(
+        self, stack: torch.Tensor, case_id: str | None = None, pixel_scale: float = 1.0
+    ) -> Prediction:
+        """The :class:`Prediction` of one image's predicted stack ``[S', K, *sp]``
+        (``pixel_scale``: see :attr:`Prediction.pixel_scale`)."""
         members, segmentation = self.method.split_stack(stack)
         return Prediction(
             members,
@@ -465,6 +475,7 @@ class Predictor(OnTrainingGrid):
             structures=self.structures,
             segmentation=segmentation,
             score=self.method.score,
+            pixel_scale=pixel_scale,
         )
 
     def predict_cases(

@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from edue.engine.inference.grid import OnTrainingGrid, TrainingGrid, from_grid, to_grid
+from edue.engine.inference.grid import (
+    OnTrainingGrid,
+    TrainingGrid,
+    from_grid,
+    pixel_scale,
+    to_grid,
+)
 from edue.engine.inference.predictor import checked_image
 from edue.engine.predict.export import FEATURES_NAME, OUTPUT_NAMES, SIDECAR, onnx_session
 from edue.errors import CheckpointError
@@ -150,7 +156,9 @@ class OnnxPredictor(OnTrainingGrid):
             features = pooled[:, self._feature_columns(tap)]
         members = torch.from_numpy(outputs["members"]).transpose(0, 1)  # [S, B, K, *size]
         mean = torch.from_numpy(outputs["mean"])[None]  # [1, B, K, *size]
+        size = tuple(batch.shape[2:])
         stack = from_grid(torch.cat([members, mean]), shape)
+        scale = pixel_scale(size, shape)
         preds = [
             Prediction(
                 stack[:-1, i].contiguous(),
@@ -159,6 +167,7 @@ class OnnxPredictor(OnTrainingGrid):
                 structures=self.structures,
                 segmentation=stack[-1, i].contiguous() if self.separate_segmentation else None,
                 score=self.score,
+                pixel_scale=scale,
             )
             for i in range(len(tensors))
         ]

@@ -436,6 +436,7 @@ class _Pipeline:
                 structures=pred.structures,
                 segmentation=None if pred.segmentation is None else pred.segmentation.contiguous(),
                 score=pred.score,
+                pixel_scale=pred.pixel_scale,
             )
             for pred in preds
         ]
@@ -473,6 +474,7 @@ class _Pipeline:
                 "shape": [int(s) for s in shape],
                 "spacing": None if item.spacing is None else [float(s) for s in item.spacing],
                 "predicted_at": list(predicted_at),
+                "pixel_scale": pred.pixel_scale,  # the SV counts predicted-grid pixels
             }
         if decision is not None:
             entry.update(decision)
