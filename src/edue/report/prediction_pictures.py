@@ -91,11 +91,14 @@ def _with_outlines(base: np.ndarray, mean: np.ndarray) -> np.ndarray:
 
 def _with_heat(base: np.ndarray, values: np.ndarray, vmax: float) -> np.ndarray:
     """``base`` with ``values`` ``[H, W]`` (0 … ``vmax``) through the colour table,
-    blended where they reach :data:`HEAT_FLOOR`."""
-    index = np.clip(values / vmax * 255, 0, 255).astype(np.uint8)
+    blended where they reach :data:`HEAT_FLOOR`: opaque up to :data:`HEAT_ALPHA` from a
+    quarter of ``vmax`` on, fading below, so that faint uncertainty does not veil the
+    image."""
+    scaled = values / vmax
+    index = np.clip(scaled * 255, 0, 255).astype(np.uint8)
     heat = colour_table()[index] / 255.0
-    cover = (values >= HEAT_FLOOR)[..., None] * HEAT_ALPHA
-    return base * (1 - cover) + heat * cover
+    cover = np.where(values >= HEAT_FLOOR, np.clip(scaled * 4, 0, 1) * HEAT_ALPHA, 0.0)
+    return base * (1 - cover[..., None]) + heat * cover[..., None]
 
 
 def _to_uint8(rgb: np.ndarray, factor: int) -> np.ndarray:
