@@ -43,7 +43,10 @@ def test_predict_writes_every_output(tiny_run, tmp_path, capsys):
     arrays = np.load(out / "b.npz")
     assert arrays["mean"].shape == (2, 24, 30)  # back at the input's own size
     assert arrays["members"].shape == (2, 2, 24, 30)
-    np.testing.assert_allclose(arrays["sv"], arrays["uncertainty"].sum((1, 2)), rtol=1e-5)
+    # b was predicted on the 32² training grid: its SV counts pixels of that grid
+    scale = summary["predictions"][1]["resampled"]["pixel_scale"]
+    assert scale == pytest.approx(32 * 32 / (24 * 30))
+    np.testing.assert_allclose(arrays["sv"], arrays["uncertainty"].sum((1, 2)) * scale, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
