@@ -187,8 +187,9 @@ def from_grid(stack: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 
 class OnTrainingGrid:
     """What every predictor of ``edue predict`` shares about the training grid: the
-    shape an input is predicted at, and one image's prediction through the batch path.
-    A subclass sets ``grid`` and defines ``predict_batch(images, case_ids, spacing)``."""
+    shape an input is predicted at, and the batch and single-image predictions through
+    the one path with features. A subclass sets ``grid`` and defines
+    ``predict_batch_with_features(images, case_ids, tap, spacing)``."""
 
     grid: TrainingGrid
 
@@ -201,6 +202,23 @@ class OnTrainingGrid:
         target = self.grid.target_shape(shape, spacing)
         return tuple(int(s) for s in shape) if target is None else target
 
+    def predict_batch(
+        self,
+        images: Sequence[np.ndarray | torch.Tensor],
+        case_ids: Sequence[str | None] | None = None,
+        spacing: Sequence[float] | None = None,
+    ) -> list[Prediction]:
+        """Predict several images ``[C, *sp]`` of the same size in one pass (voxel
+        ``spacing``, when known, decides the grid: :meth:`input_shape`).
+
+        Returns:
+            One :class:`~edue.prediction.Prediction` per image, at the image's own size.
+        """
+        preds: list[Prediction] = self.predict_batch_with_features(  # type: ignore[attr-defined]
+            images, case_ids, None, spacing
+        )[0]
+        return preds
+
     def predict(
         self,
         image: np.ndarray | torch.Tensor,
@@ -209,7 +227,4 @@ class OnTrainingGrid:
     ) -> Prediction:
         """One image ``[C, *sp]`` (voxel ``spacing``, if known) predicted alone: its
         :class:`~edue.prediction.Prediction`."""
-        preds: list[Prediction] = self.predict_batch(  # type: ignore[attr-defined]
-            [image], [case_id], spacing
-        )
-        return preds[0]
+        return self.predict_batch([image], [case_id], spacing)[0]

@@ -374,25 +374,6 @@ class Predictor(OnTrainingGrid):
         out = torch.as_tensor(out).reshape(batch.shape[0], n_members, k, *batch.shape[2:])
         return out.transpose(0, 1).clamp(0, 1)
 
-    @torch.no_grad()
-    def predict_batch(
-        self,
-        images: Sequence[np.ndarray | torch.Tensor],
-        case_ids: Sequence[str | None] | None = None,
-        spacing: Sequence[float] | None = None,
-    ) -> list[Prediction]:
-        """Predict several images of the same size in one forward pass.
-
-        Args:
-            images: each ``[C, *sp]``.
-            case_ids: optional identifiers.
-            spacing: their voxel spacing, when known (:meth:`input_shape`).
-
-        Returns:
-            One :class:`Prediction` per image, at the image's own size.
-        """
-        return self.predict_batch_with_features(images, case_ids, tap=None, spacing=spacing)[0]
-
     def _tap(self, names: tuple[str, ...]) -> FeatureTap:
         """The feature tap on the modules ``names`` of the method: made once per set of
         names, its hooks registered on first use and inert outside a pass that asks

@@ -118,19 +118,6 @@ class OnnxPredictor(OnTrainingGrid):
             columns.extend(range(int(starts[k]), int(starts[k + 1])))
         return columns
 
-    def predict_batch(
-        self,
-        images: Sequence[np.ndarray | torch.Tensor],
-        case_ids: Sequence[str | None] | None = None,
-        spacing: Sequence[float] | None = None,
-    ) -> list[Prediction]:
-        """Predict several images ``[C, *sp]`` of one shape in one run of the graph.
-
-        Returns:
-            One :class:`Prediction` per image, at the image's own size.
-        """
-        return self.predict_batch_with_features(images, case_ids, None, spacing)[0]
-
     def predict_batch_with_features(
         self,
         images: Sequence[np.ndarray | torch.Tensor],
