@@ -88,12 +88,6 @@ DEFAULT_BATCH_SIZE = 8
 GalleryWriter = Callable[[Path, Mapping[str, Any]], Path]
 
 
-def _holds_dicom(path: Path) -> bool:
-    from edue.engine.predict.dicom import holds_dicom
-
-    return holds_dicom(path)
-
-
 def collect_inputs(inputs: Sequence[str], dicom: list[Path] | None = None) -> list[Path]:
     """Expand folders into their supported image files (sorted); keep files as given.
 
@@ -109,6 +103,8 @@ def collect_inputs(inputs: Sequence[str], dicom: list[Path] | None = None) -> li
         DataError: an input that does not exist, a folder with no images, or two
             different inputs that would write outputs of the same name.
     """
+    from edue.engine.predict.dicom import holds_dicom  # pydicom is imported on reading
+
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -122,14 +118,14 @@ def collect_inputs(inputs: Sequence[str], dicom: list[Path] | None = None) -> li
                 and not p.name.startswith(".")
                 and (not dataset or stem_of(p) == "image")  # not the raters' masks
             )
-            holds_dicom = dicom is not None and _holds_dicom(path)
-            if holds_dicom:
+            is_dicom = dicom is not None and holds_dicom(path)
+            if is_dicom:
                 dicom.append(path)  # type: ignore[union-attr]
-            if not found and not holds_dicom:
+            if not found and not is_dicom:
                 raise DataError("folder holds no supported image files", path)
             files.extend(found)
         elif path.exists():
-            if dicom is not None and _holds_dicom(path):
+            if dicom is not None and holds_dicom(path):
                 dicom.append(path)
             else:
                 files.append(path)
@@ -163,12 +159,11 @@ def dicom_inputs(
     found: dict[Path, DicomSeries] = {}
     for root in roots:
         folder = root if root.is_dir() else root.parent
-        errors: list[DataError] | None = None if failed is None else []
-        for series in find_dicom_series(root, errors):
+        errors: list[DataError] = []
+        for series in find_dicom_series(root, None if failed is None else errors):
             found[folder / series.name] = series
-        for error in errors or []:
-            assert failed is not None
-            failed.append({"input": str(error.path or root), "reason": error.reason})
+        if failed is not None:
+            failed += [{"input": str(e.path or root), "reason": e.reason} for e in errors]
     return found
 
 
